@@ -1,0 +1,1 @@
+"""DLRM: configs, embedding backends, arches, training loop, metrics."""

@@ -1,0 +1,1 @@
+"""Custom ops: the ROBE-Z embedding lookup (Triton GPU kernel + CPU path)."""

@@ -1,0 +1,1 @@
+"""The KServe predictor and its manifests."""
