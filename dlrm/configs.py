@@ -1,0 +1,91 @@
+"""Config dataclasses of the model, training and evaluation (dataclasses only).
+
+``params.yaml`` sections ``train`` and ``evaluate`` are read into :class:`TrainConfig`
+and :class:`EvaluateConfig` with :func:`components.params.load_config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Backend = Literal["full", "hashing", "qr", "robe"]
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """Which embedding backend holds the sparse features, and how small it is."""
+
+    backend: Backend = "robe"
+    dim: int = 16                 # embedding width d (also the bottom MLP's output width)
+    compression: float = 1000.0   # full-table floats / backend floats (hashing, qr, robe)
+    size: int = 0                 # robe: array length |M| in floats; 0 = derive from compression
+    block: int = 32               # robe: Z, consecutive floats read per hash (ROBE-Z)
+    seed: int = 0                 # robe / hashing: seed of the universal-hash constants
+    qr_operation: Literal["mult", "add"] = "mult"  # qr: how quotient and remainder rows combine
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """DLRM shape. Input widths (dense features, table sizes) come from the FeatureSpec."""
+
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    bottom_mlp: tuple[int, ...] = (64, 32)   # hidden widths; a last layer to embedding.dim is added
+    top_mlp: tuple[int, ...] = (64, 32)      # hidden widths; a last layer to 1 logit is added
+    interaction: Literal["dot", "dcn"] = "dot"  # pairwise dots (DLRM) or DCNv2 cross layers
+    dcn_layers: int = 3          # dcn: number of cross layers
+    dcn_rank: int = 64           # dcn: rank of the low-rank cross weight (0 = full rank)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """One optimizer for the dense MLPs, one for the embedding array, one LR schedule."""
+
+    dense: Literal["adam", "adagrad", "sgd"] = "adam"
+    dense_lr: float = 1e-3
+    embedding: Literal["sgd", "adagrad"] = "adagrad"
+    embedding_lr: float = 0.05
+    warmup_steps: int = 0        # linear warm-up from 0 to the LRs over this many steps
+    decay_start_step: int = 0    # polynomial (power 2) decay to 0 starts here ...
+    decay_steps: int = 0         # ... and lasts this many steps; 0 = no decay (MLPerf DLRM schedule)
+
+
+@dataclass(frozen=True)
+class CriteoConfig:
+    """How a Criteo TSV becomes a model-ready table (``robeflow train --criteo``)."""
+
+    table_size: int = 1_000_000  # ids = 64-bit hash of the hex string mod this, per feature
+    valid_fraction: float = 0.1  # the last rows (in file order) form the validation window
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``train`` section of params.yaml."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    criteo: CriteoConfig = field(default_factory=CriteoConfig)
+    batch_size: int = 2048
+    epochs: int = 1
+    eval_every: int = 0          # steps between validation AUCs; 0 = once per epoch
+    eval_rows: int = 0           # validation rows used per evaluation; 0 = all
+    target_auc: float | None = None  # stop as soon as the validation AUC reaches this (MLPerf style)
+    checkpoint_every: int = 0    # steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 2    # newest checkpoints kept on disk
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True            # bf16 autocast on GPU (ignored on CPU)
+    progress: bool = True        # tqdm bar on stderr
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The ``evaluate`` section of params.yaml: metrics on the test window and the gate."""
+
+    gate: Literal["target_auc", "mlperf_dlrm_criteo_1tb", "mlperf_dcnv2_criteo_multihot",
+                  "oracle_gap"] = "target_auc"
+    target_auc: float = 0.7      # gate = target_auc: the AUC to reach
+    oracle_gap: float = 0.02     # gate = oracle_gap: target = oracle AUC - this
+    fail_on_gate: bool = False   # exit non-zero when the gate fails (default: record passed=false)
+    batch_size: int = 8192
+    roc_points: int = 200        # points of the ROC curve written for the plot
