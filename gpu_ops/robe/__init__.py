@@ -1,0 +1,1 @@
+"""The ROBE-Z embedding lookup: reference, CPU path, Triton kernels, torch.library op."""

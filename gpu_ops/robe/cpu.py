@@ -1,0 +1,89 @@
+"""Fast CPU path of the ROBE-Z lookup: vectorised hashing, a window gather, index_add_.
+
+The array M (``num_floats``) is viewed, without a copy, as the overlapping windows
+``W[s] = M[s : s + w]`` (``w = min(Z, dim)``): a Z-block is then one row of W, so the
+forward is one ``F.embedding`` over the block starts (each block read as one contiguous
+run) and, for bags, one ``index_add_``. The hash is computed once per (id, block), not
+per element.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gpu_ops.robe.hashing import P
+
+
+def global_rows(values: Tensor, offsets: Tensor | None, table_offsets: Tensor) -> Tensor:
+    """Global row ``table_offsets[t] + x`` of each id: ``(nnz,)`` int64."""
+    num_tables = table_offsets.numel()
+    if offsets is None:  # (B*T,) sample-major grid
+        return (values.view(-1, num_tables) + table_offsets).view(-1)
+    num_bags = offsets.numel() - 1
+    starts = table_offsets.repeat(num_bags // num_tables)  # (B*T,) table start of each bag
+    return values + torch.repeat_interleave(starts, offsets.diff(), output_size=values.numel())
+
+
+def block_starts_fast(
+    rows: Tensor, num_blocks: int, num_floats: int, block: int, a: int, b: int, c: int
+) -> Tensor:
+    """Same value as ``reference.block_starts`` with one modulo per id instead of per block.
+
+    ``(g mod P) * A mod P`` and ``(k*B + C) mod P`` are both < P, so their sum mod P is a
+    conditional subtraction; the result is < P < 2**31.
+    """
+    hv = (rows % P).mul_(a).remainder_(P)  # (nnz,)
+    kbc = (torch.arange(num_blocks, dtype=torch.int64) * b + c) % P  # (nb,)
+    h = hv.unsqueeze(1) + kbc  # (nnz, nb) < 2P
+    h -= (h >= P).to(torch.int64) * P
+    return h.remainder_(num_floats - block + 1)
+
+
+def _windows(weight: Tensor, block: int, dim: int) -> Tensor:
+    w = min(block, dim)
+    # (num_floats - Z + 1, w) overlapping rows; start s + w - 1 <= num_floats - 1 always.
+    return weight.as_strided((weight.numel() - block + 1, w), (1, 1))
+
+
+def robe_forward_cpu(
+    weight: Tensor, values: Tensor, offsets: Tensor | None, table_offsets: Tensor,
+    dim: int, block: int, a: int, b: int, c: int,
+) -> Tensor:
+    """Pooled embeddings ``(num_bags, dim)`` (``num_bags = nnz`` when ``offsets`` is None)."""
+    num_blocks = -(-dim // block)
+    starts = block_starts_fast(
+        global_rows(values, offsets, table_offsets), num_blocks, weight.numel(), block, a, b, c
+    )  # (nnz, nb)
+    rows = F.embedding(starts, _windows(weight, block, dim))  # (nnz, nb, w)
+    rows = rows.view(values.numel(), num_blocks * min(block, dim))  # (nnz, nb*w); nb*w >= dim
+    if offsets is None:
+        return rows[:, :dim].contiguous()
+    num_bags = offsets.numel() - 1
+    bags = torch.repeat_interleave(
+        torch.arange(num_bags), offsets.diff(), output_size=values.numel()
+    )  # (nnz,)
+    out = weight.new_zeros(num_bags, rows.shape[1]).index_add_(0, bags, rows)
+    return out[:, :dim].contiguous()
+
+
+def robe_backward_cpu(
+    grad: Tensor, values: Tensor, offsets: Tensor | None, table_offsets: Tensor,
+    num_floats: int, dim: int, block: int, a: int, b: int, c: int,
+) -> Tensor:
+    """Gradient of the array ``(num_floats,)`` from the output gradient ``(num_bags, dim)``."""
+    num_blocks = -(-dim // block)
+    w = min(block, dim)
+    starts = block_starts_fast(
+        global_rows(values, offsets, table_offsets), num_blocks, num_floats, block, a, b, c
+    )  # (nnz, nb)
+    idx = (starts.unsqueeze(2) + torch.arange(w)).view(values.numel(), num_blocks * w)[:, :dim]
+    if offsets is not None:
+        bags = torch.repeat_interleave(
+            torch.arange(offsets.numel() - 1), offsets.diff(), output_size=values.numel()
+        )
+        grad = grad.index_select(0, bags)  # (nnz, dim)
+    out = grad.new_zeros(num_floats)
+    # index_add_ accumulates duplicates, so colliding slots sum their gradients.
+    return out.index_add_(0, idx.reshape(-1), grad.reshape(-1))
