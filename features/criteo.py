@@ -1,0 +1,112 @@
+"""Criteo display-advertising data: read and write the TSV format MLPerf's DLRM uses.
+
+One row per impression: ``label`` (0/1), 13 integer features ``I1..I13`` and 26
+categorical features ``C1..C26`` (32-bit hashes written as 8 hex digits). The original
+files are tab-separated without a header and an empty field is a missing value; the
+Kaggle sample in ``/work/shared/data`` is comma-separated with a header. :func:`read_criteo`
+accepts both.
+
+Example:
+    >>> df = read_criteo("/work/shared/data/criteo_sample_200.csv")
+    >>> write_criteo(df, "day_0.tsv")
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LABEL = "label"
+INT_COLUMNS: tuple[str, ...] = tuple(f"I{i}" for i in range(1, 14))
+CAT_COLUMNS: tuple[str, ...] = tuple(f"C{i}" for i in range(1, 27))
+COLUMNS: tuple[str, ...] = (LABEL, *INT_COLUMNS, *CAT_COLUMNS)
+
+
+def sniff_criteo(path: Path | str) -> str | None:
+    """``"tsv"`` (headerless, tab-separated), ``"csv"`` (header ``label,I1,...``) or None.
+
+    Looks only at the first line, so it is cheap on big files.
+    """
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline().rstrip("\r\n")
+    if first.split(",")[:2] == [LABEL, "I1"]:
+        return "csv"
+    fields = first.split("\t")
+    if len(fields) == len(COLUMNS) and fields[0] in ("0", "1"):
+        return "tsv"
+    return None
+
+
+def read_criteo(path: Path | str) -> pd.DataFrame:
+    """Reads a Criteo file (headerless TSV or CSV with header) into canonical dtypes.
+
+    Returns a frame with columns ``label`` (int64), ``I1..I13`` (float64, NaN = missing)
+    and ``C1..C26`` (pandas ``string``, ``<NA>`` = missing).
+
+    Raises:
+        ValueError: the file is neither format, has the wrong number of fields, a
+            non-numeric integer feature or a label outside {0, 1}; the message names the
+            file and the column.
+    """
+    path = Path(path)
+    kind = sniff_criteo(path)
+    if kind is None:
+        raise ValueError(f"{path}: not a Criteo file (expected a header 'label,I1,...' "
+                         f"or {len(COLUMNS)} tab-separated fields starting with a 0/1 label)")
+    if kind == "csv":
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        missing = [c for c in COLUMNS if c not in raw.columns]
+        if missing:
+            raise ValueError(f"{path}: missing Criteo column(s) {', '.join(missing)}")
+        raw = raw[list(COLUMNS)]
+    else:
+        try:
+            raw = pd.read_csv(path, sep="\t", header=None, names=list(COLUMNS), dtype=str,
+                              keep_default_na=False, quoting=csv.QUOTE_NONE)
+        except pd.errors.ParserError as err:
+            raise ValueError(f"{path}: expected {len(COLUMNS)} tab-separated fields per line ({err})") from None
+    return _typed(raw, path)
+
+
+def _typed(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
+    out = pd.DataFrame(index=raw.index)
+    label = pd.to_numeric(raw[LABEL], errors="coerce")
+    if label.isna().any() or not label.isin([0, 1]).all():
+        bad = raw[LABEL][label.isna() | ~label.isin([0, 1])].iloc[0]
+        raise ValueError(f"{path}: column label has {bad!r}; expected 0 or 1")
+    out[LABEL] = label.astype("int64")
+    for c in INT_COLUMNS:
+        s = raw[c].replace("", None)
+        num = pd.to_numeric(s, errors="coerce")
+        bad = num.isna() & s.notna()
+        if bad.any():
+            raise ValueError(f"{path}: column {c} has {s[bad].iloc[0]!r}; expected an integer or empty")
+        out[c] = num.astype("float64")
+    for c in CAT_COLUMNS:
+        out[c] = raw[c].replace("", None).astype("string")
+    return out
+
+
+def write_criteo(df: pd.DataFrame, path: Path | str) -> Path:
+    """Writes ``df`` (columns ``label, I1..I13, C1..C26``) as a headerless Criteo TSV.
+
+    Integer features are written without a decimal point, missing values as empty fields.
+    """
+    path = Path(path)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"cannot write Criteo file {path}: missing column(s) {', '.join(missing)}")
+    cols = {LABEL: df[LABEL].astype("int64").astype(str)}
+    for c in INT_COLUMNS:
+        v = pd.to_numeric(df[c], errors="raise").astype("float64")
+        # (N,) integer text, "" where missing
+        cols[c] = pd.Series(np.where(v.isna(), "", v.fillna(0).round().astype("int64").astype(str)), index=df.index)
+    for c in CAT_COLUMNS:
+        cols[c] = df[c].astype("string").fillna("")
+    out = pd.DataFrame(cols)[list(COLUMNS)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, sep="\t", header=False, index=False, quoting=csv.QUOTE_NONE, lineterminator="\n")
+    return path
