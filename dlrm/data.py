@@ -55,17 +55,23 @@ class TensorData:
         b, T = rows.numel(), self.num_tables
         if self.single_hot:
             values = self.values.view(self.num_rows, T)[rows].reshape(-1)
-            offsets = torch.arange(b * T + 1, dtype=torch.int64)
+            offsets = torch.arange(b * T + 1, dtype=torch.int64, device=rows.device)
         else:
             lens = self.lengths[rows].reshape(-1)                           # (b*T,)
             starts = self.offsets[:-1].view(self.num_rows, T)[rows].reshape(-1)
-            offsets = torch.zeros(b * T + 1, dtype=torch.int64)
+            offsets = torch.zeros(b * T + 1, dtype=torch.int64, device=rows.device)
             torch.cumsum(lens, 0, out=offsets[1:])
             nnz = int(offsets[-1])
             # value k of new bag j sits at starts[j] + (k - offsets[j]) in the source
             src = torch.repeat_interleave(starts - offsets[:-1], lens, output_size=nnz)
-            values = self.values[src + torch.arange(nnz)]
+            values = self.values[src + torch.arange(nnz, device=rows.device)]
         return Batch(self.dense[rows], values, offsets, self.labels[rows])
+
+    def to(self, device: torch.device) -> "TensorData":
+        """Moves the whole window to ``device`` (in place; returns self)."""
+        for name in ("dense", "values", "offsets", "labels", "lengths"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
 
     def range_batch(self, start: int, stop: int) -> Batch:
         """Rows [start, stop) as one Batch (a contiguous slice, no gather)."""
