@@ -25,13 +25,10 @@ import torch
 from torch import nn
 
 from dlrm.configs import EmbeddingConfig
-try:
-    from gpu_ops import RobeHash, robe_lookup
-except ImportError:  # the op has not landed yet
-    from dlrm._robe_standin import RobeHash, robe_lookup
+from gpu_ops import P, RobeHash, robe_lookup
 
 # The prime of the ROBE-Z hash (DESIGN.md); also used by the hashing trick.
-PRIME = 2038074743
+PRIME = P
 
 
 def bag_index(offsets: torch.Tensor, nnz: int) -> torch.Tensor:
