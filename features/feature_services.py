@@ -1,0 +1,16 @@
+"""Feast feature services: the versioned sets of features a model reads.
+
+A new model version that reads different features gets a new service (``dlrm_v2``);
+``dlrm_v1`` stays as long as a model trained on it is served.
+"""
+
+from feast import FeatureService
+
+from feature_views import item_attributes, item_daily_stats, user_daily_stats
+
+dlrm_v1 = FeatureService(
+    name="dlrm_v1",
+    features=[user_daily_stats, item_daily_stats, item_attributes],
+    description="Everything the robeflow DLRM v1 reads from the feature store.",
+    tags={"model": "dlrm", "version": "1"},
+)

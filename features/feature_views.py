@@ -1,0 +1,72 @@
+"""Feast feature views of robeflow: daily snapshots computed from validated transactions.
+
+A row stamped with day D at 00:00 UTC is computed from events strictly before D, so the
+point-in-time join of an event on day D reads only its past. TTLs: the statistics are
+refreshed daily, so a value older than two days means a missed run (one is tolerated);
+catalogue attributes change rarely and stay valid for 30 days.
+"""
+
+from datetime import timedelta
+
+from feast import FeatureView, Field
+from feast.types import Float64, Int64, String
+
+from data_sources import item_attributes_source, item_daily_stats_source, user_daily_stats_source
+from entities import item, user
+
+user_daily_stats = FeatureView(
+    name="user_daily_stats",
+    entities=[user],
+    ttl=timedelta(days=2),
+    schema=[
+        Field(name="user_offers_7d", dtype=Int64, description="offers shown in the last 7 days"),
+        Field(name="user_purchases_7d", dtype=Int64, description="purchases in the last 7 days"),
+        Field(name="user_offers_30d", dtype=Int64, description="offers shown in the last 30 days"),
+        Field(name="user_purchases_30d", dtype=Int64, description="purchases in the last 30 days"),
+        Field(name="user_purchase_rate_30d", dtype=Float64,
+              description="(purchases + prior * weight) / (offers + weight) over 30 days"),
+        Field(name="user_avg_price_paid_30d", dtype=Float64,
+              description="mean price of purchases in the last 30 days (0 without purchases)"),
+        Field(name="user_fav_category_l1_30d", dtype=String,
+              description="the l1 category offered most often in the last 30 days (null if none)"),
+        Field(name="user_days_since_purchase", dtype=Int64,
+              description="days since the last purchase, capped (the cap if never)"),
+    ],
+    source=user_daily_stats_source,
+    online=True,
+    tags={"team": "recsys", "refresh": "daily"},
+)
+
+item_daily_stats = FeatureView(
+    name="item_daily_stats",
+    entities=[item],
+    ttl=timedelta(days=2),
+    schema=[
+        Field(name="item_offers_7d", dtype=Int64, description="times offered in the last 7 days"),
+        Field(name="item_purchases_7d", dtype=Int64, description="purchases in the last 7 days"),
+        Field(name="item_purchase_rate_7d", dtype=Float64, description="smoothed purchase rate, 7 days"),
+        Field(name="item_offers_30d", dtype=Int64, description="times offered in the last 30 days"),
+        Field(name="item_purchases_30d", dtype=Int64, description="purchases in the last 30 days"),
+        Field(name="item_purchase_rate_30d", dtype=Float64, description="smoothed purchase rate, 30 days"),
+    ],
+    source=item_daily_stats_source,
+    online=True,
+    tags={"team": "recsys", "refresh": "daily"},
+)
+
+item_attributes = FeatureView(
+    name="item_attributes",
+    entities=[item],
+    ttl=timedelta(days=30),
+    schema=[
+        Field(name="item_category_l1", dtype=String),
+        Field(name="item_category_l2", dtype=String),
+        Field(name="item_category_l3", dtype=String),
+        Field(name="item_brand", dtype=String),
+        Field(name="item_price", dtype=Float64, description="the last price the item was offered at"),
+        Field(name="item_price_band", dtype=String, description="floor(log2(1 + price)), as text"),
+    ],
+    source=item_attributes_source,
+    online=True,
+    tags={"team": "recsys", "refresh": "daily"},
+)

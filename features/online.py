@@ -1,0 +1,105 @@
+"""Serving-side features: online store reads -> the same model input training used.
+
+Example (a server opens the store once, then calls per request)::
+
+    spec = FeatureSpec.load("data/model_input/feature_spec.json")
+    online = OnlineFeatures("data/features", spec)
+    mi = online.model_input("u42", ["i1", "i7"], {"query": "red shampoo", "device": "mobile"})
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from features.spec import FeatureSpec, ModelInput
+from features.transform import build_model_frame
+
+CONTEXT_KEYS = frozenset({"query", "device", "country", "timestamp", "event_timestamp",
+                          "hour", "position", "price"})
+
+
+class OnlineFeatures:
+    """Reads ``dlrm_v1`` features of a user and candidate items from a materialised repo.
+
+    Args:
+        repo_dir: the directory ``robeflow features --out`` wrote (holds feature_store.yaml).
+        spec: the feature spec the model was trained with (``feature_spec.json``).
+    """
+
+    def __init__(self, repo_dir: Path | str, spec: FeatureSpec):
+        from features.repo import open_store
+
+        self.spec = spec
+        self.store = open_store(Path(repo_dir))
+        self.service = self.store.get_feature_service(spec.extra.get("feature_service", spec.version))
+
+    def rows(self, user_id: str, item_ids: Sequence[str],
+             context: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """One row per candidate: the context columns and the online feature values.
+
+        ``context`` may hold ``query``, ``device``, ``country``, ``timestamp`` (datetime or
+        ISO string; default now, UTC) or ``hour`` (0-23, replaces the timestamp's hour),
+        and ``position`` / ``price`` as a scalar or one value per item. Unknown keys raise
+        ValueError. Users and items the store does not know get null feature values, which
+        :func:`~features.transform.build_model_frame` fills as in training.
+        """
+        context = dict(context or {})
+        unknown = sorted(set(context) - CONTEXT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown context key(s) {unknown}; expected some of {sorted(CONTEXT_KEYS)}")
+        items = [str(i) for i in item_ids]
+        n = len(items)
+        ts = context.get("timestamp", context.get("event_timestamp")) or datetime.now(timezone.utc)
+        ts = pd.Timestamp(ts)
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        if "hour" in context:
+            hour = int(context["hour"])
+            if not 0 <= hour <= 23:
+                raise ValueError(f"context hour must lie in 0..23, got {hour}")
+            ts = ts.replace(hour=hour)
+        rows = pd.DataFrame({
+            "user_id": [str(user_id)] * n,
+            "item_id": items,
+            "event_timestamp": pd.Series([ts] * n, dtype="datetime64[ns, UTC]"),
+            "query": [context.get("query") or ""] * n,
+            "device": [context.get("device")] * n,
+            "country": [context.get("country")] * n,
+        })
+        for key in ("position", "price"):
+            value = context.get(key)
+            if isinstance(value, (list, tuple)):
+                if len(value) != n:
+                    raise ValueError(f"context {key} holds {len(value)} values for {n} items")
+                rows[key] = list(value)
+            else:
+                rows[key] = [value] * n
+        if n == 0:
+            return rows
+        response = self.store.get_online_features(
+            features=self.service,
+            entity_rows=[{"user_id": str(user_id), "item_id": i} for i in items],
+        )
+        feats = pd.DataFrame(response.to_dict())
+        feats = feats.drop(columns=[c for c in ("user_id", "item_id") if c in feats.columns])
+        return pd.concat([rows, feats.reset_index(drop=True)], axis=1)
+
+    def frame(self, user_id: str, item_ids: Sequence[str],
+              context: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """The model-ready table of the candidates (same columns as the training tables)."""
+        return build_model_frame(self.rows(user_id, item_ids, context), self.spec)
+
+    def model_input(self, user_id: str, item_ids: Sequence[str],
+                    context: Mapping[str, Any] | None = None) -> ModelInput:
+        """The :class:`ModelInput` of the candidates, one row per item in order (no labels)."""
+        return ModelInput.from_frame(self.frame(user_id, item_ids, context), self.spec)
+
+
+def online_model_input(repo_dir: Path | str, spec: FeatureSpec, user_id: str,
+                       item_ids: Sequence[str], context: Mapping[str, Any] | None = None) -> ModelInput:
+    """One-off :meth:`OnlineFeatures.model_input` (opens the store each call; a server
+    should keep an :class:`OnlineFeatures`)."""
+    return OnlineFeatures(repo_dir, spec).model_input(user_id, item_ids, context)

@@ -1,0 +1,151 @@
+"""Installing, applying and reading the Feast repo that ``robeflow features`` materialises.
+
+A materialised repo directory holds the Feast definitions (copied from this package) and,
+under ``store/``, the offline Parquet tables, the registry and the SQLite online store::
+
+    DIR/feature_store.yaml, entities.py, data_sources.py, feature_views.py, feature_services.py
+    DIR/store/offline/{user_daily_stats,item_daily_stats,item_attributes}.parquet
+    DIR/store/registry.db, DIR/store/online_store.db
+
+so ``cd DIR && feast feature-views list`` works on it. Feast is imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from features.compute import FeatureTables
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# the Feast repo proper; everything else in this package is listed in .feastignore
+REPO_FILES = ("feature_store.yaml", ".feastignore", "entities.py", "data_sources.py",
+              "feature_views.py", "feature_services.py")
+OFFLINE_DIR = Path("store") / "offline"
+
+
+def install_repo(dest: Path) -> Path:
+    """Copies the Feast definitions into ``dest`` (created if needed); returns ``dest``."""
+    dest = Path(dest)
+    (dest / OFFLINE_DIR).mkdir(parents=True, exist_ok=True)
+    for name in REPO_FILES:
+        shutil.copyfile(PACKAGE_DIR / name, dest / name)
+    return dest
+
+
+def write_offline_tables(tables: FeatureTables, repo_dir: Path) -> dict[str, Path]:
+    """Writes each feature view's table where ``data_sources.py`` points; returns the paths."""
+    paths = {}
+    for name, frame in tables.items():
+        path = Path(repo_dir) / OFFLINE_DIR / f"{name}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(path, index=False)
+        paths[name] = path
+    return paths
+
+
+def repo_objects(repo_dir: Path) -> list[Any]:
+    """The Feast objects the repo's modules define (as ``feast apply`` collects them).
+
+    The modules import each other by their top-level names (``from entities import
+    user``), as Feast runs them; they are loaded fresh from ``repo_dir`` and removed from
+    ``sys.modules`` again afterwards.
+    """
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+    from feast.repo_operations import get_repo_files
+
+    root = Path(repo_dir).resolve()
+    names = [p.relative_to(root).with_suffix("").as_posix().replace("/", ".")
+             for p in get_repo_files(root)]
+    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, str(root))
+    objects: list[Any] = []
+    try:
+        for name in names:
+            module = importlib.import_module(name)
+            for value in vars(module).values():
+                if isinstance(value, (Entity, DataSource, FeatureView, FeatureService)) and not any(
+                        value is o for o in objects):
+                    objects.append(value)
+    finally:
+        sys.path.remove(str(root))
+        for name in names:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    return objects
+
+
+def open_store(repo_dir: Path) -> "FeatureStore":
+    """A FeatureStore on a materialised repo directory (paths resolve against it)."""
+    os.environ.setdefault("FEAST_USAGE", "False")
+    from feast import FeatureStore
+
+    repo_dir = Path(repo_dir).resolve()
+    if not (repo_dir / "feature_store.yaml").is_file():
+        raise FileNotFoundError(f"{repo_dir} is not a Feast repo (no feature_store.yaml)")
+    return FeatureStore(repo_path=str(repo_dir))
+
+
+def apply_repo(repo_dir: Path) -> "FeatureStore":
+    """``feast apply`` of the repo in ``repo_dir``: registers its objects; returns the store."""
+    store = open_store(repo_dir)
+    store.apply(repo_objects(repo_dir))
+    return store
+
+
+def check_tables_match_views(store: "FeatureStore", tables: FeatureTables) -> None:
+    """Raises ValueError when a computed table's columns differ from its view's schema."""
+    for name, frame in tables.items():
+        view = store.get_feature_view(name)
+        fields = [f.name for f in view.features]
+        keys = list(view.join_keys) if hasattr(view, "join_keys") else [
+            c.name for c in view.entity_columns]
+        expected = sorted([*keys, "event_timestamp", *fields])
+        if sorted(frame.columns) != expected:
+            raise ValueError(f"table {name} has columns {sorted(frame.columns)}; "
+                             f"feature view {name} expects {expected}")
+
+
+def historical_rows(store: "FeatureStore", entity_df: pd.DataFrame,
+                    service: str = "dlrm_v1") -> pd.DataFrame:
+    """Point-in-time join of ``entity_df`` (user_id, item_id, tz-aware event_timestamp and
+    any other columns, which pass through) with the service's features, in input order.
+    """
+    if "event_timestamp" not in entity_df.columns:
+        raise ValueError("entity rows lack column 'event_timestamp'")
+    df = entity_df.copy()
+    ts = pd.to_datetime(df["event_timestamp"], utc=True)
+    # Feast converts the entity range to Python datetimes (microseconds); feature rows
+    # are stamped at day starts, so flooring the join key to microseconds changes nothing
+    df["event_timestamp"] = ts.dt.floor("us")
+    df["_row"] = range(len(df))
+    for col in df.columns:  # Feast's joins expect plain object strings, not pandas' StringDtype
+        if isinstance(df[col].dtype, pd.StringDtype):
+            df[col] = df[col].astype(object).where(df[col].notna(), None)
+    job = store.get_historical_features(entity_df=df, features=store.get_feature_service(service))
+    out = job.to_df()
+    out = out.sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)
+    out["event_timestamp"] = ts.reset_index(drop=True)
+    return out
+
+
+def materialize_latest(store: "FeatureStore", tables: FeatureTables) -> None:
+    """Loads every view's latest rows (stamped ``tables.snapshot``) into the online store.
+
+    Uses an explicit window from the data's own first stamp to just after the snapshot
+    (``materialize_incremental`` would start at now - ttl and load nothing from old data).
+    """
+    start = min(frame["event_timestamp"].min() for _, frame in tables.items())
+    end = tables.snapshot + timedelta(seconds=1)
+    store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
