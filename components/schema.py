@@ -35,3 +35,29 @@ COUNTRIES: tuple[str, ...] = ("DE", "FR", "GB", "IT", "ES", "NL", "PL", "SE", "U
 # Sidecar written by the generator beside the data (never a feature): the planted
 # purchase probability of each event, from which the oracle AUC is computed.
 TRUTH_COLUMNS: dict[str, str] = {"event_id": "string", "purchase_prob": "float64"}
+
+# Columns that must be present in a valid row (query may be empty or missing).
+NON_NULL_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "query")
+
+# Day partitions: `<dataset>/day=YYYY-MM-DD/part-*.parquet`; rows whose timestamp is
+# missing or unparseable go to `day=unknown` (so validation can still quarantine them).
+PARTITION = "day"
+UNKNOWN_DAY = "unknown"
+
+
+def arrow_schema():
+    """The canonical columns as a ``pyarrow.Schema`` (what every part file stores)."""
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "float64": pa.float64(), "Int64": pa.int64(),
+             "datetime64[ns, UTC]": pa.timestamp("ns", tz="UTC")}
+    return pa.schema([(c, types[t]) for c, t in COLUMNS.items()])
+
+
+def with_canonical_dtypes(df):
+    """``df[COLUMNS]`` cast to the canonical pandas dtypes (after reading Parquet back)."""
+    out = df[list(COLUMNS)].copy()
+    for c, t in COLUMNS.items():
+        if str(out[c].dtype) != t:
+            out[c] = out[c].astype(t)
+    return out
