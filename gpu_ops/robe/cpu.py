@@ -35,7 +35,7 @@ def block_starts_fast(
     conditional subtraction; the result is < P < 2**31.
     """
     hv = (rows % P).mul_(a).remainder_(P)  # (nnz,)
-    kbc = (torch.arange(num_blocks, dtype=torch.int64) * b + c) % P  # (nb,)
+    kbc = (torch.arange(num_blocks, dtype=torch.int64, device=rows.device) * b + c) % P  # (nb,)
     h = hv.unsqueeze(1) + kbc  # (nnz, nb) < 2P
     h -= (h >= P).to(torch.int64) * P
     return h.remainder_(num_floats - block + 1)
@@ -62,10 +62,29 @@ def robe_forward_cpu(
         return rows[:, :dim].contiguous()
     num_bags = offsets.numel() - 1
     bags = torch.repeat_interleave(
-        torch.arange(num_bags), offsets.diff(), output_size=values.numel()
+        torch.arange(num_bags, device=offsets.device), offsets.diff(), output_size=values.numel()
     )  # (nnz,)
     out = weight.new_zeros(num_bags, rows.shape[1]).index_add_(0, bags, rows)
     return out[:, :dim].contiguous()
+
+
+def _slots_and_grads(
+    grad: Tensor, values: Tensor, offsets: Tensor | None, table_offsets: Tensor,
+    num_floats: int, dim: int, block: int, a: int, b: int, c: int,
+) -> tuple[Tensor, Tensor]:
+    """Flat slot of every element read and its gradient: two ``(nnz * dim,)`` tensors."""
+    num_blocks = -(-dim // block)
+    w = min(block, dim)
+    starts = block_starts_fast(
+        global_rows(values, offsets, table_offsets), num_blocks, num_floats, block, a, b, c
+    )  # (nnz, nb)
+    idx = (starts.unsqueeze(2) + torch.arange(w, device=starts.device)).view(values.numel(), num_blocks * w)[:, :dim]
+    if offsets is not None:
+        bags = torch.repeat_interleave(
+            torch.arange(offsets.numel() - 1, device=offsets.device), offsets.diff(), output_size=values.numel()
+        )
+        grad = grad.index_select(0, bags)  # (nnz, dim)
+    return idx.reshape(-1), grad.reshape(-1)
 
 
 def robe_backward_cpu(
@@ -73,17 +92,15 @@ def robe_backward_cpu(
     num_floats: int, dim: int, block: int, a: int, b: int, c: int,
 ) -> Tensor:
     """Gradient of the array ``(num_floats,)`` from the output gradient ``(num_bags, dim)``."""
-    num_blocks = -(-dim // block)
-    w = min(block, dim)
-    starts = block_starts_fast(
-        global_rows(values, offsets, table_offsets), num_blocks, num_floats, block, a, b, c
-    )  # (nnz, nb)
-    idx = (starts.unsqueeze(2) + torch.arange(w)).view(values.numel(), num_blocks * w)[:, :dim]
-    if offsets is not None:
-        bags = torch.repeat_interleave(
-            torch.arange(offsets.numel() - 1), offsets.diff(), output_size=values.numel()
-        )
-        grad = grad.index_select(0, bags)  # (nnz, dim)
-    out = grad.new_zeros(num_floats)
+    idx, src = _slots_and_grads(grad, values, offsets, table_offsets, num_floats, dim, block, a, b, c)
     # index_add_ accumulates duplicates, so colliding slots sum their gradients.
-    return out.index_add_(0, idx.reshape(-1), grad.reshape(-1))
+    return grad.new_zeros(num_floats).index_add_(0, idx, src)
+
+
+def robe_sgd_update_cpu(
+    weight: Tensor, grad: Tensor, values: Tensor, offsets: Tensor | None, table_offsets: Tensor,
+    dim: int, block: int, a: int, b: int, c: int, lr: float,
+) -> None:
+    """``weight -= lr * dL/dweight`` in place, without a gradient array."""
+    idx, src = _slots_and_grads(grad, values, offsets, table_offsets, weight.numel(), dim, block, a, b, c)
+    weight.index_add_(0, idx, src, alpha=-lr)

@@ -45,7 +45,8 @@ class RobeHash:
         """Draw A in [1, P) and B, C in [0, P) from ``numpy.random.default_rng(seed)``."""
         rng = np.random.default_rng(seed)
         a = int(rng.integers(1, P))
-        b, c = (int(x) for x in rng.integers(0, P, size=2))
+        b = int(rng.integers(0, P))
+        c = int(rng.integers(0, P))
         return cls(a, b, c)
 
     @classmethod

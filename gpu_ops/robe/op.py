@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from gpu_ops.robe.cpu import robe_backward_cpu, robe_forward_cpu
+from gpu_ops.robe.cpu import robe_backward_cpu, robe_forward_cpu, robe_sgd_update_cpu
 from gpu_ops.robe.hashing import P
 
 
@@ -261,3 +261,36 @@ def robe_lookup(
         table_offsets.contiguous(), dim, block, a, b, c,
     )  # (B*T, dim)
     return out.view(-1, num_tables, dim)
+
+
+@torch.no_grad()
+def robe_sgd_update_(
+    weight: Tensor,
+    grad_out: Tensor,
+    ids: Tensor,
+    *,
+    table_offsets: Tensor,
+    dim: int,
+    block: int,
+    hash_abc: tuple[int, int, int],
+    lr: float,
+    offsets: Tensor | None = None,
+) -> Tensor:
+    """Fused backward + SGD step: ``weight -= lr * dL/dweight`` in place, given ``dL/dout``.
+
+    ``grad_out`` is the gradient of ``robe_lookup``'s ``(B, T, dim)`` result; the other
+    arguments are those of that call (whose checks it does not repeat). No gradient array
+    is allocated: on CUDA the Triton backward adds ``-lr * grad`` straight into the array.
+    Returns ``weight``.
+    """
+    _check_static(weight, ids, offsets, table_offsets, dim, block, hash_abc)
+    a, b, c = (int(x) for x in hash_abc)
+    values = (ids.reshape(-1) if offsets is None else ids).contiguous()
+    grad = grad_out.reshape(-1, dim).to(weight.dtype).contiguous()  # (B*T, dim)
+    if weight.device.type == "cuda":
+        from gpu_ops.robe.kernel import robe_sgd_update_triton
+
+        robe_sgd_update_triton(weight, grad, values, offsets, table_offsets, dim, block, a, b, c, lr)
+    else:
+        robe_sgd_update_cpu(weight, grad, values, offsets, table_offsets, dim, block, a, b, c, lr)
+    return weight
