@@ -1,0 +1,192 @@
+"""`robeflow evaluate`: metrics of the trained model on the test window, and the quality gate.
+
+Writes ``reports/metrics.json`` (AUC, log loss, NE, calibration, the oracle AUC when the
+planted probabilities are known, the gate's target and ``passed``, the embedding size),
+the ROC curve for a DVC plot, and the test-window predictions for monitoring.
+
+The step exits 0 when it ran, whatever the gate says (a failed gate is ``passed: false``
+for the pipeline to act on), unless ``evaluate.fail_on_gate`` is true.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.common import StepError, atomic_dir, log, write_json
+from components.params import add_params_args, load_config
+from dlrm.configs import EvaluateConfig
+
+STEP = "evaluate"
+GATE_FAILED_EXIT = 3
+
+
+@dataclass
+class EvaluateResult:
+    """The metrics written to metrics.json; ``passed`` is the gate's outcome."""
+
+    metrics: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.metrics["passed"])
+
+
+def gate_target(cfg: EvaluateConfig, oracle_auc: float | None) -> float:
+    """The AUC the model must reach under ``cfg.gate``."""
+    from dlrm.metrics import MLPERF_TARGETS
+
+    if cfg.gate == "target_auc":
+        return cfg.target_auc
+    if cfg.gate in MLPERF_TARGETS:
+        return MLPERF_TARGETS[cfg.gate]
+    if cfg.gate == "oracle_gap":
+        if oracle_auc is None:
+            raise StepError("evaluate.gate = oracle_gap needs the planted probabilities (--truth DIR with "
+                            "event_id, purchase_prob covering the test rows)")
+        return oracle_auc - cfg.oracle_gap
+    raise ValueError(f"evaluate.gate = {cfg.gate!r}; expected target_auc, oracle_gap, "
+                     f"{', '.join(MLPERF_TARGETS)}")
+
+
+def _oracle(frame, labels, truth_dir: Path) -> tuple[float | None, int]:
+    """(AUC of the planted probabilities on the test rows they cover, rows covered)."""
+    import numpy as np
+    import pandas as pd
+
+    from dlrm.metrics import auc
+
+    files = sorted(Path(truth_dir).rglob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"truth dir {truth_dir} holds no .parquet files (event_id, purchase_prob)")
+    if "event_id" not in frame.columns:
+        raise ValueError("the test table has no event_id column to join the planted probabilities on")
+    truth = pd.concat([pd.read_parquet(f, columns=["event_id", "purchase_prob"]) for f in files])
+    truth = truth.drop_duplicates("event_id").set_index("event_id")["purchase_prob"]
+    prob = frame["event_id"].astype(str).map(truth.rename(index=str)).to_numpy(dtype=np.float64, na_value=np.nan)
+    known = ~np.isnan(prob)
+    if not known.any():
+        return None, 0
+    return auc(labels[known], prob[known]), int(known.sum())
+
+
+def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metrics_out: Path,
+             plots_dir: Path, predictions_dir: Path, *, truth_dir: Path | None = None,
+             criteo: Path | None = None) -> EvaluateResult:
+    """Scores the test window with the bundle in ``model_dir`` and applies the gate.
+
+    Args:
+        cfg: the ``evaluate`` section of params.yaml.
+        model_dir: the bundle written by ``robeflow train``.
+        input_dir: the model-ready dir (``test.parquet``); ignored when ``criteo`` is given.
+        metrics_out: the metrics JSON (reports/metrics.json).
+        plots_dir: gets ``roc.csv`` (fpr, tpr).
+        predictions_dir: gets ``test.parquet`` (event_id, score, label; event_timestamp when known).
+        truth_dir: the planted probabilities (data/truth) for the oracle AUC, or None.
+        criteo: a Criteo file to use as the test window instead of ``input_dir``.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from dlrm.bundle import load_model, predict
+    from dlrm.data import criteo_model_frame
+    from dlrm.metrics import classification_metrics, roc_curve
+    from features.spec import FeatureSpec, ModelInput
+
+    model, doc = load_model(model_dir)
+    spec = FeatureSpec.from_dict(doc["feature_spec"])
+    if criteo is not None:
+        from features.criteo import read_criteo
+
+        if not Path(criteo).exists():
+            raise FileNotFoundError(f"Criteo file {criteo} does not exist")
+        frame, data_spec = criteo_model_frame(read_criteo(criteo), spec.sparse[0].table_size)
+    else:
+        if input_dir is None:
+            raise ValueError("give the model-ready dir (--input) or a Criteo file (--criteo)")
+        path = Path(input_dir) / "test.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"test window {path} does not exist")
+        frame = pd.read_parquet(path)
+        spec_path = Path(input_dir) / "feature_spec.json"
+        data_spec = FeatureSpec.load(spec_path) if spec_path.exists() else spec
+    if (data_spec.dense, data_spec.sparse) != (spec.dense, spec.sparse):
+        raise ValueError(f"the test data's feature spec differs from the one {model_dir} was trained on")
+    if spec.label not in frame.columns:
+        raise ValueError(f"the test window has no label column {spec.label!r}")
+    if len(frame) == 0:
+        raise ValueError("the test window has no rows")
+    inputs = ModelInput.from_frame(frame, spec)
+    probs = predict(model, inputs, batch_size=cfg.batch_size)
+    labels = inputs.labels.astype(np.float64)
+    m = classification_metrics(labels, probs)
+
+    oracle_auc, oracle_rows = (None, 0)
+    if truth_dir is not None and Path(truth_dir).exists():
+        oracle_auc, oracle_rows = _oracle(frame, labels, truth_dir)
+    target = gate_target(cfg, oracle_auc)
+    passed = bool(np.isfinite(m["auc"]) and m["auc"] >= target)
+    train_metrics = doc.get("metrics", {})
+    emb = doc["embedding"]
+    metrics = {
+        **m,
+        "oracle_auc": oracle_auc, "oracle_rows": oracle_rows,
+        "gap_to_oracle": None if oracle_auc is None else oracle_auc - m["auc"],
+        "gate": cfg.gate, "target_auc": target, "passed": passed,
+        "backend": emb["backend"], "embedding_bytes": emb["bytes"],
+        "full_embedding_bytes": emb["full_bytes"], "compression": emb["compression"],
+        "train_samples_per_s": train_metrics.get("train_samples_per_s"),
+        "time_to_target_s": train_metrics.get("time_to_target_s"),
+        "train_valid_auc": train_metrics.get("valid_auc"),
+    }
+    write_json(metrics_out, metrics)
+
+    fpr, tpr = roc_curve(labels, probs, max_points=cfg.roc_points)
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    with (plots_dir / "roc.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["fpr", "tpr"])
+        w.writerows(zip(fpr.tolist(), tpr.tolist()))
+
+    pred = pd.DataFrame({
+        "event_id": frame["event_id"].astype(str).to_numpy() if "event_id" in frame.columns
+        else np.arange(len(frame)).astype(str),
+        "score": probs, "label": labels.astype(np.int64)})
+    if "event_timestamp" in frame.columns:
+        pred.insert(1, "event_timestamp", frame["event_timestamp"].to_numpy())
+    with atomic_dir(predictions_dir) as tmp:
+        pred.to_parquet(tmp / "test.parquet", index=False)
+
+    oracle = f", oracle {oracle_auc:.5f}" if oracle_auc is not None else ""
+    log(STEP, f"test AUC {m['auc']:.5f}{oracle}, NE {m['ne']:.4f}, target {target:.5f} ({cfg.gate}): "
+              f"{'passed' if passed else 'FAILED'} -> {metrics_out}")
+    return EvaluateResult(metrics)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_config(EvaluateConfig, STEP, args.params, args.overrides)
+    if args.input is None and args.criteo is None:
+        raise StepError("give the model-ready dir (--input) or a Criteo file (--criteo)", exit_code=2)
+    result = evaluate(cfg, args.model, args.input, args.metrics, args.plots, args.predictions,
+                      truth_dir=args.truth, criteo=args.criteo)
+    if not result.passed and cfg.fail_on_gate:
+        raise StepError(f"quality gate failed: test AUC {result.metrics['auc']:.5f} < target "
+                        f"{result.metrics['target_auc']:.5f}", exit_code=GATE_FAILED_EXIT)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(STEP, help="test-window metrics and the quality gate")
+    p.add_argument("--model", type=Path, required=True, help="model bundle dir (models/model)")
+    p.add_argument("--input", type=Path, help="model-ready dir with test.parquet (data/model_input)")
+    p.add_argument("--criteo", type=Path, help="a Criteo TSV/CSV as the test window instead of --input")
+    p.add_argument("--truth", type=Path, help="planted probabilities (data/truth) for the oracle AUC")
+    p.add_argument("--metrics", type=Path, required=True, help="metrics JSON (reports/metrics.json)")
+    p.add_argument("--plots", type=Path, required=True, help="plot data dir (reports/plots)")
+    p.add_argument("--predictions", type=Path, required=True, help="test predictions dir (data/predictions)")
+    add_params_args(p)
+    p.set_defaults(func=_main)

@@ -1,0 +1,114 @@
+"""`robeflow train`: train the DLRM on the model-ready tables (or a Criteo file).
+
+Reads ``<input>/{train,valid}.parquet`` + ``feature_spec.json`` (or ``--criteo PATH``,
+whose last rows form the validation window), trains as the ``train`` section of
+params.yaml says, and writes the model bundle, checkpoints and training reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.common import StepError, atomic_dir, log, write_json
+from components.params import add_params_args, as_dict, load_config
+from dlrm.configs import TrainConfig
+
+STEP = "train"
+
+
+@dataclass
+class TrainStepResult:
+    """Where the step wrote its outputs, and its figures."""
+
+    model_dir: Path
+    metrics: dict[str, Any]        # also in reports/train/train_metrics.json
+    history: list[dict[str, float]]  # one row per validation evaluation (auc_steps.csv)
+
+
+def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints: Path,
+          reports: Path, *, criteo: Path | None = None, resume: bool = False) -> TrainStepResult:
+    """Trains a DLRM and writes ``model_out`` (bundle), ``checkpoints`` and ``reports``.
+
+    Args:
+        cfg: the ``train`` section of params.yaml.
+        input_dir: the model-ready dir (train/valid parquet + feature_spec.json); ignored
+            when ``criteo`` is given.
+        model_out: the bundle dir (``model.safetensors`` + ``config.json``), replaced atomically.
+        checkpoints: the checkpoint dir (``step-<n>.pt``).
+        reports: gets ``train_metrics.json`` and ``auc_steps.csv``.
+        criteo: a Criteo TSV/CSV to train on instead of ``input_dir``.
+        resume: continue from the newest checkpoint in ``checkpoints``.
+    """
+    from dlrm.bundle import save_model
+    from dlrm.data import criteo_model_frame, read_split, read_spec
+    from dlrm.train import train_model
+    from features.spec import ModelInput
+
+    if criteo is not None:
+        from features.criteo import read_criteo
+
+        if not Path(criteo).exists():
+            raise FileNotFoundError(f"Criteo file {criteo} does not exist")
+        frame, spec = criteo_model_frame(read_criteo(criteo), cfg.criteo.table_size)
+        if not 0 < cfg.criteo.valid_fraction < 1:
+            raise ValueError(f"train.criteo.valid_fraction = {cfg.criteo.valid_fraction}; expected 0 < x < 1")
+        cut = len(frame) - max(1, round(len(frame) * cfg.criteo.valid_fraction))
+        if cut < 1:
+            raise ValueError(f"Criteo file {criteo} has {len(frame)} rows; too few to split train/valid")
+        train_in = ModelInput.from_frame(frame.iloc[:cut], spec)
+        valid_in = ModelInput.from_frame(frame.iloc[cut:], spec)
+        source = str(criteo)
+    else:
+        if input_dir is None:
+            raise ValueError("give the model-ready dir (--input) or a Criteo file (--criteo)")
+        spec = read_spec(input_dir)
+        train_in = read_split(input_dir, "train", spec)[1]
+        valid_path = Path(input_dir) / "valid.parquet"
+        valid_in = read_split(input_dir, "valid", spec)[1] if valid_path.exists() else None
+        source = str(input_dir)
+    log(STEP, f"{train_in.num_rows} training rows, {valid_in.num_rows if valid_in else 0} validation rows "
+              f"from {source}; backend {cfg.model.embedding.backend}")
+
+    result = train_model(cfg, spec, train_in, valid_in, checkpoint_dir=Path(checkpoints), resume=resume,
+                         log=lambda msg: log(STEP, msg))
+    metrics = {**result.metrics(), "target_auc": cfg.target_auc, "train_rows": train_in.num_rows,
+               "valid_rows": valid_in.num_rows if valid_in else 0, "source": source}
+    with atomic_dir(model_out) as tmp:
+        save_model(result.model.cpu(), tmp, spec=spec, config=as_dict(cfg), metrics=metrics)
+    reports = Path(reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    write_json(reports / "train_metrics.json", metrics)
+    with (reports / "auc_steps.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["step", "samples", "wall_s", "auc", "loss"])
+        w.writeheader()
+        w.writerows(result.history)
+    auc = f"{result.last_auc:.5f}" if result.last_auc is not None else "n/a"
+    log(STEP, f"{result.steps} steps, {result.samples_per_s:.0f} samples/s, valid AUC {auc}, "
+              f"embedding {result.model.embedding_bytes / 1e6:.2f} MB ({result.model.compression:.1f}x) "
+              f"-> {model_out}")
+    return TrainStepResult(model_dir=Path(model_out), metrics=metrics, history=result.history)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_config(TrainConfig, STEP, args.params, args.overrides)
+    if args.input is None and args.criteo is None:
+        raise StepError("give the model-ready dir (--input) or a Criteo file (--criteo)", exit_code=2)
+    train(cfg, args.input, args.model_out, args.checkpoints, args.reports, criteo=args.criteo,
+          resume=args.resume)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(STEP, help="train the DLRM (ROBE or another embedding backend)")
+    p.add_argument("--input", type=Path, help="model-ready dir: train/valid parquet + feature_spec.json (data/model_input)")
+    p.add_argument("--criteo", type=Path, help="train on a Criteo TSV/CSV instead of --input")
+    p.add_argument("--model-out", type=Path, required=True, help="model bundle dir (models/model)")
+    p.add_argument("--checkpoints", type=Path, required=True, help="checkpoint dir (models/checkpoints)")
+    p.add_argument("--reports", type=Path, required=True, help="training reports dir (reports/train)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    add_params_args(p)
+    p.set_defaults(func=_main)

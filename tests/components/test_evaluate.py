@@ -1,0 +1,85 @@
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from components.cli import main
+from dlrm.metrics import auc
+from dlrm.synthetic import write_planted_dir
+
+PARAMS = {
+    "train": {
+        "model": {"embedding": {"backend": "robe", "dim": 8, "compression": 4, "block": 4},
+                  "bottom_mlp": [16], "top_mlp": [32]},
+        "optim": {"dense_lr": 0.003, "embedding_lr": 0.1},
+        "batch_size": 128, "epochs": 2, "progress": False,
+    },
+    "evaluate": {"gate": "oracle_gap", "oracle_gap": 0.15},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    write_planted_dir(root / "data/model_input", root / "data/truth")
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    assert main(["train", "--input", str(root / "data/model_input"), "--model-out", str(root / "models/model"),
+                 "--checkpoints", str(root / "models/checkpoints"), "--reports", str(root / "reports/train"),
+                 "--params", str(root / "params.yaml")]) == 0
+    return root
+
+
+def run_eval(root, *overrides, truth=True):
+    args = ["evaluate", "--model", str(root / "models/model"), "--input", str(root / "data/model_input"),
+            "--metrics", str(root / "reports/metrics.json"), "--plots", str(root / "reports/plots"),
+            "--predictions", str(root / "data/predictions"), "--params", str(root / "params.yaml")]
+    if truth:
+        args += ["--truth", str(root / "data/truth")]
+    for o in overrides:
+        args += ["-S", o]
+    code = main(args)
+    return code, json.loads((root / "reports/metrics.json").read_text())
+
+
+def test_evaluate_writes_metrics_plots_and_predictions(trained):
+    code, m = run_eval(trained)
+    assert code == 0
+    for key in ("auc", "logloss", "ne", "oracle_auc", "target_auc", "passed", "backend", "embedding_bytes",
+                "compression", "train_samples_per_s", "time_to_target_s"):
+        assert key in m, key
+    test = pd.read_parquet(trained / "data/model_input/test.parquet")
+    truth = pd.read_parquet(trained / "data/truth/test.parquet")
+    assert m["oracle_auc"] == pytest.approx(auc(test["purchased"], truth["purchase_prob"]))
+    assert m["target_auc"] == pytest.approx(m["oracle_auc"] - 0.15)
+    assert m["passed"] is True and 0.7 < m["auc"] < m["oracle_auc"] + 0.01 and m["ne"] < 1
+    pred = pd.read_parquet(trained / "data/predictions/test.parquet")
+    assert list(pred.columns) == ["event_id", "event_timestamp", "score", "label"]
+    assert pred["event_id"].tolist() == test["event_id"].tolist()
+    assert auc(pred["label"], pred["score"]) == pytest.approx(m["auc"])
+    roc = pd.read_csv(trained / "reports/plots/roc.csv")
+    assert roc["fpr"].iloc[0] == 0 and roc["tpr"].iloc[-1] == 1 and roc["fpr"].is_monotonic_increasing
+
+
+def test_gate_fails_on_an_unreachable_target_without_crashing(trained):
+    code, m = run_eval(trained, "evaluate.gate=target_auc", "evaluate.target_auc=0.999")
+    assert code == 0 and m["passed"] is False and m["target_auc"] == 0.999
+    code, m = run_eval(trained, "evaluate.gate=mlperf_dlrm_criteo_1tb")
+    assert m["target_auc"] == 0.8025 and m["passed"] is (m["auc"] >= 0.8025)
+    code, m = run_eval(trained, "evaluate.gate=target_auc", "evaluate.target_auc=0.6")
+    assert code == 0 and m["passed"] is True
+
+
+def test_fail_on_gate_makes_the_step_exit_non_zero(trained, capsys):
+    code, m = run_eval(trained, "evaluate.gate=target_auc", "evaluate.target_auc=0.999",
+                       "evaluate.fail_on_gate=true")
+    assert code == 3 and m["passed"] is False
+    assert "quality gate failed" in capsys.readouterr().err
+
+
+def test_oracle_gap_without_truth_is_a_clear_error(trained, capsys):
+    args = ["evaluate", "--model", str(trained / "models/model"), "--input", str(trained / "data/model_input"),
+            "--metrics", str(trained / "reports/m2.json"), "--plots", str(trained / "reports/p2"),
+            "--predictions", str(trained / "data/p2"), "--params", str(trained / "params.yaml")]
+    assert main(args) == 1
+    assert "oracle_gap needs the planted probabilities" in capsys.readouterr().err
