@@ -174,15 +174,19 @@ def cast_canonical(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """Casts a raw batch to the canonical dtypes; uncastable values become null.
 
     Returns the cast frame (canonical column order) and, per column, how many non-null
-    values the cast turned into nulls.
+    values the cast turned into nulls. Empty text counts as missing, except in ``query``,
+    where missing becomes ``""`` (no search terms).
     """
     out = pd.DataFrame(index=pd.RangeIndex(len(df)))
     coerced: dict[str, int] = {}
     df = df.reset_index(drop=True)
     for c in COLUMNS:
         s = df[c]
-        if c in STRING_COLUMNS:
+        if c == "query":
+            v = s.astype("string").fillna("")  # no search: "" (CSV cannot tell "" from missing)
+        elif c in STRING_COLUMNS:
             v = s.astype("string")
+            v = v.mask(v == "")  # an empty id, category or device is a missing one
         elif c in TIMESTAMP_COLUMNS:
             v = _to_utc(s)
         else:
@@ -204,9 +208,19 @@ def _to_utc(s: pd.Series) -> pd.Series:
         return s.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
     if pd.api.types.is_datetime64_dtype(s.dtype):
         return s.dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
-    text = s.astype("string")
-    ts = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
-    return ts.astype("datetime64[ns, UTC]")
+    text = s.astype("string").str.strip()
+    # parse offset-bearing and naive texts apart: in one call pandas applies one text's
+    # offset to the naive ones
+    aware = text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True, na=False).to_numpy()
+    out = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]")
+    if aware.any():
+        out[aware] = pd.to_datetime(text[aware], utc=True, errors="coerce", format="ISO8601")
+    if (~aware).any():
+        naive = pd.to_datetime(text[~aware], errors="coerce", format="ISO8601")
+        if isinstance(naive.dtype, pd.DatetimeTZDtype):  # cannot happen for naive texts; be safe
+            naive = naive.dt.tz_convert(None)
+        out[~aware] = naive.dt.tz_localize("UTC")
+    return out
 
 
 # ---------------------------------------------------------------------------- core
