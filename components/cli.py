@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="step", metavar="STEP")
     sub.required = True
     for info in sorted(pkgutil.iter_modules(components.__path__), key=lambda m: m.name):
-        if info.name.startswith("_") or info.name == "cli":
+        # kfp_components imports kfp at import time; the CLI never needs it to start.
+        if info.name.startswith("_") or info.name in ("cli", "kfp_components"):
             continue
         module = importlib.import_module(f"components.{info.name}")
         register = getattr(module, "register", None)

@@ -1,0 +1,149 @@
+"""Kubeflow Pipelines (v2) wrappers around the steps' core functions.
+
+Each wrapper only maps typed artifact paths to the step's core function and records
+``.metadata``; every one takes its ``params.yaml`` section as a dict, so pipeline
+arguments mirror the parameters file. They run in the component image (built by
+``docker/Dockerfile``), which has robeflow and kfp installed, so nothing is
+pip-installed at run time.
+
+This module imports kfp at import time (the `robeflow` CLI never imports it) and has no
+`from __future__ import annotations`: kfp reads the annotations as real types.
+"""
+
+
+import os
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+DEFAULT_IMAGE = "robeflow/components:0.1.0"
+# The one place the image name comes from (read when the pipeline is compiled).
+IMAGE = os.environ.get("ROBEFLOW_IMAGE", DEFAULT_IMAGE)
+
+
+def _component(func):
+    return dsl.component(base_image=IMAGE, install_kfp_package=False)(func)
+
+
+@_component
+def generate_op(params: dict, raw: Output[Dataset], truth: Output[Dataset]):
+    """Synthetic transactions and their planted purchase probabilities."""
+    from pathlib import Path
+
+    from components.generate import GenerateConfig, generate
+    from components.params import from_dict
+
+    res = generate(from_dict(GenerateConfig, params, "generate"), Path(raw.path), Path(truth.path))
+    raw.metadata.update({"rows": res.rows, "positive_rate": res.positive_rate,
+                         "window": list(res.window), "corrupted": res.corrupted})
+    truth.metadata["rows"] = res.rows
+
+
+@_component
+def ingest_op(params: dict, raw: Input[Dataset], ingested: Output[Dataset]):
+    """Raw CSV/Parquet/Criteo files -> canonical Parquet partitioned by day."""
+    from pathlib import Path
+
+    from components.ingest import IngestConfig, ingest
+    from components.params import from_dict
+
+    res = ingest(from_dict(IngestConfig, params, "ingest"), Path(raw.path), Path(ingested.path))
+    ingested.metadata.update({"rows": res.rows, "format": res.format, "days": len(res.days),
+                              "coerced": res.coerced})
+
+
+@_component
+def validate_op(params: dict, ingested: Input[Dataset], validated: Output[Dataset],
+                quarantine: Output[Dataset], accounting: Output[Metrics], report: Output[Markdown]):
+    """Great Expectations suite; bad rows to quarantine; fails above max_bad_fraction."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from components.common import StepError
+    from components.params import from_dict
+    from components.validate import ValidateConfig, validate
+
+    cfg = from_dict(ValidateConfig, params, "validate")
+    reports = Path(tempfile.mkdtemp(prefix="validation-"))
+    res = validate(cfg, Path(ingested.path), Path(validated.path), Path(quarantine.path), reports)
+    for key in ("rows_in", "rows_valid", "rows_quarantined", "bad_fraction"):
+        accounting.log_metric(key, float(getattr(res, key)))
+    shutil.copyfile(reports / "report.md", report.path)
+    validated.metadata["rows"] = res.rows_valid
+    quarantine.metadata.update({"rows": res.rows_quarantined,
+                                "failed_by_expectation": res.failed_by_expectation})
+    if not res.passed:
+        raise StepError(res.reason(cfg.max_bad_fraction))
+
+
+@_component
+def features_op(params: dict, validated: Input[Dataset], feature_repo: Output[Dataset],
+                model_input: Output[Dataset]):
+    """Feast repo, point-in-time training frame, online store, model-ready tables."""
+    from pathlib import Path
+
+    from components.features import FeaturesConfig, features
+    from components.params import from_dict
+
+    res = features(from_dict(FeaturesConfig, params, "features"), Path(validated.path),
+                   Path(feature_repo.path), Path(model_input.path))
+    model_input.metadata.update({"rows": res.rows, "split_rows": res.split_rows,
+                                 "split_days": res.split_days})
+    feature_repo.metadata.update({"online_entities": res.online_entities, "snapshot": res.snapshot})
+
+
+@_component
+def train_op(params: dict, device: str, model_input: Input[Dataset], model: Output[Model],
+             train_metrics: Output[Metrics]):
+    """DLRM with compressed embeddings, trained MLPerf-style to the target AUC."""
+    import tempfile
+    from pathlib import Path
+
+    from components.params import from_dict
+    from components.train import train
+    from dlrm.configs import TrainConfig
+
+    cfg = from_dict(TrainConfig, {**params, "device": device, "progress": False}, "train")
+    scratch = Path(tempfile.mkdtemp(prefix="train-"))
+    res = train(cfg, Path(model_input.path), Path(model.path), scratch / "checkpoints", scratch / "reports")
+    for key, value in res.metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            train_metrics.log_metric(key, float(value))
+    model.metadata.update({k: v for k, v in res.metrics.items() if isinstance(v, (int, float, str))})
+    model.metadata["framework"] = "pytorch"
+
+
+class EvaluateOutputs(NamedTuple):
+    passed: bool
+
+
+@_component
+def evaluate_op(params: dict, model: Input[Model], model_input: Input[Dataset], truth: Input[Dataset],
+                metrics: Output[Metrics], roc: Output[ClassificationMetrics],
+                predictions: Output[Dataset]) -> NamedTuple("EvaluateOutputs", [("passed", bool)]):
+    """AUC, log loss, NE and calibration on the test window; the quality gate."""
+    import csv
+    import tempfile
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.evaluate import evaluate
+    from components.params import from_dict
+    from dlrm.configs import EvaluateConfig
+
+    cfg = from_dict(EvaluateConfig, {**params, "fail_on_gate": False}, "evaluate")
+    scratch = Path(tempfile.mkdtemp(prefix="evaluate-"))
+    res = evaluate(cfg, Path(model.path), Path(model_input.path), scratch / "metrics.json",
+                   scratch / "plots", Path(predictions.path), truth_dir=Path(truth.path))
+    for key, value in res.metrics.items():
+        if isinstance(value, (int, float)) and value is not None:
+            metrics.log_metric(key, float(value))
+    roc_csv = scratch / "plots" / "roc.csv"
+    if roc_csv.exists():
+        with roc_csv.open() as fh:
+            rows = list(csv.DictReader(fh))
+        roc.log_roc_curve([float(r["fpr"]) for r in rows], [float(r["tpr"]) for r in rows],
+                          [float(r["threshold"]) for r in rows])
+    return namedtuple("EvaluateOutputs", ["passed"])(res.passed)
