@@ -121,21 +121,34 @@ def historical_rows(store: "FeatureStore", entity_df: pd.DataFrame,
                     service: str = "dlrm_v1") -> pd.DataFrame:
     """Point-in-time join of ``entity_df`` (user_id, item_id, tz-aware event_timestamp and
     any other columns, which pass through) with the service's features, in input order.
+
+    Feast's file (dask) store keeps one entity row per (join keys of the views joined so
+    far, timestamp), which would silently drop all but one of several items offered to a
+    user at the same instant. So the join runs once per entity over the distinct
+    (key, timestamp) pairs, and the values are merged back onto every row.
     """
-    if "event_timestamp" not in entity_df.columns:
-        raise ValueError("entity rows lack column 'event_timestamp'")
-    df = entity_df.copy()
-    ts = pd.to_datetime(df["event_timestamp"], utc=True)
+    missing = [c for c in ("event_timestamp", "user_id", "item_id") if c not in entity_df.columns]
+    if missing:
+        raise ValueError(f"entity rows lack column(s) {missing}")
+    out = entity_df.copy().reset_index(drop=True)
+    for col in out.columns:  # Feast's joins expect plain object strings, not pandas' StringDtype
+        if isinstance(out[col].dtype, pd.StringDtype):
+            out[col] = out[col].astype(object).where(out[col].notna(), None)
+    ts = pd.to_datetime(out["event_timestamp"], utc=True)
     # Feast converts the entity range to Python datetimes (microseconds); feature rows
     # are stamped at day starts, so flooring the join key to microseconds changes nothing
-    df["event_timestamp"] = ts.dt.floor("us")
-    df["_row"] = range(len(df))
-    for col in df.columns:  # Feast's joins expect plain object strings, not pandas' StringDtype
-        if isinstance(df[col].dtype, pd.StringDtype):
-            df[col] = df[col].astype(object).where(df[col].notna(), None)
-    job = store.get_historical_features(entity_df=df, features=store.get_feature_service(service))
-    out = job.to_df()
-    out = out.sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)
+    out["event_timestamp"] = ts.dt.floor("us")
+    refs: dict[tuple[str, ...], list[str]] = {}
+    for proj in store.get_feature_service(service).feature_view_projections:
+        keys = tuple(store.get_feature_view(proj.name).join_keys)
+        refs.setdefault(keys, []).extend(f"{proj.name}:{f.name}" for f in proj.features)
+    for keys, features in refs.items():
+        pairs = out[[*keys, "event_timestamp"]].drop_duplicates(ignore_index=True)
+        got = store.get_historical_features(entity_df=pairs, features=features).to_df()
+        got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True).astype(
+            out["event_timestamp"].dtype)
+        values = got[[*keys, "event_timestamp", *[f.split(":", 1)[1] for f in features]]]
+        out = out.merge(values, on=[*keys, "event_timestamp"], how="left", validate="many_to_one")
     out["event_timestamp"] = ts.reset_index(drop=True)
     return out
 

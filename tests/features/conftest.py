@@ -39,6 +39,9 @@ def make_events(rows: int = 3000, users: int = 60, items: int = 40, days: int = 
         "country": rng.choice(COUNTRIES, rows),
         "purchased": (rng.random(rows) < 0.08 + 0.1 * (item % 3 == 0)).astype(int),
     })
+    # every tenth offer is shown on the same page as the one before: same user, same instant
+    page = np.arange(1, rows, 10)
+    df.loc[page, ["user_id", "event_timestamp"]] = df.loc[page - 1, ["user_id", "event_timestamp"]].to_numpy()
     df = df.astype(COLUMNS)
     return df.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
 
@@ -55,3 +58,23 @@ def write_validated(events: pd.DataFrame, root) -> None:
 @pytest.fixture(scope="session")
 def events() -> pd.DataFrame:
     return make_events()
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, events):
+    """One run of the features step on ``events``, shared by the tests that read its outputs.
+
+    Returns a namespace with ``validated``, ``repo``, ``model_input`` (paths), ``result``
+    and ``cfg``.
+    """
+    from types import SimpleNamespace
+
+    from components.features import FeaturesConfig, features
+
+    root = tmp_path_factory.mktemp("features_step")
+    validated = root / "validated"
+    write_validated(events, validated)
+    cfg = FeaturesConfig(test_days=2, valid_days=2)
+    result = features(cfg, validated, root / "features", root / "model_input")
+    return SimpleNamespace(validated=validated, repo=root / "features", model_input=root / "model_input",
+                           result=result, cfg=cfg)

@@ -1,0 +1,68 @@
+"""The Feast repo: the feast CLI works on a copy of features/ and on the materialised repo."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import features
+from features.compute import compute_feature_tables
+from features.repo import check_tables_match_views, open_store, repo_objects
+
+PACKAGE = Path(features.__file__).parent
+
+# Runs feast CLI commands in ONE fresh interpreter (the `feast` console script's own entry,
+# feast.cli.cli:cli, once per command), so Feast is imported once instead of per command.
+FEAST_CLI = """
+import sys
+from feast.cli.cli import cli
+for args in map(str.split, sys.argv[1:]):
+    print("$ feast", *args, flush=True)
+    cli.main(args, prog_name="feast", standalone_mode=False)
+"""
+
+
+def feast(*commands: str) -> str:
+    """Output of the feast CLI commands (each a space-separated argument string)."""
+    out = subprocess.run([sys.executable, "-c", FEAST_CLI, *commands], check=True,
+                         capture_output=True, text=True)
+    return out.stdout
+
+
+def test_feast_cli_applies_a_copy_of_the_package_and_reads_the_materialised_repo(tmp_path, built):
+    """`feast apply` in a copy of features/ (helpers excluded by .feastignore) registers the
+    repo under the copy, not under the working directory; `feast ... list` reads both."""
+    repo = tmp_path / "repo"
+    shutil.copytree(PACKAGE, repo, ignore=shutil.ignore_patterns("__pycache__", "store"))
+    out = feast(f"--chdir {repo} apply", f"--chdir {repo} feature-views list",
+                f"--chdir {built.repo} feature-services list", f"--chdir {built.repo} entities list")
+    assert (repo / "store" / "registry.db").is_file()
+    copy_list = out[out.index(f"--chdir {repo} feature-views list"):out.index(f"--chdir {built.repo}")]
+    for name in ("user_daily_stats", "item_daily_stats", "item_attributes"):
+        assert name in copy_list
+    built_list = out[out.index(f"--chdir {built.repo} feature-services list"):]
+    assert "dlrm_v1" in built_list and "user_id" in built_list
+
+
+def test_repo_objects_are_collected_once_and_unloaded(built):
+    objects = repo_objects(built.repo)
+    kinds = sorted(type(o).__name__ for o in objects)
+    assert kinds == ["Entity", "Entity", "FeatureService", "FeatureView", "FeatureView", "FeatureView",
+                     "FileSource", "FileSource", "FileSource"]
+    assert not {"entities", "feature_views", "data_sources", "feature_services"} & set(sys.modules)
+
+
+def test_tables_that_drift_from_the_views_are_refused(built, events):
+    tables = compute_feature_tables(events)
+    tables.item_attributes = tables.item_attributes.drop(columns="item_brand")
+    with pytest.raises(ValueError, match="item_attributes"):
+        check_tables_match_views(open_store(built.repo), tables)
+
+
+def test_a_directory_without_a_repo_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="feature_store.yaml"):
+        open_store(tmp_path)

@@ -1,0 +1,92 @@
+"""`robeflow features`: model-ready splits by time, point-in-time values, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.cli import main
+from features.spec import FeatureSpec, ModelInput
+
+DAY = pd.Timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def tables(built):
+    spec = FeatureSpec.load(built.model_input / "feature_spec.json")
+    return spec, {s: pd.read_parquet(built.model_input / f"{s}.parquet") for s in ("train", "valid", "test")}
+
+
+def test_every_event_lands_in_exactly_one_split_by_time(built, events, tables):
+    spec, parts = tables
+    ids = pd.concat([p["event_id"] for p in parts.values()])
+    assert sorted(ids) == sorted(events["event_id"]) and built.result.rows == len(events)
+    days = sorted(events["event_timestamp"].dt.floor("D").unique())
+    span = {s: (p["event_timestamp"].min().floor("D"), p["event_timestamp"].max().floor("D"))
+            for s, p in parts.items()}
+    assert span["test"] == (days[-2], days[-1])
+    assert span["valid"] == (days[-4], days[-3])
+    assert span["train"] == (days[0], days[-5])
+    assert spec.extra["splits"]["test"] == [str(days[-2].date()), str(days[-1].date())]
+
+
+def test_every_table_loads_as_model_input(tables):
+    spec, parts = tables
+    for name, part in parts.items():
+        mi = ModelInput.from_frame(part, spec)
+        assert mi.num_rows == len(part) and mi.labels is not None, name
+        assert {"event_id", "event_timestamp", "user_id", "item_id"} <= set(part.columns)
+
+
+def test_joined_values_are_those_of_the_events_before_the_event_day(events, tables):
+    """Point-in-time join: each event reads the counts of its user/item before its day,
+    recomputed here from the raw events (including offers shown on the same page)."""
+    _, parts = tables
+    frame = pd.concat(parts.values(), ignore_index=True).set_index("event_id")
+    by_user, by_item = dict(tuple(events.groupby("user_id"))), dict(tuple(events.groupby("item_id")))
+    same_page = events[events.duplicated(["user_id", "event_timestamp"], keep=False)]
+    sample = pd.concat([events.sample(80, random_state=1), same_page.head(20)])
+    for ev in sample.itertuples(index=False):
+        start = ev.event_timestamp.floor("D")
+        u, i = by_user[ev.user_id], by_item[ev.item_id]
+        u30 = ((u["event_timestamp"] < start) & (u["event_timestamp"] >= start - 30 * DAY)).sum()
+        i7 = i[(i["event_timestamp"] < start) & (i["event_timestamp"] >= start - 7 * DAY)]
+        row = frame.loc[ev.event_id]
+        assert row["user_offers_30d"] == pytest.approx(np.log1p(u30), rel=1e-6)
+        assert row["item_purchases_7d"] == pytest.approx(np.log1p(i7["purchased"].sum()), rel=1e-6)
+        assert row["price"] == pytest.approx(np.log1p(ev.price), rel=1e-6)
+        assert row["purchased"] == ev.purchased
+
+
+def run(*argv: str) -> int:
+    return main(["features", *argv])
+
+
+def test_missing_input_is_a_clear_error(tmp_path, capsys):
+    code = run("--input", str(tmp_path / "nope"), "--out", str(tmp_path / "f"),
+               "--model-input", str(tmp_path / "m"))
+    err = capsys.readouterr().err
+    assert code != 0 and "nope does not exist" in err and "robeflow validate" in err
+    assert not (tmp_path / "f").exists()
+
+
+def test_empty_input_is_a_clear_error(tmp_path, events, capsys):
+    (tmp_path / "empty").mkdir()
+    code = run("--input", str(tmp_path / "empty"), "--out", str(tmp_path / "f"),
+               "--model-input", str(tmp_path / "m"))
+    assert code != 0 and "holds no Parquet files" in capsys.readouterr().err
+    part = tmp_path / "zero" / "day=2026-10-01"
+    part.mkdir(parents=True)
+    events.iloc[:0].to_parquet(part / "part-0.parquet", index=False)
+    code = run("--input", str(tmp_path / "zero"), "--out", str(tmp_path / "f"),
+               "--model-input", str(tmp_path / "m"))
+    assert code != 0 and "holds no transactions" in capsys.readouterr().err
+
+
+def test_too_few_days_for_the_splits_is_a_clear_error(built, tmp_path, capsys):
+    code = run("--input", str(built.validated), "--out", str(tmp_path / "f"),
+               "--model-input", str(tmp_path / "m"), "-S", "features.test_days=10",
+               "-S", "features.valid_days=4")
+    err = capsys.readouterr().err
+    assert code != 0 and "spans 14 day(s)" in err and "need at least 15" in err
