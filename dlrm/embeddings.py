@@ -231,6 +231,9 @@ class RobeArray(EmbeddingBackend):
         self.hash_abc = (int(h.A), int(h.B), int(h.C))
         self.weight = nn.Parameter(torch.empty(self.size))
         _init_uniform(self.weight.data, dim)
+        # The op's range checks cost a pass over the ids; ModelInput.from_frame has already
+        # checked them, so the training and serving paths turn the checks off.
+        self.validate_ids = False
 
     def hash_constants(self) -> dict:
         A, B, C = self.hash_abc
@@ -238,9 +241,13 @@ class RobeArray(EmbeddingBackend):
                 "size": self.size}
 
     def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        self._check(values, offsets)
-        return robe_lookup(self.weight, values, table_offsets=self.table_offsets, dim=self.dim,
-                           block=self.block, hash_abc=self.hash_abc, offsets=offsets)
+        B = self._check(values, offsets)
+        kw = dict(table_offsets=self.table_offsets, dim=self.dim, block=self.block, hash_abc=self.hash_abc,
+                  validate=self.validate_ids)
+        if values.numel() == B * self.num_tables and bool((offsets[1:] - offsets[:-1] == 1).all()):
+            # single-hot: the (B, T) grid form skips the bag bookkeeping
+            return robe_lookup(self.weight, values.view(B, self.num_tables), **kw)
+        return robe_lookup(self.weight, values, offsets=offsets, **kw)
 
 
 def make_embedding(cfg: EmbeddingConfig, table_sizes: list[int]) -> EmbeddingBackend:

@@ -31,14 +31,16 @@ class DotInteraction(nn.Module):
     def __init__(self, num_vectors: int):
         super().__init__()
         li, lj = torch.tril_indices(num_vectors, num_vectors, offset=-1)
-        self.register_buffer("li", li, persistent=False)
-        self.register_buffer("lj", lj, persistent=False)
+        # flat positions in the (F*F) matrix: index_select's backward is a cheap index_add,
+        # where z[:, li, lj] would backprop through a sorting index_put
+        self.register_buffer("tril", li * num_vectors + lj, persistent=False)
         self.out_features_extra = num_vectors * (num_vectors - 1) // 2
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         x = torch.cat([dense.unsqueeze(1), sparse], dim=1)         # (B, F, d)
         z = torch.bmm(x, x.transpose(1, 2))                        # (B, F, F)
-        return torch.cat([dense, z[:, self.li, self.lj]], dim=1)   # (B, d + F(F-1)/2)
+        pairs = z.flatten(1).index_select(1, self.tril)             # (B, F(F-1)/2)
+        return torch.cat([dense, pairs], dim=1)                    # (B, d + F(F-1)/2)
 
 
 class CrossInteraction(nn.Module):

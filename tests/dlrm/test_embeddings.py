@@ -118,3 +118,4 @@ def test_bad_configs_name_the_value():
     with pytest.raises(ValueError, match="B\\*T \\+ 1"):
         make_embedding(EmbeddingConfig(backend="hashing", dim=DIM), SIZES)(torch.zeros(3, dtype=torch.long),
                                                                           torch.arange(4))
+
