@@ -273,13 +273,11 @@ def ingest(cfg: IngestConfig, input_path: Path, out_dir: Path) -> IngestResult:
 
 
 def _criteo_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
-    from features.criteo import read_criteo
+    from features.criteo import iter_criteo
 
     if path.suffix.lower() == ".parquet":
         raise ValueError(f"{path}: Criteo input must be TSV or CSV, not Parquet")
-    df = read_criteo(path)  # Criteo day files are read whole; split them upstream if needed
-    for start in range(0, max(len(df), 1), batch_rows):
-        yield df.iloc[start:start + batch_rows]
+    yield from iter_criteo(path, batch_rows)
 
 
 def _write_days(df: pd.DataFrame, tmp: Path, out_dir: Path, name: str, days: set[str]) -> list[Path]:

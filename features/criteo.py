@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -51,24 +52,38 @@ def read_criteo(path: Path | str) -> pd.DataFrame:
             non-numeric integer feature or a label outside {0, 1}; the message names the
             file and the column.
     """
+    chunks = list(iter_criteo(path))
+    return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+
+
+def iter_criteo(path: Path | str, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """:func:`read_criteo` in chunks of ``chunk_rows`` rows (all at once when None).
+
+    Criteo day files hold ~200M rows; reading them in chunks bounds memory.
+    """
     path = Path(path)
     kind = sniff_criteo(path)
     if kind is None:
         raise ValueError(f"{path}: not a Criteo file (expected a header 'label,I1,...' "
                          f"or {len(COLUMNS)} tab-separated fields starting with a 0/1 label)")
     if kind == "csv":
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-        missing = [c for c in COLUMNS if c not in raw.columns]
+        header = pd.read_csv(path, nrows=0).columns
+        missing = [c for c in COLUMNS if c not in header]
         if missing:
             raise ValueError(f"{path}: missing Criteo column(s) {', '.join(missing)}")
-        raw = raw[list(COLUMNS)]
+        opts = dict(usecols=list(COLUMNS))
     else:
-        try:
-            raw = pd.read_csv(path, sep="\t", header=None, names=list(COLUMNS), dtype=str,
-                              keep_default_na=False, quoting=csv.QUOTE_NONE)
-        except pd.errors.ParserError as err:
-            raise ValueError(f"{path}: expected {len(COLUMNS)} tab-separated fields per line ({err})") from None
-    return _typed(raw, path)
+        opts = dict(sep="\t", header=None, names=list(COLUMNS), quoting=csv.QUOTE_NONE)
+    try:
+        reader = pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=chunk_rows, **opts)
+        if chunk_rows is None:
+            yield _typed(reader[list(COLUMNS)], path)
+            return
+        for raw in reader:
+            yield _typed(raw[list(COLUMNS)].reset_index(drop=True), path)
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{path}: expected {len(COLUMNS)} {'tab-separated ' if kind == 'tsv' else ''}"
+                         f"fields per line ({err})") from None
 
 
 def _typed(raw: pd.DataFrame, path: Path) -> pd.DataFrame:

@@ -103,8 +103,9 @@ def test_timestamp_typed_parquet_is_converted_to_utc(tmp_path, make_frame):
 def test_criteo_tsv_and_sample_csv(tmp_path, make_config):
     cfg = make_config(rows=500, chunk_rows=250)
     generate(GenerateConfig(**{**cfg.__dict__, "format": "criteo"}), tmp_path / "raw", tmp_path / "truth")
-    res = ingest(CFG, tmp_path / "raw", tmp_path / "out")
+    res = ingest(IngestConfig(batch_rows=100), tmp_path / "raw", tmp_path / "out")
     assert res.format == "criteo" and res.rows == 500
+    assert len(res.files) == 6  # two files of 250 rows, read 100 rows at a time
     df = pd.read_parquet(tmp_path / "out")
     assert list(df.columns) == list(CRITEO_COLUMNS) and len(df) == 500
     assert not any(p.is_dir() for p in (tmp_path / "out").iterdir())  # no day partitions

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.criteo import CAT_COLUMNS, COLUMNS, INT_COLUMNS, read_criteo, sniff_criteo, write_criteo
+from features.criteo import CAT_COLUMNS, COLUMNS, INT_COLUMNS, iter_criteo, read_criteo, sniff_criteo, write_criteo
 
 SAMPLE = Path("/work/shared/data/criteo_sample_200.csv")
 
@@ -33,6 +33,13 @@ def test_tsv_round_trip(sample, tmp_path):
     pd.testing.assert_frame_equal(read_criteo(path), sample)
 
 
+def test_chunks_add_up_to_the_whole(sample, tmp_path):
+    path = write_criteo(sample, tmp_path / "day_0.tsv")
+    chunks = list(iter_criteo(path, chunk_rows=64))
+    assert [len(c) for c in chunks] == [64, 64, 64, 8]
+    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), sample)
+
+
 def test_malformed_files_are_errors_naming_file_and_column(tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("\t".join(["1", "x"] + ["1"] * 12 + ["abcd1234"] * 26) + "\n")
@@ -43,6 +50,11 @@ def test_malformed_files_are_errors_naming_file_and_column(tmp_path):
                      + "\t".join(["3"] + ["1"] * 13 + ["abcd1234"] * 26) + "\n")
     with pytest.raises(ValueError, match=r"label\.tsv: column label has '3'"):
         read_criteo(label)
+    short = tmp_path / "short.tsv"
+    short.write_text("\t".join(["1"] + ["1"] * 13 + ["abcd1234"] * 26) + "\n"
+                     + "\t".join(["0"] + ["1"] * 13 + ["abcd1234"] * 26 + ["extra"]) + "\n")
+    with pytest.raises(ValueError, match=r"short\.tsv: expected 40 tab-separated fields"):
+        read_criteo(short)
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match=r"other\.csv: not a Criteo file"):
