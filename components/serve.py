@@ -1,0 +1,78 @@
+"""`robeflow serve`: the KServe predictor of the registry's production model.
+
+Answers ``POST /v1/models/NAME:predict`` and ``POST /v2/models/NAME/infer``; readiness at
+``GET /v1/models/NAME`` and ``GET /v2/models/NAME/ready`` (see :mod:`serving.requests`
+for the request format). The production bundle is loaded before the port opens.
+
+Example::
+
+    robeflow serve --registry registry --features data/features
+    curl -s localhost:8080/v1/models/robeflow:predict -H 'Content-Type: application/json' \\
+      -d '{"instances": [{"user_id": "u1", "item_ids": ["i1", "i2"], "context": {"device": "mobile"}}]}'
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.common import StepError, log
+from components.params import add_params_args, load_config
+
+STEP = "serve"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The ``serve`` section of params.yaml."""
+
+    model_name: str = "robeflow"   # the NAME in /v1/models/NAME:predict
+    host: str = "0.0.0.0"          # listen address (127.0.0.1: this machine only)
+    http_port: int = 8080          # KServe's default
+    grpc_port: int = 0             # 0 = no gRPC server
+    workers: int = 1               # uvicorn worker processes
+    max_candidates: int = 1000     # most items per request (more is a 400)
+    torch_threads: int = 1         # intra-op threads; 1 suits per-request batches of ~100 rows
+
+
+def serve(cfg: ServeConfig, registry: str, features_repo: Path) -> None:
+    """Loads the production bundle of ``registry`` and serves it (blocks until stopped)."""
+    from serving.predictor import RobeflowModel
+    from serving.server import run_server
+
+    if not Path(features_repo, "feature_store.yaml").is_file():
+        raise FileNotFoundError(f"{features_repo} is not a materialised Feast repo (no feature_store.yaml); "
+                                "run `robeflow features` first")
+    if cfg.max_candidates < 1:
+        raise ValueError(f"serve.max_candidates = {cfg.max_candidates}; expected >= 1")
+    model = RobeflowModel(cfg.model_name, registry, features_repo, max_candidates=cfg.max_candidates,
+                          torch_threads=cfg.torch_threads)
+    model.load()
+    log(STEP, f"model {cfg.model_name} = {model.version} of {registry}; listening on "
+              f"http://{cfg.host}:{cfg.http_port}")
+    run_server(model, host=cfg.host, port=cfg.http_port, workers=cfg.workers,
+               grpc_port=cfg.grpc_port or None)
+
+
+def _main(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.port is not None:
+        overrides.append(f"serve.http_port={args.port}")
+    if args.host is not None:
+        overrides.append(f"serve.host={args.host}")
+    cfg = load_config(ServeConfig, STEP, args.params, overrides)
+    if not args.registry:
+        raise StepError("give the registry (--registry DIR or URL)", exit_code=2)
+    serve(cfg, args.registry, args.features)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(STEP, help="serve the production model (KServe v1/v2 REST)")
+    p.add_argument("--registry", required=True, help="registry directory or fsspec URL (registry)")
+    p.add_argument("--features", type=Path, required=True, help="materialised Feast repo (data/features)")
+    p.add_argument("--port", type=int, help="HTTP port (default: serve.http_port)")
+    p.add_argument("--host", help="listen address (default: serve.host)")
+    add_params_args(p)
+    p.set_defaults(func=_main)
