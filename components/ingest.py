@@ -229,6 +229,9 @@ def _to_utc(s: pd.Series) -> pd.Series:
 def ingest(cfg: IngestConfig, input_path: Path, out_dir: Path) -> IngestResult:
     """Ingests ``input_path`` (file or directory) into ``out_dir``; see the module docstring."""
     files = input_files(input_path)
+    out_res = Path(out_dir).resolve()
+    if any(out_res == f.resolve() or out_res in f.resolve().parents for f in files):
+        raise ValueError(f"output {out_dir} contains the input {input_path}; ingest into another directory")
     formats = {f: file_format(f, cfg.input_format) for f in files}
     kinds = {"criteo" if v == "criteo" else "transactions" for v in formats.values()}
     if len(kinds) > 1:

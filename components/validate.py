@@ -223,7 +223,7 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
     t0 = time.perf_counter()
     parts = partitions(input_dir)
     if not parts:
-        raise ValueError(f"{input_dir} holds no day partitions ({PARTITION}=YYYY-MM-DD/*.parquet); run ingest first")
+        raise ValueError(f"{input_dir} holds no rows: no {PARTITION}=YYYY-MM-DD/*.parquet partitions (is it an ingested dataset?)")
     expected_rows = sum(_check_file(f) for _, files in parts for f in files)
     window = cfg.window()
     runner = _Runner(window)

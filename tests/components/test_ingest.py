@@ -162,3 +162,11 @@ def test_empty_or_missing_input(tmp_path):
         ingest(CFG, tmp_path / "empty", tmp_path / "out")
     with pytest.raises(FileNotFoundError):
         ingest(CFG, tmp_path / "nope", tmp_path / "out")
+
+
+def test_output_inside_the_input_is_refused(tmp_path, make_frame):
+    (tmp_path / "raw").mkdir()
+    make_frame(4).to_parquet(tmp_path / "raw" / "a.parquet")
+    with pytest.raises(ValueError, match="contains the input"):
+        ingest(CFG, tmp_path / "raw", tmp_path / "raw")
+    assert (tmp_path / "raw" / "a.parquet").exists()
