@@ -9,6 +9,8 @@ per element.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -68,23 +70,34 @@ def robe_forward_cpu(
     return out[:, :dim].contiguous()
 
 
-def _slots_and_grads(
+# Ids per chunk of the backward: keeps each temporary (slots int64, gradients) at a few MB,
+# which the allocator then reuses across chunks and calls. One (nnz * dim) int64 slot tensor
+# would be a fresh mmap on every call, and its page faults cost more than the scatter itself.
+_CHUNK_ELEMS = 1 << 20
+
+
+def _chunks(
     grad: Tensor, values: Tensor, offsets: Tensor | None, table_offsets: Tensor,
     num_floats: int, dim: int, block: int, a: int, b: int, c: int,
-) -> tuple[Tensor, Tensor]:
-    """Flat slot of every element read and its gradient: two ``(nnz * dim,)`` tensors."""
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (flat slots, their gradients) of consecutive id chunks: ``(n * dim,)`` each."""
     num_blocks = -(-dim // block)
     w = min(block, dim)
-    starts = block_starts_fast(
-        global_rows(values, offsets, table_offsets), num_blocks, num_floats, block, a, b, c
-    )  # (nnz, nb)
-    idx = (starts.unsqueeze(2) + torch.arange(w, device=starts.device)).view(values.numel(), num_blocks * w)[:, :dim]
+    rows = global_rows(values, offsets, table_offsets)  # (nnz,)
+    bags = None
     if offsets is not None:
         bags = torch.repeat_interleave(
-            torch.arange(offsets.numel() - 1, device=offsets.device), offsets.diff(), output_size=values.numel()
-        )
-        grad = grad.index_select(0, bags)  # (nnz, dim)
-    return idx.reshape(-1), grad.reshape(-1)
+            torch.arange(offsets.numel() - 1, device=offsets.device), offsets.diff(),
+            output_size=values.numel(),
+        )  # (nnz,)
+    step = max(1, _CHUNK_ELEMS // dim)
+    within = torch.arange(w, device=values.device)
+    for lo in range(0, values.numel(), step):
+        hi = min(lo + step, values.numel())
+        starts = block_starts_fast(rows[lo:hi], num_blocks, num_floats, block, a, b, c)  # (n, nb)
+        idx = (starts.unsqueeze(2) + within).view(hi - lo, num_blocks * w)[:, :dim]  # (n, dim)
+        g = grad[lo:hi] if bags is None else grad.index_select(0, bags[lo:hi])  # (n, dim)
+        yield idx.reshape(-1), g.reshape(-1)
 
 
 def robe_backward_cpu(
@@ -92,9 +105,12 @@ def robe_backward_cpu(
     num_floats: int, dim: int, block: int, a: int, b: int, c: int,
 ) -> Tensor:
     """Gradient of the array ``(num_floats,)`` from the output gradient ``(num_bags, dim)``."""
-    idx, src = _slots_and_grads(grad, values, offsets, table_offsets, num_floats, dim, block, a, b, c)
-    # index_add_ accumulates duplicates, so colliding slots sum their gradients.
-    return grad.new_zeros(num_floats).index_add_(0, idx, src)
+    out = grad.new_zeros(num_floats)
+    for idx, src in _chunks(grad, values, offsets, table_offsets, num_floats, dim, block, a, b, c):
+        # scatter_add_ accumulates duplicates, so colliding slots sum their gradients (it
+        # is ~1.3-1.7x faster than index_add_ on a 1-D target on CPU).
+        out.scatter_add_(0, idx, src)
+    return out
 
 
 def robe_sgd_update_cpu(
@@ -102,5 +118,5 @@ def robe_sgd_update_cpu(
     dim: int, block: int, a: int, b: int, c: int, lr: float,
 ) -> None:
     """``weight -= lr * dL/dweight`` in place, without a gradient array."""
-    idx, src = _slots_and_grads(grad, values, offsets, table_offsets, weight.numel(), dim, block, a, b, c)
-    weight.index_add_(0, idx, src, alpha=-lr)
+    for idx, src in _chunks(grad, values, offsets, table_offsets, weight.numel(), dim, block, a, b, c):
+        weight.scatter_add_(0, idx, src * -lr)

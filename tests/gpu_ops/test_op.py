@@ -211,3 +211,24 @@ def test_torch_compile_and_export_on_cpu():
     exported = torch.export.export(model, (values, offsets))
     torch.testing.assert_close(exported.module()(values, offsets), eager)
     assert "robeflow.robe_lookup" in str(exported.graph)
+
+
+def test_cpu_backward_in_many_chunks(monkeypatch):
+    import gpu_ops.robe.cpu as cpu
+
+    monkeypatch.setattr(cpu, "_CHUNK_ELEMS", 7)  # 1 id per chunk at dim 5: every boundary
+    gen = torch.Generator().manual_seed(3)
+    table_offsets = torch.tensor([0, 10, 13])
+    lengths = torch.randint(0, 4, (3 * 6,), generator=gen)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    values = torch.randint(0, 3, (int(offsets[-1]),), generator=gen)
+    weight = torch.randn(40, generator=gen)
+    kw = dict(table_offsets=table_offsets, dim=5, block=2, hash_abc=(99991, 5, 7), offsets=offsets)
+    w1, w2 = weight.clone().requires_grad_(), weight.clone().requires_grad_()
+    robe_lookup(w1, values, **kw).square().sum().backward()
+    ref = robe_lookup_reference(w2, values, **kw)
+    ref.square().sum().backward()
+    torch.testing.assert_close(w1.grad, w2.grad)
+    w3 = weight.clone()
+    robe_sgd_update_(w3, 2 * ref.detach(), values, lr=0.1, **kw)
+    torch.testing.assert_close(w3, weight - 0.1 * w2.grad)
