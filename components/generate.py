@@ -382,11 +382,13 @@ def _events(cfg: GenerateConfig, world: _World, rng: np.random.Generator, n: int
     drift = cfg.drift if drift_on else 0.0
     drifted = (day >= cfg.days - cfg.drift_days) & (drift > 0)
 
-    # intent: the leaf the user searches or browses in (Gumbel-max over leaf logits)
+    # intent: the leaf the user searches or browses in, ~ softmax(leaf logits) per row
     uvec = world.user_vec[user]                                        # (n, DIM)
     leaf_logit = 1.5 * uvec @ world.leaf_vec.T / np.sqrt(DIM) + world.leaf_prior  # (n, L)
     leaf_logit += (2.5 * drift * drifted)[:, None] * world.drift_boost[None, :]
-    intent = np.argmax(leaf_logit + rng.gumbel(size=(n, n_leaf)), axis=1)
+    leaf_logit -= leaf_logit.max(axis=1, keepdims=True)
+    cum = np.cumsum(np.exp(leaf_logit), axis=1)                        # (n, L) unnormalised cdf
+    intent = np.minimum((cum < (rng.random(n) * cum[:, -1])[:, None]).sum(axis=1), n_leaf - 1)
 
     search = rng.random(n) < 0.45
     query = _sample_in_group(world.leaf_query_key, world.leaf_query_order, intent, rng.random(n))
