@@ -1,0 +1,254 @@
+"""The tables the monitor step tests for drift, and the compact summary of an Evidently run.
+
+Monitored columns are the model's inputs, named as in the feature spec:
+
+- dense features: numerical columns (Evidently picks the test: Kolmogorov-Smirnov up to
+  1,000 reference rows, normed Wasserstein distance above);
+- sparse features with few distinct ids (device, country, position, hour, categories, ...):
+  categorical columns of their ids (chi-squared / Z-test up to 1,000 rows, Jensen-Shannon
+  distance above);
+- sparse features with many distinct ids (user, item, brand, query bags: more than
+  ``max_categories`` ids in the reference): a per-id distribution test is meaningless there,
+  because most ids are seen a handful of times and two samples of the same population
+  already differ in almost every id. Such a feature is tested through its **popularity
+  bucket** instead: ids are ranked by how often they occur in one half of the reference
+  window (the ranking half), and every row of the other half (the reference sample) and
+  of the current window gets the bucket of its id: which tenth of the ranking half's rows
+  the id's occurrences fall in (``00-10%`` = the most popular ids that together make up
+  the first tenth of the rows, ...), or ``unseen`` when the ranking half never saw it.
+  Ranking on a separate half keeps both compared samples independent of the ranking, so
+  with no drift they have the same bucket distribution (``unseen`` included), whatever the
+  cardinality; when popularity moves to other ids (the generator's item drift), current
+  rows move to the tail buckets and to ``unseen``. The bucket column is a categorical
+  column with 11 values, tested like the other categorical features.
+
+Features can be left out (``exclude``): ``day_of_week`` by default, since a window of fewer
+than seven days cannot have the weekday mix of a longer one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.spec import FeatureSpec
+
+UNSEEN = "unseen"
+N_BUCKETS = 10
+BUCKETS: tuple[str, ...] = tuple(f"{10 * k:02d}-{10 * (k + 1)}%" for k in range(N_BUCKETS)) + (UNSEEN,)
+
+
+@dataclass(frozen=True)
+class MonitoredColumns:
+    """Which model inputs are tested, and how."""
+
+    numerical: tuple[str, ...]     # dense features
+    categorical: tuple[str, ...]   # sparse features tested on their ids
+    popularity: tuple[str, ...]    # sparse features tested on their ids' popularity bucket
+    excluded: tuple[str, ...]      # features of the spec that are not tested
+
+    @property
+    def features(self) -> list[str]:
+        """Every tested feature, in spec order within each kind."""
+        return [*self.numerical, *self.categorical, *self.popularity]
+
+    def kind(self, name: str) -> str:
+        if name in self.numerical:
+            return "numerical"
+        if name in self.categorical:
+            return "categorical"
+        if name in self.popularity:
+            return "popularity_bucket"
+        raise KeyError(name)
+
+
+def sample_rows(frame: "pd.DataFrame", max_rows: int, rng: np.random.Generator) -> "pd.DataFrame":
+    """At most ``max_rows`` rows drawn without replacement, in their original order."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if len(frame) <= max_rows:
+        return frame.reset_index(drop=True)
+    keep = np.sort(rng.choice(len(frame), size=max_rows, replace=False))
+    return frame.iloc[keep].reset_index(drop=True)
+
+
+def id_keys(frame: "pd.DataFrame", feature: str, multi_hot: bool) -> "pd.Series":
+    """The ids of a sparse feature as hashable keys: the id, or a bag's sorted ids joined by spaces."""
+    import pandas as pd
+
+    col = frame[feature]
+    if not multi_hot:
+        return pd.Series(col.to_numpy(dtype=np.int64), index=frame.index)
+    keys = [" ".join(map(str, sorted(np.asarray(b if b is not None else (), dtype=np.int64).tolist())))
+            for b in col.tolist()]
+    return pd.Series(keys, index=frame.index, dtype=object)
+
+
+def popularity_buckets(ranking: "pd.Series", keys: "pd.Series") -> "pd.Series":
+    """The popularity bucket (one of :data:`BUCKETS`) of each key, ranked on ``ranking``.
+
+    Ids are ordered by their count in ``ranking`` (most frequent first, ties by id so the
+    order is deterministic); an id falls in bucket k when the rows of the ids before it make
+    up between k/10 and (k+1)/10 of ``ranking``. Keys absent from ``ranking`` are ``unseen``.
+    """
+    import pandas as pd
+
+    if len(ranking) == 0:
+        raise ValueError("the ranking sample of a popularity bucket is empty")
+    counts = ranking.value_counts()
+    order = pd.DataFrame({"key": counts.index, "n": counts.to_numpy()})
+    order = order.sort_values(["n", "key"], ascending=[False, True], kind="stable")
+    before = (np.cumsum(order["n"].to_numpy()) - order["n"].to_numpy()) / float(len(ranking))
+    bucket = np.minimum((before * N_BUCKETS).astype(np.int64), N_BUCKETS - 1)
+    label = pd.Series(np.asarray(BUCKETS, dtype=object)[bucket], index=order["key"].to_numpy())
+    return keys.map(label).fillna(UNSEEN).astype(object)
+
+
+def monitored_tables(reference: "pd.DataFrame", current: "pd.DataFrame", spec: "FeatureSpec", *,
+                     max_rows: int, max_categories: int, exclude: tuple[str, ...],
+                     rng: np.random.Generator) -> tuple["pd.DataFrame", "pd.DataFrame", MonitoredColumns,
+                                                         "pd.DataFrame", "pd.DataFrame"]:
+    """Samples both windows and builds the tables Evidently compares.
+
+    Args:
+        reference: the model-ready reference window (features, label, pass-through columns).
+        current: the model-ready current window.
+        spec: the feature spec both windows follow.
+        max_rows: rows kept of each window (the reference keeps at most half of its rows:
+            the other half ranks the ids of the popularity-bucket features).
+        max_categories: a sparse feature with more distinct ids than this in the ranking
+            half is tested through popularity buckets.
+        exclude: features not tested.
+        rng: the sampling generator (seeded by the caller).
+
+    Returns:
+        (reference table, current table, the columns and how they are tested, the sampled
+        model-ready reference rows, the sampled model-ready current rows): the tables hold one
+        column per tested feature, plus the label when the window has it; the sampled rows
+        are what the model scores, row for row with the tables.
+    """
+    import pandas as pd
+
+    unknown = sorted(set(exclude) - {f.name for f in (*spec.dense, *spec.sparse)})
+    if unknown:
+        raise ValueError(f"monitor.exclude names {unknown}, which are not features of the spec "
+                         f"(dense {[f.name for f in spec.dense]}, sparse {[f.name for f in spec.sparse]})")
+    if len(reference) < 2:
+        raise ValueError(f"the reference window has {len(reference)} row(s); the drift tests need at least 2")
+    if len(current) < 1:
+        raise ValueError("the current window has no rows")
+    # the reference sample: at most half of the window; the rest ranks the ids
+    ref_index = np.arange(len(reference))
+    n_ref = min(max_rows, len(reference) // 2)
+    picked = np.sort(rng.choice(ref_index, size=n_ref, replace=False))
+    ranking_rows = reference.iloc[np.setdiff1d(ref_index, picked)].reset_index(drop=True)
+    ref_rows = reference.iloc[picked].reset_index(drop=True)
+    cur_rows = sample_rows(current, max_rows, rng)
+
+    numerical = tuple(f.name for f in spec.dense if f.name not in exclude)
+    categorical: list[str] = []
+    popularity: list[str] = []
+    ref_table = pd.DataFrame({n: ref_rows[n].to_numpy(dtype=np.float64) for n in numerical})
+    cur_table = pd.DataFrame({n: cur_rows[n].to_numpy(dtype=np.float64) for n in numerical})
+    for f in spec.sparse:
+        if f.name in exclude:
+            continue
+        rank_keys = id_keys(ranking_rows, f.name, f.multi_hot)
+        ref_keys, cur_keys = id_keys(ref_rows, f.name, f.multi_hot), id_keys(cur_rows, f.name, f.multi_hot)
+        if f.multi_hot or rank_keys.nunique() > max_categories:
+            popularity.append(f.name)
+            ref_table[f.name] = popularity_buckets(rank_keys, ref_keys).to_numpy()
+            cur_table[f.name] = popularity_buckets(rank_keys, cur_keys).to_numpy()
+        else:
+            categorical.append(f.name)
+            # ids as text: Evidently treats the column as categorical whatever its values
+            ref_table[f.name] = ref_keys.astype(str).to_numpy()
+            cur_table[f.name] = cur_keys.astype(str).to_numpy()
+    for table, rows in ((ref_table, ref_rows), (cur_table, cur_rows)):
+        if spec.label in rows.columns and rows[spec.label].notna().all():
+            table[spec.label] = rows[spec.label].to_numpy(dtype=np.int64)
+    excluded = tuple(f.name for f in (*spec.dense, *spec.sparse) if f.name in exclude)
+    return (ref_table, cur_table, MonitoredColumns(numerical, tuple(categorical), tuple(popularity), excluded),
+            ref_rows, cur_rows)
+
+
+def json_float(x: Any) -> float | None:
+    """A float for JSON: None where the value is missing or not finite."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def column_drift(snapshot: dict) -> dict[str, dict[str, Any]]:
+    """Per column: Evidently's drift method, score, threshold and verdict, from ``snapshot.dict()``.
+
+    The verdict is the status of Evidently's own "Value Drift" test of the column (what the
+    HTML report shows), so the summary and the report agree by construction.
+    """
+    scores: dict[str, dict[str, Any]] = {}
+    for m in snapshot["metrics"]:
+        cfg = m["config"]
+        if cfg.get("type", "").endswith(":ValueDrift"):
+            scores[cfg["column"]] = {"method": cfg.get("method"), "score": json_float(m["value"]),
+                                     "threshold": json_float(cfg.get("threshold")), "drifted": None}
+    for t in snapshot.get("tests", []):
+        cfg = t.get("metric_config", {}).get("params", {})
+        col = cfg.get("column")
+        if cfg.get("type", "").endswith(":ValueDrift") and col in scores:
+            scores[col]["drifted"] = t["status"].upper() == "FAIL"
+    missing = [c for c, s in scores.items() if s["drifted"] is None]
+    if missing:
+        raise ValueError(f"the Evidently run has no drift test result for column(s) {missing}; "
+                         "run the report with include_tests=True")
+    return scores
+
+
+def metric_value(snapshot: dict, type_suffix: str, **config: Any) -> Any:
+    """The value of the first metric of that type whose config has these entries (None if absent)."""
+    for m in snapshot["metrics"]:
+        cfg = m["config"]
+        if cfg.get("type", "").endswith(f":{type_suffix}") and all(cfg.get(k) == v for k, v in config.items()):
+            return m["value"]
+    return None
+
+
+def model_ready_windows(events: "pd.DataFrame", spec: "FeatureSpec", stats: "Any",
+                        test_days: int, valid_days: int) -> dict[str, "pd.DataFrame"]:
+    """Validated transactions -> model-ready ``{train, valid, test}`` tables, without a Feast repo.
+
+    Joins every event with the feature tables' rows stamped at the start of its day (the
+    tables hold a row per entity and event day, computed from strictly earlier days), which
+    is what the features step's point-in-time join returns; then applies the shared
+    transform and splits by day as the features step does. For monitoring transactions that
+    have not been through the features step, and for tests and benchmarks on small data.
+
+    Args:
+        events: transactions in the canonical schema (tz-aware ``event_timestamp``).
+        spec: the feature spec (``feature_spec.json`` of the features step).
+        stats: the :class:`features.compute.StatsParams` the spec's fill values come from.
+        test_days, valid_days: the split (``features.test_days``, ``features.valid_days``).
+    """
+    import pandas as pd
+
+    from components.features import split_days
+    from features.compute import compute_feature_tables, event_days
+    from features.transform import build_model_frame
+
+    tables = compute_feature_tables(events, stats)
+    rows = events.reset_index(drop=True).copy()
+    rows["_day"] = pd.to_datetime(rows["event_timestamp"], utc=True).dt.floor("D")
+    for name, table in tables.items():
+        key = "user_id" if name.startswith("user") else "item_id"
+        table = table.rename(columns={"event_timestamp": "_day"})
+        table["_day"] = table["_day"].astype(rows["_day"].dtype)
+        rows = rows.merge(table, on=[key, "_day"], how="left", validate="many_to_one")
+    frame = build_model_frame(rows.drop(columns="_day"), spec)
+    day = event_days(frame["event_timestamp"])
+    splits = split_days(pd.Series(day), test_days, valid_days)
+    return {name: frame[np.isin(day, days)].reset_index(drop=True) for name, days in splits.items()}

@@ -1,0 +1,445 @@
+"""`robeflow monitor`: drift of the newest data and of the model's predictions against a reference.
+
+Compares the **current window** (the model-ready test window: the newest days) with the
+**reference window** (``monitor.reference``: by default the validation window, the days
+just before the current window that the model did not train on; ``train`` compares with
+the training window) using an Evidently report of
+
+- data drift of every model input (tests per feature kind: see :mod:`components.drift`),
+  with the share of drifted features against ``monitor.max_drift_share``;
+- prediction drift: the production model's purchase probabilities on both windows
+  (distribution test and mean);
+- target drift and quality, where the current window's labels have arrived: the label's
+  distribution, ROC AUC and log loss (Evidently), plus AUC and log loss per day of the
+  current window.
+
+Why the validation window is the default reference: the history features (7/30-day offer
+and purchase counts, rates, days since purchase, first-seen item attributes) are empty in
+the first days of any dataset and fill up over its first month. Against the whole training
+window they read as drift on data with no drift at all (18 of 24 tested features on the
+default 28-day synthetic data, generator ``drift: 0``); against the validation window none
+do. When the shift may have started before the current window (generator ``drift_days`` >
+features ``test_days``), the validation window is partly shifted too and ``train`` is the
+safer reference.
+
+Outputs: the Evidently HTML report (for people), its full JSON (for machines), a compact
+summary JSON (``reports/drift.json``: share and names of drifted features,
+``drift_detected``, prediction/target drift, quality), and one snapshot per run in a local
+Evidently workspace (project ``monitor.project``) whose dashboard plots the share of drifted
+features, the prediction mean and the AUC over runs. ``robeflow monitor --dashboard``
+serves Evidently's UI over that workspace on 127.0.0.1.
+
+With ``monitor.fail_on_drift: true`` the step exits with :data:`DRIFT_EXIT` when drift is
+detected, so a scheduled pipeline can alert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from components.common import StepError, log, write_json
+from components.params import add_params_args, as_dict, load_config
+
+STEP = "monitor"
+DRIFT_EXIT = 4
+PREDICTION = "prediction"
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    reference: Literal["valid", "train", "train+valid"] = "valid"  # split(s) of data/model_input compared with test
+    max_rows: int = 20_000           # rows sampled from each window (bounds time; seeded)
+    seed: int = 0                    # sampling seed
+    max_drift_share: float = 0.5     # drift_detected when this share of tested features drifted (>=, as Evidently)
+    max_categories: int = 100        # sparse features with more distinct ids are tested by popularity bucket
+    exclude: tuple[str, ...] = ("day_of_week",)  # features not tested (a < 7-day window has no full week)
+    fail_on_drift: bool = False      # exit DRIFT_EXIT (4) on drift, so a schedule can alert
+    project: str = "robeflow"        # Evidently workspace project of the runs
+    batch_size: int = 8192           # rows per model forward pass
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 2:
+            raise ValueError(f"monitor.max_rows = {self.max_rows}; expected >= 2")
+        if not 0.0 < self.max_drift_share <= 1.0:
+            raise ValueError(f"monitor.max_drift_share = {self.max_drift_share}; expected in (0, 1]")
+        if self.max_categories < 1:
+            raise ValueError(f"monitor.max_categories = {self.max_categories}; expected >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"monitor.batch_size = {self.batch_size}; expected >= 1")
+        if not self.project.strip():
+            raise ValueError("monitor.project is empty; expected a project name")
+
+
+@dataclass
+class MonitorResult:
+    """The drift summary (what ``reports/drift.json`` holds) and where the outputs went."""
+
+    summary: dict[str, Any]
+    html: Path
+    report_json: Path | None = None
+    snapshot_id: str | None = None   # the run's snapshot in the workspace
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def drift_detected(self) -> bool:
+        return bool(self.summary["drift_detected"])
+
+
+# ---------------------------------------------------------------------------- windows
+
+
+def _read_window(input_dir: Path, split: str) -> "Any":
+    import pandas as pd
+
+    path = Path(input_dir) / f"{split}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"model-ready window {path} does not exist; run `robeflow features` first")
+    return pd.read_parquet(path)
+
+
+def _days(frame) -> list[str]:
+    """First and last day (YYYY-MM-DD) of a window, [] when it has no timestamps."""
+    import pandas as pd
+
+    if "event_timestamp" not in frame.columns or frame.empty:
+        return []
+    ts = pd.to_datetime(frame["event_timestamp"], utc=True)
+    return [ts.min().strftime("%Y-%m-%d"), ts.max().strftime("%Y-%m-%d")]
+
+
+def _quality(labels, probs) -> dict[str, Any]:
+    from components.drift import json_float
+    from dlrm.metrics import auc, log_loss
+
+    import numpy as np
+
+    labels = np.asarray(labels, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    one_class = labels.min() == labels.max() if len(labels) else True
+    return {"rows": int(len(labels)), "positives": int(labels.sum()),
+            "auc": None if one_class else json_float(auc(labels, probs)),
+            "logloss": json_float(log_loss(labels, probs)) if len(labels) else None}
+
+
+def _quality_by_day(rows, labels, probs) -> list[dict[str, Any]]:
+    import numpy as np
+    import pandas as pd
+
+    if "event_timestamp" not in rows.columns:
+        return []
+    day = pd.to_datetime(rows["event_timestamp"], utc=True).dt.strftime("%Y-%m-%d").to_numpy()
+    return [{"day": d, **_quality(labels[day == d], probs[day == d])} for d in np.unique(day)]
+
+
+# ---------------------------------------------------------------------------- core
+
+
+def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_out: Path,
+            summary_out: Path, *, report_json_out: Path | None = None,
+            workspace: Path | None = None) -> MonitorResult:
+    """Runs the drift report of the current window against the reference window.
+
+    Args:
+        cfg: the ``monitor`` section of params.yaml.
+        input_dir: the model-ready dir (``data/model_input``: ``test.parquet`` is the current
+            window, ``cfg.reference`` names the reference) with ``feature_spec.json``.
+        model_dir: the production model bundle (``models/model``, or a registry bundle); None
+            skips prediction drift and quality.
+        html_out: the Evidently HTML report (``reports/drift.html``).
+        summary_out: the compact summary (``reports/drift.json``).
+        report_json_out: Evidently's full JSON of the run, or None.
+        workspace: the Evidently workspace that gets this run's snapshot
+            (``monitoring/workspace``), or None.
+
+    Returns:
+        The summary (also written to ``summary_out``) and the output paths.
+    """
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    import numpy as np
+    import pandas as pd
+
+    from components.drift import json_float, column_drift, metric_value, monitored_tables
+    from features.spec import FeatureSpec
+
+    t0 = time.perf_counter()
+    input_dir = Path(input_dir)
+    spec_path = input_dir / "feature_spec.json"
+    if not spec_path.exists():
+        raise FileNotFoundError(f"feature spec {spec_path} does not exist; run `robeflow features` first")
+    spec = FeatureSpec.load(spec_path)
+    current = _read_window(input_dir, "test")
+    ref_splits = cfg.reference.split("+")
+    reference = pd.concat([_read_window(input_dir, s) for s in ref_splits], ignore_index=True)
+
+    model = None
+    if model_dir is not None:
+        from dlrm.bundle import load_model
+
+        model, doc = load_model(Path(model_dir))
+        model_spec = FeatureSpec.from_dict(doc["feature_spec"])
+        if (model_spec.dense, model_spec.sparse) != (spec.dense, spec.sparse):
+            raise ValueError(f"the feature spec of {spec_path} differs from the one the model in {model_dir} "
+                             "was trained on")
+
+    rng = np.random.default_rng(cfg.seed)
+    ref_table, cur_table, cols, ref_rows, cur_rows = monitored_tables(
+        reference, current, spec, max_rows=cfg.max_rows, max_categories=cfg.max_categories,
+        exclude=tuple(cfg.exclude), rng=rng)
+    has_labels = spec.label in cur_table.columns and spec.label in ref_table.columns
+    log(STEP, f"reference {cfg.reference} {_days(reference)}: {len(ref_rows):,} of {len(reference):,} rows; "
+              f"current test {_days(current)}: {len(cur_rows):,} of {len(current):,} rows; "
+              f"{len(cols.features)} features ({len(cols.popularity)} by popularity bucket)")
+
+    quality: dict[str, Any] | None = None
+    if model is not None:
+        from dlrm.bundle import predict
+        from features.spec import ModelInput
+
+        ref_pred = predict(model, ModelInput.from_frame(ref_rows, spec), batch_size=cfg.batch_size)
+        cur_pred = predict(model, ModelInput.from_frame(cur_rows, spec), batch_size=cfg.batch_size)
+        ref_table[PREDICTION] = ref_pred.astype(np.float64)
+        cur_table[PREDICTION] = cur_pred.astype(np.float64)
+        if has_labels:
+            cur_labels = cur_table[spec.label].to_numpy()
+            quality = {"reference": _quality(ref_table[spec.label].to_numpy(), ref_pred),
+                       "current": _quality(cur_labels, cur_pred),
+                       "by_day": _quality_by_day(cur_rows, cur_labels, cur_pred)}
+
+    snapshot = _run_report(cfg, ref_table, cur_table, cols, spec.label if has_labels else None,
+                           with_prediction=model is not None,
+                           metadata={"model": str(model_dir) if model_dir is not None else "",
+                                     "reference": cfg.reference,
+                                     "current_days": " .. ".join(_days(current))})
+    doc = snapshot.dict()
+    per_column = column_drift(doc)
+    features = {name: {"kind": cols.kind(name), **per_column[name]} for name in cols.features}
+    drifted = [n for n in cols.features if features[n]["drifted"]]
+    counted = metric_value(doc, "DriftedColumnsCount")
+    if counted is None or int(round(counted["count"])) != len(drifted):
+        raise StepError(f"Evidently counted {counted} drifted columns but its per-column tests name "
+                        f"{len(drifted)}: {drifted}")
+    share = float(counted["share"])
+
+    summary: dict[str, Any] = {
+        "drift_detected": bool(share >= cfg.max_drift_share),
+        "drift_share": share,
+        "drifted_count": len(drifted),
+        "features_tested": len(cols.features),
+        "max_drift_share": cfg.max_drift_share,
+        "drifted_features": sorted(drifted, key=lambda n: cols.features.index(n)),
+        "prediction": None,
+        "target": None,
+        "quality": quality,
+        "features": features,
+        "excluded_features": list(cols.excluded),
+        "windows": {
+            "reference": {"splits": ref_splits, "days": _days(reference), "rows": len(reference),
+                          "sampled": len(ref_rows)},
+            "current": {"splits": ["test"], "days": _days(current), "rows": len(current),
+                        "sampled": len(cur_rows)},
+        },
+        "model": str(model_dir) if model_dir is not None else None,
+        "html": str(html_out),
+        "config": as_dict(cfg),
+    }
+    if model is not None:
+        summary["prediction"] = {**per_column[PREDICTION],
+                                 "mean_reference": json_float(ref_table[PREDICTION].mean()),
+                                 "mean_current": json_float(cur_table[PREDICTION].mean())}
+    if has_labels:
+        summary["target"] = {**per_column[spec.label],
+                             "rate_reference": json_float(ref_table[spec.label].mean()),
+                             "rate_current": json_float(cur_table[spec.label].mean())}
+
+    _save(snapshot, Path(html_out), "save_html")
+    if report_json_out is not None:
+        _save(snapshot, Path(report_json_out), "save_json")
+    snapshot_id = None
+    if workspace is not None:
+        snapshot_id = add_run(Path(workspace), cfg.project, snapshot)
+        summary["workspace"] = {"path": str(workspace), "project": cfg.project, "snapshot_id": snapshot_id}
+    write_json(summary_out, summary)
+    seconds = time.perf_counter() - t0
+    log(STEP, f"{len(drifted)} of {len(cols.features)} features drifted (share {share:.3f}, "
+              f"threshold {cfg.max_drift_share}) in {seconds:.1f} s -> {summary_out}")
+    return MonitorResult(summary=summary, html=Path(html_out), report_json=report_json_out,
+                         snapshot_id=snapshot_id, seconds=seconds)
+
+
+def _run_report(cfg: MonitorConfig, ref_table, cur_table, cols, label: str | None, *,
+                with_prediction: bool, metadata: dict[str, str]):
+    """The Evidently snapshot: data drift of the features, prediction and target drift, quality."""
+    from evidently import BinaryClassification, DataDefinition, Dataset, Report
+    from evidently.metrics import LogLoss, MeanValue, RocAuc, ValueDrift
+    from evidently.presets import DataDriftPreset
+
+    numerical = list(cols.numerical) + ([PREDICTION] if with_prediction else [])
+    categorical = list(cols.categorical) + list(cols.popularity) + ([label] if label else [])
+    classification = None
+    if with_prediction and label:
+        classification = [BinaryClassification(target=label, prediction_probas=PREDICTION, pos_label=1)]
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical,
+                                classification=classification)
+    metrics: list = [DataDriftPreset(columns=cols.features, drift_share=cfg.max_drift_share)]
+    if with_prediction:
+        metrics += [ValueDrift(column=PREDICTION), MeanValue(column=PREDICTION)]
+    if label:
+        metrics += [ValueDrift(column=label), MeanValue(column=label)]
+    if classification:
+        metrics += [RocAuc(), LogLoss()]
+    report = Report(metrics, include_tests=True, tags=["robeflow", STEP], metadata=metadata)
+    return report.run(current_data=Dataset.from_pandas(cur_table, data_definition=definition),
+                      reference_data=Dataset.from_pandas(ref_table, data_definition=definition))
+
+
+def _save(snapshot, path: Path, method: str) -> None:
+    """Writes an Evidently output atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        getattr(snapshot, method)(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- workspace
+
+
+def dashboard_panels() -> list:
+    """The project dashboard: drift share, prediction mean and quality over runs."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import counter_panel, line_plot_panel
+
+    share = PanelMetric(metric="DriftedColumnsCount", metric_labels={"value_type": "share"},
+                        legend="share of drifted features")
+    return [
+        counter_panel("Share of drifted features (last run)", [share], size="half"),
+        counter_panel("ROC AUC (last run)", [PanelMetric(metric="RocAuc", legend="AUC")], size="half"),
+        line_plot_panel("Share of drifted features", [share],
+                        description="DataDriftPreset over the model inputs; drift at >= monitor.max_drift_share"),
+        line_plot_panel("Prediction mean", [PanelMetric(metric="MeanValue", metric_labels={"column": PREDICTION},
+                                                        legend="mean purchase probability")],
+                        size="half"),
+        line_plot_panel("ROC AUC", [PanelMetric(metric="RocAuc", legend="AUC")], size="half"),
+        line_plot_panel("Log loss", [PanelMetric(metric="LogLoss", legend="log loss")], size="half"),
+        line_plot_panel("Purchase rate", [PanelMetric(metric="MeanValue", metric_labels={"column": "purchased"},
+                                                      legend="share purchased")], size="half"),
+    ]
+
+
+def open_project(workspace: Path, name: str):
+    """(workspace, project): the project called ``name``, created with its dashboard if absent."""
+    from evidently.ui.workspace import Workspace
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    ws = Workspace(str(workspace))
+    found = ws.search_project(name)
+    if len(found) > 1:
+        raise StepError(f"the workspace {workspace} holds {len(found)} projects named {name!r}; expected one")
+    if found:
+        return ws, found[0]
+    project = ws.create_project(name, description="robeflow drift monitoring: one snapshot per monitor run")
+    for panel in dashboard_panels():
+        project.dashboard.add_panel(panel, tab="Monitoring")
+    project.save()
+    return ws, project
+
+
+def add_run(workspace: Path, project_name: str, snapshot) -> str:
+    """Adds ``snapshot`` to the workspace project; returns its snapshot id."""
+    ws, project = open_project(Path(workspace), project_name)
+    ref = ws.add_run(project.id, snapshot, include_data=False)
+    return str(ref.id)
+
+
+def list_runs(workspace: Path, project_name: str) -> list[str]:
+    """The snapshot ids of the project's runs ([] when the workspace or project does not exist)."""
+    from evidently.ui.workspace import Workspace
+
+    if not Path(workspace).is_dir():
+        return []
+    ws = Workspace(str(workspace))
+    found = ws.search_project(project_name)
+    return [str(s) for p in found for s in ws.list_runs(p.id)]
+
+
+def serve_dashboard(workspace: Path, port: int = 8000) -> int:
+    """Serves Evidently's UI over ``workspace`` on 127.0.0.1:``port`` until interrupted."""
+    if not Path(workspace).is_dir():
+        raise FileNotFoundError(f"workspace {workspace} does not exist; run `robeflow monitor` first")
+    log(STEP, f"Evidently UI over {workspace} at http://127.0.0.1:{port} (Ctrl-C stops it)")
+    env = {**os.environ, "DO_NOT_TRACK": "1"}
+    subprocess.run([sys.executable, "-m", "evidently", "ui", "--workspace", str(workspace),
+                    "--host", "127.0.0.1", "--port", str(port)], check=True, env=env)
+    return 0
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The lines the CLI prints: verdict, drifted features, prediction/target drift, quality."""
+    verdict = "DRIFT DETECTED" if summary["drift_detected"] else "no drift"
+    lines = [f"drift: {verdict}: {summary['drifted_count']} of {summary['features_tested']} features drifted "
+             f"(share {summary['drift_share']:.3f}, threshold {summary['max_drift_share']})"]
+    if summary["drifted_features"]:
+        feats = summary["features"]
+        lines.append("  drifted: " + ", ".join(f"{n} ({feats[n]['score']:.3g})" for n in summary["drifted_features"]))
+    for key, what in (("prediction", "prediction"), ("target", "label")):
+        part = summary.get(key)
+        if part:
+            lines.append(f"  {what} drift: {'yes' if part['drifted'] else 'no'} "
+                         f"({part['method']} {part['score']:.3g}, threshold {part['threshold']})")
+    q = summary.get("quality")
+    if q:
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        lines.append(f"  AUC {fmt(q['current']['auc'])} (reference {fmt(q['reference']['auc'])}), "
+                     f"log loss {fmt(q['current']['logloss'])} (reference {fmt(q['reference']['logloss'])})")
+    lines.append(f"  report: {summary['html']}")
+    return "\n".join(lines)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.dashboard:
+        return serve_dashboard(args.workspace, args.port)
+    missing = [opt for opt, v in (("--input", args.input), ("--html", args.html), ("--summary", args.summary))
+               if v is None]
+    if missing:
+        raise StepError(f"robeflow monitor needs {', '.join(missing)} (or --dashboard)", exit_code=2)
+    cfg = load_config(MonitorConfig, STEP, args.params, args.overrides)
+    result = monitor(cfg, args.input, args.model, args.html, args.summary,
+                     report_json_out=args.report_json, workspace=args.workspace)
+    print(format_summary(result.summary))
+    if result.drift_detected and cfg.fail_on_drift:
+        raise StepError(f"drift detected: {result.summary['drifted_count']} of {result.summary['features_tested']} "
+                        f"features drifted (share {result.summary['drift_share']:.3f} >= {cfg.max_drift_share}); "
+                        f"see {result.html}", exit_code=DRIFT_EXIT)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(STEP, help="drift report of the newest data and predictions; workspace dashboard")
+    p.add_argument("--input", type=Path, help="model-ready dir: test window and reference (data/model_input)")
+    p.add_argument("--model", type=Path,
+                   help="production model bundle dir (models/model, or the registry's production bundle); "
+                        "without it no prediction drift or quality")
+    p.add_argument("--html", type=Path, help="Evidently HTML report (reports/drift.html)")
+    p.add_argument("--summary", type=Path, help="compact drift summary JSON (reports/drift.json)")
+    p.add_argument("--report-json", type=Path, help="Evidently's full JSON of the run (reports/drift_report.json)")
+    p.add_argument("--workspace", type=Path, default=Path("monitoring/workspace"),
+                   help="Evidently workspace that keeps one snapshot per run (default monitoring/workspace)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve Evidently's UI over --workspace on 127.0.0.1 instead of running the report")
+    p.add_argument("--port", type=int, default=8000, help="port of the --dashboard UI (default 8000)")
+    add_params_args(p)
+    p.set_defaults(func=_main)
