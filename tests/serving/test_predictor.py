@@ -1,0 +1,97 @@
+"""The predictor in process: online scoring equals offline scoring, ranking, readiness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dlrm.bundle import predict
+from features.repo import historical_rows, open_store
+from features.spec import ModelInput
+from features.transform import build_model_frame
+from serving.predictor import RobeflowModel, load_production
+from serving.requests import ScoreRequest
+
+
+@pytest.fixture(scope="module")
+def requests(site):
+    """Five (user, 12 items, context) requests drawn from the data, at the snapshot time."""
+    rng = np.random.default_rng(4)
+    users = rng.choice(site.events["user_id"].unique(), 5, replace=False)
+    items = site.events["item_id"].unique()
+    contexts = [{"query": "red gift", "device": "mobile", "country": "DE"}, {"device": "app_ios"}, {},
+                {"query": "kids", "country": "FR"}, {"query": ""}]
+    return [ScoreRequest(str(u), tuple(str(i) for i in rng.choice(items, 12, replace=False)),
+                         {**c, "timestamp": site.snapshot.isoformat()})
+            for u, c in zip(users, contexts)]
+
+
+def test_online_scores_equal_offline_scores_of_the_same_rows(site, ranker, requests):
+    """Serving (online store) and the training path (offline point-in-time join at the
+    snapshot) give the same model input, hence the same scores."""
+    store = open_store(site.repo)
+    model = load_production(site.registry).model
+    for req in requests:
+        online = ranker.scores(req)
+        rows = ranker.features.rows(req.user_id, list(req.item_ids), req.context)
+        context = rows[["user_id", "item_id", "event_timestamp", "query", "device", "country",
+                        "position", "price"]]
+        offline_frame = build_model_frame(historical_rows(store, context), site.spec)
+        offline = predict(model, ModelInput.from_frame(offline_frame, site.spec))
+        np.testing.assert_array_equal(online, offline)
+        assert online.shape == (len(req.item_ids),) and np.all((online > 0) & (online < 1))
+
+
+def test_rank_orders_all_candidates_by_score(ranker, requests):
+    for req in requests:
+        items, scores = ranker.rank(req)
+        assert sorted(items) == sorted(req.item_ids)
+        assert scores == sorted(scores, reverse=True)
+        by_item = dict(zip(req.item_ids, ranker.scores(req).tolist()))
+        assert scores == pytest.approx([by_item[i] for i in items])
+
+
+def test_unknown_users_and_items_are_served_with_filled_features(site, ranker):
+    req = ScoreRequest("never-seen-user", ("never-seen-item", "i1"), {"device": "mobile", "hour": 9})
+    frame = ranker.features.frame(req.user_id, list(req.item_ids), req.context)
+    fill = site.spec.extra["fill"]
+    assert frame["user_offers_30d"].tolist() == [0.0, 0.0]
+    assert frame["item_purchase_rate_30d"][0] == pytest.approx(fill["item_purchase_rate_30d"])
+    assert frame["item_offers_30d"][1] > 0  # i1 is known
+    items, scores = ranker.rank(req)
+    assert sorted(items) == sorted(req.item_ids) and np.all(np.isfinite(scores))
+    # different unknown ids hash to different rows, so they generally score differently
+    other = ranker.scores(ScoreRequest("another-new-user", req.item_ids, req.context))
+    assert not np.array_equal(other, ranker.scores(req))
+
+
+def test_readiness_reflects_whether_a_model_is_loaded(site, tmp_path):
+    empty = RobeflowModel("robeflow", tmp_path / "no-registry", site.repo)
+    assert empty.ready is False
+    with pytest.raises(FileNotFoundError, match="no production model"):
+        empty.load()
+    assert empty.ready is False
+    model = RobeflowModel("robeflow", site.registry, site.repo)
+    assert model.ready is False
+    assert model.load() is True and model.ready is True
+    assert model.version == "v1"
+
+
+def test_v1_and_v2_payloads_give_the_same_ranking(site):
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    model = RobeflowModel("robeflow", site.registry, site.repo)
+    model.load()
+    items = ["i3", "i5", "i8", "nope"]
+    v1 = model.predict({"instances": [{"user_id": "u2", "item_ids": items, "context": {"hour": 10}}]})
+    request = InferRequest(model_name="robeflow", infer_inputs=[
+        InferInput("user_id", [1], "BYTES", ["u2"]),
+        InferInput("item_ids", [4], "BYTES", items),
+        InferInput("hour", [1], "INT64", [10]),
+    ])
+    v2 = model.predict(request)
+    got = {o.name: o.data for o in v2.outputs}
+    assert v1["predictions"][0]["item_ids"] == got["item_ids"]
+    # both use the current time with hour 10, so the scores agree
+    assert v1["predictions"][0]["scores"] == pytest.approx(got["scores"])
+    assert v1["model_version"] == v2.model_version == "v1"

@@ -1,0 +1,80 @@
+"""Request checking of the v1 and v2 bodies: good ones parse, each bad kind names its problem."""
+
+from __future__ import annotations
+
+import pytest
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferInput, InferRequest
+
+from serving.requests import ScoreRequest, parse_v1, parse_v2
+
+GOOD = {"user_id": "u1", "item_ids": ["i1", "i2"], "context": {"query": "red", "device": "mobile",
+                                                               "country": "DE", "hour": 7}}
+
+
+def test_v1_parses_instances():
+    got = parse_v1({"instances": [GOOD, {"user_id": "u2", "item_ids": ["i9"]}]}, max_candidates=10)
+    assert got == [ScoreRequest("u1", ("i1", "i2"), GOOD["context"]), ScoreRequest("u2", ("i9",), {})]
+
+
+@pytest.mark.parametrize("payload, message", [
+    ([GOOD], "JSON object with 'instances'"),
+    ({}, "lacks 'instances'"),
+    ({"instances": []}, "non-empty list"),
+    ({"instances": GOOD}, "non-empty list"),
+    ({"instances": [GOOD], "extra": 1}, "unknown field"),
+    ({"instances": ["u1"]}, r"instances\[0\] must be an object"),
+    ({"instances": [{"item_ids": ["i1"]}]}, "lacks the field 'user_id'"),
+    ({"instances": [{"user_id": "u1"}]}, "lacks the field 'item_ids'"),
+    ({"instances": [{**GOOD, "user_id": 7}]}, "user_id must be a string"),
+    ({"instances": [{**GOOD, "user_id": ""}]}, "non-empty string"),
+    ({"instances": [{**GOOD, "item_ids": "i1"}]}, "must be a list"),
+    ({"instances": [{**GOOD, "item_ids": []}]}, "is empty"),
+    ({"instances": [{**GOOD, "item_ids": ["i1", 2]}]}, r"item_ids\[1\] must be a string"),
+    ({"instances": [{**GOOD, "item_ids": [f"i{k}" for k in range(11)]}]}, "11 candidates; at most 10"),
+    ({"instances": [{**GOOD, "context": "mobile"}]}, "context must be an object"),
+    ({"instances": [{**GOOD, "context": {"weather": "rain"}}]}, r"unknown field\(s\) \['weather'\]"),
+    ({"instances": [{**GOOD, "context": {"hour": 24}}]}, "hour must be an integer in 0..23"),
+    ({"instances": [{**GOOD, "context": {"hour": "7"}}]}, "hour must be an integer"),
+    ({"instances": [{**GOOD, "context": {"hour": True}}]}, "hour must be an integer"),
+    ({"instances": [{**GOOD, "context": {"device": 3}}]}, "device must be a string"),
+    ({"instances": [{**GOOD, "context": {"timestamp": "yesterday-ish"}}]}, "not an ISO-8601 time"),
+    ({"instances": [GOOD] * 65}, "at most 64"),
+])
+def test_v1_bad_requests_name_the_problem(payload, message):
+    with pytest.raises(InvalidInput, match=message):
+        parse_v1(payload, max_candidates=10)
+
+
+def v2(*inputs):
+    return InferRequest(model_name="robeflow", infer_inputs=list(inputs))
+
+
+USER = InferInput("user_id", [1], "BYTES", ["u1"])
+ITEMS = InferInput("item_ids", [3], "BYTES", ["i1", "i2", "i3"])
+
+
+def test_v2_parses_tensors():
+    # item_ids may come as [K] or [1, K]
+    got = parse_v2(v2(USER, InferInput("item_ids", [1, 3], "BYTES", [["i1", "i2", "i3"]]),
+                      InferInput("hour", [1], "INT32", [5]), InferInput("query", [1], "BYTES", ["red gift"])),
+                   max_candidates=10)
+    assert got == ScoreRequest("u1", ("i1", "i2", "i3"), {"hour": 5, "query": "red gift"})
+
+
+@pytest.mark.parametrize("request_, message", [
+    (v2(ITEMS), "lacks the input 'user_id'"),
+    (v2(USER), "lacks the input 'item_ids'"),
+    (v2(USER, ITEMS, InferInput("color", [1], "BYTES", ["red"])), r"unknown input\(s\) \['color'\]"),
+    (v2(USER, ITEMS, ITEMS), "appears twice"),
+    (v2(InferInput("user_id", [1], "INT32", [1]), ITEMS), "datatype INT32; expected BYTES"),
+    (v2(USER, InferInput("item_ids", [4], "BYTES", ["a", "b"])), "2 values but shape"),
+    (v2(USER, InferInput("item_ids", [0], "BYTES", [])), "is empty"),
+    (v2(USER, InferInput("item_ids", [11], "BYTES", [str(k) for k in range(11)])), "at most 10"),
+    (v2(InferInput("user_id", [2], "BYTES", ["u1", "u2"]), ITEMS), "exactly one value"),
+    (v2(USER, ITEMS, InferInput("hour", [1], "FP32", [1.5])), "datatype FP32"),
+    (v2(USER, ITEMS, InferInput("hour", [1], "INT32", [99])), "0..23"),
+])
+def test_v2_bad_requests_name_the_problem(request_, message):
+    with pytest.raises(InvalidInput, match=message):
+        parse_v2(request_, max_candidates=10)
