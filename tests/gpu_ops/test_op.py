@@ -35,7 +35,7 @@ def _kw(case, table_offsets, offsets):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@few(40)
+@few(30)
 @given(data=st.data())
 def test_lookup_matches_contract(device, contract, robe_cases, data):
     case = data.draw(robe_cases)
@@ -232,3 +232,14 @@ def test_cpu_backward_in_many_chunks(monkeypatch):
     w3 = weight.clone()
     robe_sgd_update_(w3, 2 * ref.detach(), values, lr=0.1, **kw)
     torch.testing.assert_close(w3, weight - 0.1 * w2.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_keeps_the_array_and_result_in_float32(device):
+    emb = RobeEmbedding(64, [5, 7], dim=4, block=2, seed=0).to(device)
+    ids = torch.tensor([[1, 2], [3, 4]], device=device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        out = emb(ids)
+        (out @ torch.ones(4, 1, device=device)).sum().backward()  # a matmul autocast does cast
+    assert out.dtype == torch.float32 and emb.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(out, emb(ids))
