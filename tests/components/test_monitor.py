@@ -1,0 +1,205 @@
+"""`robeflow monitor`: drift is flagged on shifted data and named right, unshifted data stays
+quiet, the summary agrees with the HTML report, and the workspace gains a snapshot per run.
+
+Model-ready windows are built in memory from the generator (no Feast repo): 40 days, so the
+current and reference windows lie past the 30-day warm-up of the history features. The
+shifted data has ``drift_days == test_days``: the shift covers exactly the current window.
+Three Evidently runs in all (each takes seconds: Evidently renders plots for every column).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from components.cli import main
+from components.features import TableSizes
+from components.generate import GenerateConfig, build_world, generate_chunk
+from components.params import as_dict
+from components.schema import COLUMNS
+
+GEN = dict(rows=45_000, users=2_000, items=500, days=40, drift_days=3, corrupt_fraction=0.0,
+           chunk_rows=45_000)
+SPLIT = dict(test_days=3, valid_days=3)
+TABLES = TableSizes(user=20_000, item=5_000, query=5_000, category_l1=100, category_l2=500,
+                    category_l3=2_000, brand=2_000, fav_category_l1=100)
+SEED = 11
+PARAMS = {
+    "train": {
+        "model": {"embedding": {"backend": "robe", "dim": 8, "compression": 4, "block": 4},
+                  "bottom_mlp": [16], "top_mlp": [16]},
+        "batch_size": 512, "epochs": 1, "progress": False,
+    },
+    "monitor": {"max_rows": 4_000, "seed": 0},
+}
+
+# The generator's drift moves category_l1/l2/l3 (and the query), item and brand popularity,
+# prices and so purchases (components/generate.py). Features computed from those columns:
+MAY_DRIFT = {
+    "category_l1", "category_l2", "category_l3", "query", "fav_category_l1", "item", "brand",
+    "price", "price_band",
+    "item_offers_7d", "item_purchases_7d", "item_purchase_rate_7d",
+    "item_offers_30d", "item_purchases_30d", "item_purchase_rate_30d",
+    "user_purchases_7d", "user_purchases_30d", "user_purchase_rate_30d",
+    "user_avg_price_paid_30d", "user_days_since_purchase",
+}
+# ...and the direct shifts, which a drift of 0.8 must show.
+MUST_DRIFT = {"price", "category_l1", "item"}
+
+
+def write_windows(root: Path, seed: int, drift: float) -> Path:
+    """Generated transactions -> model-ready train/valid/test + feature_spec.json under ``root``."""
+    from components.drift import model_ready_windows
+    from features.compute import StatsParams
+    from features.transform import feature_spec
+
+    cfg = GenerateConfig(**GEN, seed=seed, drift=drift)
+    events, _ = generate_chunk(cfg, build_world(cfg), 0)
+    stats = StatsParams()
+    spec = feature_spec(as_dict(TABLES), stats)
+    windows = model_ready_windows(events.astype(COLUMNS), spec, stats, **SPLIT)
+    root.mkdir(parents=True)
+    for name, frame in windows.items():
+        frame.to_parquet(root / f"{name}.parquet", index=False)
+    spec.save(root / "feature_spec.json")
+    return root
+
+
+def run_cli(args: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(args)
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """Shifted and unshifted data of one world, a model trained on the unshifted training window,
+    and params.yaml."""
+    root = tmp_path_factory.mktemp("monitor")
+    write_windows(root / "steady", SEED, 0.0)
+    write_windows(root / "drifted", SEED, 0.8)
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    assert main(["train", "--input", str(root / "steady"), "--model-out", str(root / "model"),
+                 "--checkpoints", str(root / "checkpoints"), "--reports", str(root / "train_reports"),
+                 "--params", str(root / "params.yaml")]) == 0
+    return root
+
+
+def monitor_args(root: Path, data: str, out: str, *overrides: str) -> list[str]:
+    args = ["monitor", "--input", str(root / data), "--model", str(root / "model"),
+            "--html", str(root / out / "drift.html"), "--summary", str(root / out / "drift.json"),
+            "--report-json", str(root / out / "drift_report.json"),
+            "--workspace", str(root / "workspace"), "--params", str(root / "params.yaml")]
+    for o in overrides:
+        args += ["-S", o]
+    return args
+
+
+@pytest.fixture(scope="module")
+def drifted(project):
+    """The monitor on the shifted data, with fail_on_drift: (exit code, stdout, summary)."""
+    code, out = run_cli(monitor_args(project, "drifted", "out_drifted", "monitor.fail_on_drift=true"))
+    return code, out, json.loads((project / "out_drifted/drift.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def steady(project, drifted):
+    """The monitor on the unshifted data of the same world, into the same workspace (after ``drifted``)."""
+    from components.monitor import list_runs
+
+    before = list_runs(project / "workspace", "robeflow")
+    code, out = run_cli(monitor_args(project, "steady", "out_steady", "monitor.fail_on_drift=true"))
+    return code, out, json.loads((project / "out_steady/drift.json").read_text()), before
+
+
+def test_shifted_data_is_flagged_and_the_step_alerts(drifted):
+    code, out, s = drifted
+    assert s["drift_detected"] is True
+    assert s["drift_share"] >= s["max_drift_share"]
+    assert code == 4                      # fail_on_drift: the exit code a schedule alerts on
+    assert "DRIFT DETECTED" in out and str(Path("out_drifted/drift.html")) in out
+
+
+def test_drifted_features_are_the_ones_the_generator_shifted(drifted):
+    _, _, s = drifted
+    named = set(s["drifted_features"])
+    assert MUST_DRIFT <= named, f"missed {MUST_DRIFT - named}"
+    assert named <= MAY_DRIFT, f"flagged unshifted {named - MAY_DRIFT}"
+    assert s["drifted_count"] == len(named) == sum(f["drifted"] for f in s["features"].values())
+    assert s["drift_share"] == pytest.approx(len(named) / s["features_tested"])
+    # the id features are tested through popularity buckets, the rest by type
+    assert s["features"]["item"]["kind"] == "popularity_bucket"
+    assert s["features"]["user"]["kind"] == "popularity_bucket"
+    assert s["features"]["device"]["kind"] == "categorical"
+    assert s["features"]["price"]["kind"] == "numerical"
+    assert s["excluded_features"] == ["day_of_week"] and "day_of_week" not in s["features"]
+
+
+def test_predictions_shift_with_the_data_and_quality_is_reported(drifted, steady):
+    _, _, d = drifted
+    _, _, q, _ = steady
+    for s in (d, q):
+        assert 0 < s["prediction"]["mean_current"] < 1 and 0 < s["prediction"]["mean_reference"] < 1
+        assert s["quality"]["current"]["rows"] == s["windows"]["current"]["sampled"]
+        assert 0.5 < s["quality"]["reference"]["auc"] <= 1
+        days = [b["day"] for b in s["quality"]["by_day"]]
+        assert len(days) == SPLIT["test_days"] and days == sorted(days)
+        assert sum(b["rows"] for b in s["quality"]["by_day"]) == s["quality"]["current"]["rows"]
+        assert s["target"]["method"] and s["target"]["rate_current"] > 0
+    # dearer, differently popular items: the model's scores move more on shifted data
+    assert d["prediction"]["score"] > q["prediction"]["score"]
+
+
+def test_unshifted_data_is_not_flagged(steady):
+    code, out, s, _ = steady
+    assert s["drift_detected"] is False and code == 0
+    assert s["drift_share"] < s["max_drift_share"]
+    assert "no drift" in out
+
+
+def test_unshifted_data_of_another_seed_is_not_flagged(tmp_path):
+    from components.monitor import MonitorConfig, monitor
+
+    data = write_windows(tmp_path / "steady2", SEED + 1, 0.0)
+    result = monitor(MonitorConfig(max_rows=4_000), data, None, tmp_path / "d.html", tmp_path / "d.json")
+    assert result.drift_detected is False
+    assert result.summary["prediction"] is None and result.summary["quality"] is None  # no model given
+    assert json.loads((tmp_path / "d.json").read_text())["drift_share"] == result.summary["drift_share"]
+
+
+def test_summary_matches_the_html_and_json_reports(project, drifted):
+    _, _, s = drifted
+    html = (project / "out_drifted/drift.html").read_text()
+    m = re.search(r"Drift is detected for [\d.]+% of columns \((\d+) out of (\d+)\)", html)
+    assert m, "the HTML report has no dataset drift line"
+    assert (int(m.group(1)), int(m.group(2))) == (s["drifted_count"], s["features_tested"])
+    verdict = re.search(r"Dataset Drift is (NOT )?detected", html)
+    assert verdict and (verdict.group(1) is None) == s["drift_detected"]
+    full = json.loads((project / "out_drifted/drift_report.json").read_text())
+    counts = [m["value"] for m in full["metrics"] if m["config"]["type"].endswith(":DriftedColumnsCount")]
+    assert counts == [{"count": float(s["drifted_count"]), "share": pytest.approx(s["drift_share"])}]
+    for t in full["tests"]:
+        col = t["metric_config"]["params"].get("column")
+        if t["id"] == "drift" and col in s["features"]:
+            assert (t["status"] == "FAIL") == s["features"][col]["drifted"], col
+
+
+def test_workspace_gains_one_snapshot_per_run_and_has_the_dashboard(project, steady):
+    from components.monitor import list_runs, open_project
+
+    _, _, s, before = steady
+    after = list_runs(project / "workspace", "robeflow")
+    assert len(before) == 1 and len(after) == 2 and set(before) < set(after)
+    assert s["workspace"]["snapshot_id"] in set(after) - set(before)
+    _, proj = open_project(project / "workspace", "robeflow")   # found again, not created twice
+    assert len(list_runs(project / "workspace", "robeflow")) == 2
+    titles = [p.title for p in proj.dashboard.model().panels]
+    assert {"Share of drifted features", "Prediction mean", "ROC AUC"} <= set(titles)
