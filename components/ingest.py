@@ -208,10 +208,14 @@ def _to_utc(s: pd.Series) -> pd.Series:
         return s.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
     if pd.api.types.is_datetime64_dtype(s.dtype):
         return s.dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
-    text = s.astype("string").str.strip()
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = s.astype("string[pyarrow]").str.strip()
     # parse offset-bearing and naive texts apart: in one call pandas applies one text's
     # offset to the naive ones
-    aware = text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True, na=False).to_numpy()
+    found = pc.match_substring_regex(pa.array(text), r"(?:Z|[+-]\d{2}:?\d{2})$")
+    aware = found.fill_null(False).to_numpy(zero_copy_only=False)
     out = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]")
     if aware.any():
         out[aware] = pd.to_datetime(text[aware], utc=True, errors="coerce", format="ISO8601")
@@ -288,9 +292,15 @@ def _write_days(df: pd.DataFrame, tmp: Path, out_dir: Path, name: str, days: set
     import pyarrow.parquet as pq
 
     schema = arrow_schema()
-    day = df["event_timestamp"].dt.strftime("%Y-%m-%d").fillna(UNKNOWN_DAY)
+    # (N,) calendar day of each row; NaT for rows without a timestamp
+    day = df["event_timestamp"].dt.tz_convert(None).to_numpy().astype("datetime64[D]")
     written = []
-    for d, part in df.groupby(day.to_numpy(), sort=True):
+    missing = np.isnat(day)
+    groups = [(str(v), day == v) for v in np.unique(day[~missing])]
+    if missing.any():
+        groups.append((UNKNOWN_DAY, missing))
+    for d, rows in groups:
+        part = df[rows]
         sub = tmp / f"{PARTITION}={d}"
         sub.mkdir(exist_ok=True)
         pq.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False), sub / name)
