@@ -52,8 +52,9 @@ def _windows(weight: Tensor, block: int, dim: int) -> Tensor:
 def robe_forward_cpu(
     weight: Tensor, values: Tensor, offsets: Tensor | None, table_offsets: Tensor,
     dim: int, block: int, a: int, b: int, c: int,
-) -> Tensor:
-    """Pooled embeddings ``(num_bags, dim)`` (``num_bags = nnz`` when ``offsets`` is None)."""
+) -> tuple[Tensor, Tensor]:
+    """Pooled embeddings ``(num_bags, dim)`` (``num_bags = nnz`` when ``offsets`` is None)
+    and the block starts ``(nnz, nb)`` it read, which the backward reuses."""
     num_blocks = -(-dim // block)
     starts = block_starts_fast(
         global_rows(values, offsets, table_offsets), num_blocks, weight.numel(), block, a, b, c
@@ -61,13 +62,13 @@ def robe_forward_cpu(
     rows = F.embedding(starts, _windows(weight, block, dim))  # (nnz, nb, w)
     rows = rows.view(values.numel(), num_blocks * min(block, dim))  # (nnz, nb*w); nb*w >= dim
     if offsets is None:
-        return rows[:, :dim].contiguous()
+        return rows[:, :dim].contiguous(), starts
     num_bags = offsets.numel() - 1
     bags = torch.repeat_interleave(
         torch.arange(num_bags, device=offsets.device), offsets.diff(), output_size=values.numel()
     )  # (nnz,)
     out = weight.new_zeros(num_bags, rows.shape[1]).index_add_(0, bags, rows)
-    return out[:, :dim].contiguous()
+    return out[:, :dim].contiguous(), starts
 
 
 # Ids per chunk of the backward: keeps each temporary (slots int64, gradients) at a few MB,
@@ -78,12 +79,15 @@ _CHUNK_ELEMS = 1 << 20
 
 def _chunks(
     grad: Tensor, values: Tensor, offsets: Tensor | None, table_offsets: Tensor,
-    num_floats: int, dim: int, block: int, a: int, b: int, c: int,
+    num_floats: int, dim: int, block: int, a: int, b: int, c: int, starts: Tensor | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (flat slots, their gradients) of consecutive id chunks: ``(n * dim,)`` each."""
+    """Yield (flat slots, their gradients) of consecutive id chunks: ``(n * dim,)`` each.
+
+    ``starts``: the forward's block starts ``(nnz, nb)``; recomputed from the ids if None.
+    """
     num_blocks = -(-dim // block)
     w = min(block, dim)
-    rows = global_rows(values, offsets, table_offsets)  # (nnz,)
+    rows = global_rows(values, offsets, table_offsets) if starts is None else None  # (nnz,)
     bags = None
     if offsets is not None:
         bags = torch.repeat_interleave(
@@ -94,19 +98,22 @@ def _chunks(
     within = torch.arange(w, device=values.device)
     for lo in range(0, values.numel(), step):
         hi = min(lo + step, values.numel())
-        starts = block_starts_fast(rows[lo:hi], num_blocks, num_floats, block, a, b, c)  # (n, nb)
-        idx = (starts.unsqueeze(2) + within).view(hi - lo, num_blocks * w)[:, :dim]  # (n, dim)
+        st = (starts[lo:hi] if rows is None
+              else block_starts_fast(rows[lo:hi], num_blocks, num_floats, block, a, b, c))  # (n, nb)
+        idx = (st.unsqueeze(2) + within).view(hi - lo, num_blocks * w)[:, :dim]  # (n, dim)
         g = grad[lo:hi] if bags is None else grad.index_select(0, bags[lo:hi])  # (n, dim)
         yield idx.reshape(-1), g.reshape(-1)
 
 
 def robe_backward_cpu(
     grad: Tensor, values: Tensor, offsets: Tensor | None, table_offsets: Tensor,
-    num_floats: int, dim: int, block: int, a: int, b: int, c: int,
+    num_floats: int, dim: int, block: int, a: int, b: int, c: int, starts: Tensor | None = None,
 ) -> Tensor:
-    """Gradient of the array ``(num_floats,)`` from the output gradient ``(num_bags, dim)``."""
+    """Gradient of the array ``(num_floats,)`` from the output gradient ``(num_bags, dim)``;
+    ``starts`` are the forward's block starts ``(nnz, nb)`` (recomputed if None)."""
     out = grad.new_zeros(num_floats)
-    for idx, src in _chunks(grad, values, offsets, table_offsets, num_floats, dim, block, a, b, c):
+    chunks = _chunks(grad, values, offsets, table_offsets, num_floats, dim, block, a, b, c, starts)
+    for idx, src in chunks:
         # scatter_add_ accumulates duplicates, so colliding slots sum their gradients (it
         # is ~1.3-1.7x faster than index_add_ on a 1-D target on CPU).
         out.scatter_add_(0, idx, src)

@@ -31,8 +31,13 @@ def _num_bags(values: Tensor, offsets: Optional[Tensor]) -> int:
 def _robe_lookup_op(
     weight: Tensor, values: Tensor, offsets: Optional[Tensor], table_offsets: Tensor,
     dim: int, block: int, a: int, b: int, c: int,
-) -> Tensor:
-    """Pooled ROBE-Z rows ``(num_bags, dim)``; ``values`` flat, ``offsets`` None or ``(num_bags+1,)``."""
+) -> tuple[Tensor, Tensor]:
+    """Pooled ROBE-Z rows ``(num_bags, dim)``; ``values`` flat, ``offsets`` None or ``(num_bags+1,)``.
+
+    Second output: the block starts ``(nnz, nb)`` int64 the CPU kernel computed, saved so
+    the backward does not hash again; ``(0, nb)`` on CUDA, where hashing in the backward
+    kernel is cheaper than a round trip through memory.
+    """
     return robe_forward_cpu(weight, values, offsets, table_offsets, dim, block, a, b, c)
 
 
@@ -40,27 +45,31 @@ def _robe_lookup_op(
 def _robe_lookup_cuda(weight, values, offsets, table_offsets, dim, block, a, b, c):
     from gpu_ops.robe.kernel import robe_forward_triton
 
-    return robe_forward_triton(weight, values, offsets, table_offsets, dim, block, a, b, c)
+    out = robe_forward_triton(weight, values, offsets, table_offsets, dim, block, a, b, c)
+    return out, values.new_empty(0, -(-dim // block))
 
 
 @_robe_lookup_op.register_fake
 def _robe_lookup_fake(weight, values, offsets, table_offsets, dim, block, a, b, c):
-    return weight.new_empty(_num_bags(values, offsets), dim)
+    num_starts = 0 if values.device.type == "cuda" else values.numel()
+    return (weight.new_empty(_num_bags(values, offsets), dim),
+            values.new_empty(num_starts, -(-dim // block)))
 
 
 @torch.library.custom_op("robeflow::robe_lookup_backward", mutates_args=())
 def _robe_backward_op(
     grad: Tensor, values: Tensor, offsets: Optional[Tensor], table_offsets: Tensor,
-    num_floats: int, dim: int, block: int, a: int, b: int, c: int,
+    starts: Tensor, num_floats: int, dim: int, block: int, a: int, b: int, c: int,
 ) -> Tensor:
     """Gradient of the array ``(num_floats,)`` from the output gradient ``(num_bags, dim)``."""
     return robe_backward_cpu(
-        grad.contiguous(), values, offsets, table_offsets, num_floats, dim, block, a, b, c
+        grad.contiguous(), values, offsets, table_offsets, num_floats, dim, block, a, b, c,
+        starts if starts.numel() or not values.numel() else None,
     )
 
 
 @_robe_backward_op.register_kernel("cuda")
-def _robe_backward_cuda(grad, values, offsets, table_offsets, num_floats, dim, block, a, b, c):
+def _robe_backward_cuda(grad, values, offsets, table_offsets, starts, num_floats, dim, block, a, b, c):
     from gpu_ops.robe.kernel import robe_backward_triton
 
     return robe_backward_triton(
@@ -69,21 +78,21 @@ def _robe_backward_cuda(grad, values, offsets, table_offsets, num_floats, dim, b
 
 
 @_robe_backward_op.register_fake
-def _robe_backward_fake(grad, values, offsets, table_offsets, num_floats, dim, block, a, b, c):
+def _robe_backward_fake(grad, values, offsets, table_offsets, starts, num_floats, dim, block, a, b, c):
     return grad.new_empty(num_floats)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     weight, values, offsets, table_offsets, dim, block, a, b, c = inputs
-    ctx.save_for_backward(values, offsets, table_offsets)
+    ctx.save_for_backward(values, offsets, table_offsets, output[1])
     ctx.args = (weight.numel(), dim, block, a, b, c)
 
 
-def _backward(ctx, grad):
-    values, offsets, table_offsets = ctx.saved_tensors
+def _backward(ctx, grad, _grad_starts):
+    values, offsets, table_offsets, starts = ctx.saved_tensors
     gw = None
     if ctx.needs_input_grad[0]:
-        gw = _robe_backward_op(grad, values, offsets, table_offsets, *ctx.args)
+        gw = _robe_backward_op(grad, values, offsets, table_offsets, starts, *ctx.args)
     return gw, None, None, None, None, None, None, None, None
 
 
@@ -256,10 +265,10 @@ def robe_lookup(
     num_tables = table_offsets.numel()
     a, b, c = (int(x) for x in hash_abc)
     values = ids.reshape(-1) if offsets is None else ids
-    out = _robe_lookup_op(
+    out, _ = _robe_lookup_op(
         weight, values.contiguous(), None if offsets is None else offsets.contiguous(),
         table_offsets.contiguous(), dim, block, a, b, c,
-    )  # (B*T, dim)
+    )  # (B*T, dim); the block starts are kept by autograd for the backward
     return out.view(-1, num_tables, dim)
 
 
