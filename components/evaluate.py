@@ -18,6 +18,7 @@ from typing import Any
 
 from components.common import StepError, atomic_dir, log, write_json
 from components.params import add_params_args, load_config
+from components.train import torch_threads
 from dlrm.configs import EvaluateConfig
 
 STEP = "evaluate"
@@ -120,7 +121,8 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
     if len(frame) == 0:
         raise ValueError("the test window has no rows")
     inputs = ModelInput.from_frame(frame, spec)
-    probs = predict(model, inputs, batch_size=cfg.batch_size)
+    with torch_threads(cfg.threads):
+        probs = predict(model, inputs, batch_size=cfg.batch_size)
     labels = inputs.labels.astype(np.float64)
     m = classification_metrics(labels, probs)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from components.common import StepError, atomic_dir, log, write_json
 from components.params import add_params_args, as_dict, load_config
@@ -73,8 +74,9 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
     log(STEP, f"{train_in.num_rows} training rows, {valid_in.num_rows if valid_in else 0} validation rows "
               f"from {source}; backend {cfg.model.embedding.backend}")
 
-    result = train_model(cfg, spec, train_in, valid_in, checkpoint_dir=Path(checkpoints), resume=resume,
-                         log=lambda msg: log(STEP, msg))
+    with torch_threads(cfg.threads):
+        result = train_model(cfg, spec, train_in, valid_in, checkpoint_dir=Path(checkpoints), resume=resume,
+                             log=lambda msg: log(STEP, msg))
     metrics = {**result.metrics(), "target_auc": cfg.target_auc, "train_rows": train_in.num_rows,
                "valid_rows": valid_in.num_rows if valid_in else 0, "source": source}
     with atomic_dir(model_out) as tmp:
@@ -91,6 +93,24 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
               f"embedding {result.model.embedding_bytes / 1e6:.2f} MB ({result.model.compression:.1f}x) "
               f"-> {model_out}")
     return TrainStepResult(model_dir=Path(model_out), metrics=metrics, history=result.history)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Runs the block with ``n`` torch CPU threads (0 = leave torch's setting), then
+    restores the previous count. On a busy machine one thread per process beats threads
+    that wait on each other."""
+    if n < 0:
+        raise ValueError(f"threads = {n}; expected 0 (torch's default) or a positive count")
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _main(args: argparse.Namespace) -> int:

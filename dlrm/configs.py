@@ -74,6 +74,7 @@ class TrainConfig:
     keep_checkpoints: int = 2    # newest checkpoints kept on disk
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0             # torch CPU threads for the step; 0 = torch's default (one per core)
     bf16: bool = True            # bf16 autocast on GPU (ignored on CPU)
     progress: bool = True        # tqdm bar on stderr
 
@@ -88,4 +89,5 @@ class EvaluateConfig:
     oracle_gap: float = 0.02     # gate = oracle_gap: target = oracle AUC - this
     fail_on_gate: bool = False   # exit non-zero when the gate fails (default: record passed=false)
     batch_size: int = 8192
+    threads: int = 0             # torch CPU threads for the step; 0 = torch's default
     roc_points: int = 200        # points of the ROC curve written for the plot

@@ -32,7 +32,8 @@ from features.spec import FeatureSpec, ModelInput
 CHECKPOINT_FORMAT = "robeflow.dlrm.checkpoint.v1"
 # Config keys that may change between a checkpoint and its resumption (they do not
 # change the trajectory).
-RESUMABLE_CHANGES = frozenset({"progress", "checkpoint_every", "keep_checkpoints", "epochs", "device"})
+RESUMABLE_CHANGES = frozenset({"progress", "checkpoint_every", "keep_checkpoints", "epochs", "device",
+                               "threads"})
 
 
 @dataclass

@@ -13,9 +13,9 @@ PARAMS = {
         "model": {"embedding": {"backend": "robe", "dim": 8, "compression": 4, "block": 4},
                   "bottom_mlp": [16], "top_mlp": [32]},
         "optim": {"dense_lr": 0.003, "embedding_lr": 0.1},
-        "batch_size": 128, "epochs": 2, "progress": False,
+        "batch_size": 128, "epochs": 2, "progress": False, "threads": 1,
     },
-    "evaluate": {"gate": "oracle_gap", "oracle_gap": 0.15},
+    "evaluate": {"gate": "oracle_gap", "oracle_gap": 0.15, "threads": 1},
 }
 
 

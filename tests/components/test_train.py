@@ -16,6 +16,7 @@ TRAIN = {
               "bottom_mlp": [16], "top_mlp": [32]},
     "optim": {"dense_lr": 0.003, "embedding_lr": 0.1},
     "batch_size": 128, "epochs": 2, "eval_every": 10, "checkpoint_every": 10, "progress": False,
+    "threads": 1,
     "criteo": {"table_size": 1000, "valid_fraction": 0.25},
 }
 

@@ -20,3 +20,14 @@ def spec() -> FeatureSpec:
 @pytest.fixture
 def make_frame() -> Callable[[int, int], pd.DataFrame]:
     return planted_frame
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tiny models here run fastest on one thread (and do not fight other processes)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
