@@ -31,6 +31,10 @@ Bytes a step must move, per lookup of ``dim`` float32 (ids 8 B):
     .venv/bin/python benchmarks/embedding_bench.py            # dims 16,128; batches 2048..65536
 
 A full-table config that would not fit in available RAM (psutil) is skipped with a reason.
+
+CPU note: with glibc's default malloc every large temporary is a fresh mmap whose page
+faults are paid on each call, for all layouts alike; ``MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=100000000000`` (or jemalloc/tcmalloc) keeps freed memory for reuse.
 """
 
 from __future__ import annotations

@@ -288,8 +288,10 @@ def robe_sgd_update_(
     """Fused backward + SGD step: ``weight -= lr * dL/dweight`` in place, given ``dL/dout``.
 
     ``grad_out`` is the gradient of ``robe_lookup``'s ``(B, T, dim)`` result; the other
-    arguments are those of that call (whose checks it does not repeat). No gradient array
-    is allocated: on CUDA the Triton backward adds ``-lr * grad`` straight into the array.
+    arguments are those of that call (only the static checks run again, no data checks).
+    No gradient array is allocated: on CUDA the Triton backward adds ``-lr * grad``
+    straight into the array (exact for plain SGD, whose update is linear in the summed
+    gradient; Adagrad/Adam need the summed gradient first, i.e. the ordinary backward).
     Returns ``weight``.
     """
     _check_static(weight, ids, offsets, table_offsets, dim, block, hash_abc)
