@@ -144,7 +144,11 @@ def historical_rows(store: "FeatureStore", entity_df: pd.DataFrame,
         refs.setdefault(keys, []).extend(f"{proj.name}:{f.name}" for f in proj.features)
     for keys, features in refs.items():
         pairs = out[[*keys, "event_timestamp"]].drop_duplicates(ignore_index=True)
-        got = store.get_historical_features(entity_df=pairs, features=features).to_df()
+        with _dask_arrow_strings():
+            got = store.get_historical_features(entity_df=pairs, features=features).to_df()
+        for col in got.columns:  # back to plain object strings with None for missing
+            if isinstance(got[col].dtype, (pd.StringDtype, pd.ArrowDtype)):
+                got[col] = got[col].astype(object).where(got[col].notna(), None)
         got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True).astype(
             out["event_timestamp"].dtype)
         values = got[[*keys, "event_timestamp", *[f.split(":", 1)[1] for f in features]]]
@@ -161,4 +165,16 @@ def materialize_latest(store: "FeatureStore", tables: FeatureTables) -> None:
     """
     start = min(frame["event_timestamp"].min() for _, frame in tables.items())
     end = tables.snapshot + timedelta(seconds=1)
-    store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
+    with _dask_arrow_strings():
+        store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
+
+
+def _dask_arrow_strings():
+    """Dask config under which the file store holds strings as Arrow arrays.
+
+    With object columns dask tokenises every intermediate frame by pickling it, which
+    dominated the point-in-time join (8x slower on 50k events).
+    """
+    import dask
+
+    return dask.config.set({"dataframe.convert-string": True})
