@@ -129,8 +129,8 @@ def monitored_tables(reference: "pd.DataFrame", current: "pd.DataFrame", spec: "
     Returns:
         (reference table, current table, the columns and how they are tested, the sampled
         model-ready reference rows, the sampled model-ready current rows): the tables hold one
-        column per tested feature, plus the label when the window has it; the sampled rows
-        are what the model scores, row for row with the tables.
+        column per tested feature, plus the label when both windows have it on every row; the
+        sampled rows are what the model scores, row for row with the tables.
     """
     import pandas as pd
 
@@ -169,9 +169,10 @@ def monitored_tables(reference: "pd.DataFrame", current: "pd.DataFrame", spec: "
             # ids as text: Evidently treats the column as categorical whatever its values
             ref_table[f.name] = ref_keys.astype(str).to_numpy()
             cur_table[f.name] = cur_keys.astype(str).to_numpy()
-    for table, rows in ((ref_table, ref_rows), (cur_table, cur_rows)):
-        if spec.label in rows.columns and rows[spec.label].notna().all():
-            table[spec.label] = rows[spec.label].to_numpy(dtype=np.int64)
+    # labels take days to arrive: target drift and quality only once every current row has one
+    if all(spec.label in w.columns and w[spec.label].notna().all() for w in (reference, current)):
+        ref_table[spec.label] = ref_rows[spec.label].to_numpy(dtype=np.int64)
+        cur_table[spec.label] = cur_rows[spec.label].to_numpy(dtype=np.int64)
     excluded = tuple(f.name for f in (*spec.dense, *spec.sparse) if f.name in exclude)
     return (ref_table, cur_table, MonitoredColumns(numerical, tuple(categorical), tuple(popularity), excluded),
             ref_rows, cur_rows)

@@ -39,6 +39,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -146,7 +147,7 @@ def _quality_by_day(rows, labels, probs) -> list[dict[str, Any]]:
 
 def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_out: Path,
             summary_out: Path, *, report_json_out: Path | None = None,
-            workspace: Path | None = None) -> MonitorResult:
+            workspace: Path | None = None, model_name: str | None = None) -> MonitorResult:
     """Runs the drift report of the current window against the reference window.
 
     Args:
@@ -160,6 +161,8 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
         report_json_out: Evidently's full JSON of the run, or None.
         workspace: the Evidently workspace that gets this run's snapshot
             (``monitoring/workspace``), or None.
+        model_name: what to call the model in the summary and the snapshot's metadata
+            (default: ``model_dir``), e.g. the registry version it came from.
 
     Returns:
         The summary (also written to ``summary_out``) and the output paths.
@@ -182,6 +185,8 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
     reference = pd.concat([_read_window(input_dir, s) for s in ref_splits], ignore_index=True)
 
     model = None
+    if model_name is None and model_dir is not None:
+        model_name = str(model_dir)
     if model_dir is not None:
         from dlrm.bundle import load_model
 
@@ -217,7 +222,7 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
 
     snapshot = _run_report(cfg, ref_table, cur_table, cols, spec.label if has_labels else None,
                            with_prediction=model is not None,
-                           metadata={"model": str(model_dir) if model_dir is not None else "",
+                           metadata={"model": model_name or "",
                                      "reference": cfg.reference,
                                      "current_days": " .. ".join(_days(current))})
     doc = snapshot.dict()
@@ -248,7 +253,7 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
             "current": {"splits": ["test"], "days": _days(current), "rows": len(current),
                         "sampled": len(cur_rows)},
         },
-        "model": str(model_dir) if model_dir is not None else None,
+        "model": model_name,
         "html": str(html_out),
         "config": as_dict(cfg),
     }
@@ -421,9 +426,18 @@ def _main(args: argparse.Namespace) -> int:
                if v is None]
     if missing:
         raise StepError(f"robeflow monitor needs {', '.join(missing)} (or --dashboard)", exit_code=2)
+    if args.model is not None and args.registry is not None:
+        raise StepError("give the model as --model DIR or --registry URL, not both", exit_code=2)
     cfg = load_config(MonitorConfig, STEP, args.params, args.overrides)
-    result = monitor(cfg, args.input, args.model, args.html, args.summary,
-                     report_json_out=args.report_json, workspace=args.workspace)
+    with tempfile.TemporaryDirectory(prefix="robeflow-monitor-") as tmp:
+        model_dir, model_name = args.model, None
+        if args.registry is not None:
+            from serving.registry import Registry
+
+            version, model_dir = Registry(args.registry).fetch(None, Path(tmp) / "model")
+            model_name = f"{args.registry} production ({version})"
+        result = monitor(cfg, args.input, model_dir, args.html, args.summary, report_json_out=args.report_json,
+                         workspace=args.workspace, model_name=model_name)
     print(format_summary(result.summary))
     if result.drift_detected and cfg.fail_on_drift:
         raise StepError(f"drift detected: {result.summary['drifted_count']} of {result.summary['features_tested']} "
@@ -438,6 +452,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path,
                    help="production model bundle dir (models/model, or the registry's production bundle); "
                         "without it no prediction drift or quality")
+    p.add_argument("--registry", help="model registry (dir or fsspec URL): monitor its production bundle "
+                                      "instead of --model")
     p.add_argument("--html", type=Path, help="Evidently HTML report (reports/drift.html)")
     p.add_argument("--summary", type=Path, help="compact drift summary JSON (reports/drift.json)")
     p.add_argument("--report-json", type=Path, help="Evidently's full JSON of the run (reports/drift_report.json)")

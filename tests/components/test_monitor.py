@@ -93,8 +93,8 @@ def project(tmp_path_factory) -> Path:
     return root
 
 
-def monitor_args(root: Path, data: str, out: str, *overrides: str) -> list[str]:
-    args = ["monitor", "--input", str(root / data), "--model", str(root / "model"),
+def monitor_args(root: Path, data: str, out: str, *overrides: str, model: list[str] | None = None) -> list[str]:
+    args = ["monitor", "--input", str(root / data), *(model or ["--model", str(root / "model")]),
             "--html", str(root / out / "drift.html"), "--summary", str(root / out / "drift.json"),
             "--report-json", str(root / out / "drift_report.json"),
             "--workspace", str(root / "workspace"), "--params", str(root / "params.yaml")]
@@ -112,11 +112,16 @@ def drifted(project):
 
 @pytest.fixture(scope="module")
 def steady(project, drifted):
-    """The monitor on the unshifted data of the same world, into the same workspace (after ``drifted``)."""
+    """The monitor on the unshifted data of the same world, into the same workspace (after
+    ``drifted``), with the model taken from a registry's production pointer."""
     from components.monitor import list_runs
+    from serving.registry import Registry
 
+    registry = Registry(project / "registry")
+    registry.set_production(registry.publish(project / "model"))
     before = list_runs(project / "workspace", "robeflow")
-    code, out = run_cli(monitor_args(project, "steady", "out_steady", "monitor.fail_on_drift=true"))
+    code, out = run_cli(monitor_args(project, "steady", "out_steady", "monitor.fail_on_drift=true",
+                                     model=["--registry", str(project / "registry")]))
     return code, out, json.loads((project / "out_steady/drift.json").read_text()), before
 
 
@@ -163,6 +168,7 @@ def test_unshifted_data_is_not_flagged(steady):
     assert s["drift_detected"] is False and code == 0
     assert s["drift_share"] < s["max_drift_share"]
     assert "no drift" in out
+    assert s["model"].endswith("production (v1)")   # scored by the registry's production bundle
 
 
 def test_unshifted_data_of_another_seed_is_not_flagged(tmp_path):
