@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from components.common import StepError, log
 from components.params import add_params_args, load_config
@@ -34,6 +35,9 @@ class ServeConfig:
     workers: int = 1               # uvicorn worker processes
     max_candidates: int = 1000     # most items per request (more is a 400)
     torch_threads: int = 1         # intra-op threads; 1 suits per-request batches of ~100 rows
+    online_reader: Literal["lean", "feast"] = "lean"  # lean: direct online-store read, same values
+    max_batch_requests: int = 32   # concurrent requests scored in one batch (1 = none)
+    batch_wait_ms: float = 1.0     # an idle server waits this long for requests to batch
 
 
 def serve(cfg: ServeConfig, registry: str, features_repo: Path) -> None:
@@ -47,7 +51,8 @@ def serve(cfg: ServeConfig, registry: str, features_repo: Path) -> None:
     if cfg.max_candidates < 1:
         raise ValueError(f"serve.max_candidates = {cfg.max_candidates}; expected >= 1")
     model = RobeflowModel(cfg.model_name, registry, features_repo, max_candidates=cfg.max_candidates,
-                          torch_threads=cfg.torch_threads)
+                          torch_threads=cfg.torch_threads, online_reader=cfg.online_reader,
+                          max_batch_requests=cfg.max_batch_requests, batch_wait_ms=cfg.batch_wait_ms)
     model.load()
     log(STEP, f"model {cfg.model_name} = {model.version} of {registry}; listening on "
               f"http://{cfg.host}:{cfg.http_port}")

@@ -3,18 +3,23 @@
 Per request it reads the user's and the items' features from the Feast online store
 (``features.online.OnlineFeatures``: one online read for all candidates), builds the
 model input with the transform training used (``features.transform.build_model_frame``),
-scores all candidates in one batch and returns them best first. Users and items the store
+scores all candidates in one batch and returns them best first. Requests that arrive while
+a batch is being scored are scored together (:class:`Batcher`: one transform and one
+model call for all of them; the transform and the model are row-wise, so no score
+changes). Users and items the store
 does not know are still scored: their ids hash into the embedding array and their
 missing features are filled as in training.
 """
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import kserve
@@ -63,28 +68,138 @@ class Ranker:
     Args:
         model: the DLRM (eval mode).
         spec: the FeatureSpec it was trained on.
-        features: an object with ``model_input(user_id, item_ids, context) -> ModelInput``
-            (:class:`features.online.OnlineFeatures`).
+        features: a :class:`features.online.OnlineFeatures` (or one reading through
+            :class:`serving.online.LeanStore`): ``rows(user_id, item_ids, context)``.
     """
 
     def __init__(self, model: Any, spec: Any, features: Any):
         self.model, self.spec, self.features = model, spec, features
 
+    def _rows(self, request: ScoreRequest) -> Any:
+        try:
+            return self.features.rows(request.user_id, list(request.item_ids), request.context)
+        except ValueError as e:  # a context value the feature reader cannot use
+            raise InvalidInput(f"cannot build features for user {request.user_id!r}: {e}") from None
+
+    def _score_rows(self, frames: Sequence[Any]) -> list[np.ndarray]:
+        """Scores the rows of several requests in one transform and one model batch."""
+        import pandas as pd
+
+        from dlrm.bundle import predict
+        from features.spec import ModelInput
+        from features.transform import build_model_frame
+
+        rows = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        # the transform and the model are row-wise, so batching requests changes no row's score
+        inputs = ModelInput.from_frame(build_model_frame(rows, self.spec), self.spec)
+        probs = predict(self.model, inputs, batch_size=max(1, inputs.num_rows))   # (sum K,)
+        bounds = np.cumsum([0, *(len(f) for f in frames)])
+        return [probs[bounds[i]:bounds[i + 1]] for i in range(len(frames))]
+
+    def score_many(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray | InvalidInput]:
+        """Per request: (K,) float32 probabilities in request order, or the InvalidInput
+        that request raised (the others are still scored)."""
+        out: list[np.ndarray | InvalidInput] = [InvalidInput("not scored")] * len(requests)
+        good: list[int] = []
+        frames = []
+        for i, request in enumerate(requests):
+            try:
+                frames.append(self._rows(request))
+                good.append(i)
+            except InvalidInput as e:
+                out[i] = e
+        if not frames:
+            return out
+        try:
+            scored = self._score_rows(frames)
+        except ValueError:
+            # one request's rows broke the shared transform: score them one by one, so
+            # only that request gets its 400
+            scored = []
+            for f, i in zip(frames, good):
+                try:
+                    scored.append(self._score_rows([f])[0])
+                except ValueError as e:
+                    scored.append(InvalidInput(f"cannot score request for user {requests[i].user_id!r}: {e}"))
+        for i, s in zip(good, scored):
+            out[i] = s
+        return out
+
     def scores(self, request: ScoreRequest) -> np.ndarray:
         """(K,) float32 purchase probabilities of the request's items, in request order."""
-        from dlrm.bundle import predict
+        (s,) = self.score_many([request])
+        if isinstance(s, InvalidInput):
+            raise s
+        return s
 
-        try:
-            inputs = self.features.model_input(request.user_id, list(request.item_ids), request.context)
-        except ValueError as e:  # a context value the transform cannot use
-            raise InvalidInput(f"cannot build features for user {request.user_id!r}: {e}") from None
-        return predict(self.model, inputs, batch_size=max(1, len(request.item_ids)))
+    @staticmethod
+    def ranked(request: ScoreRequest, scores: np.ndarray) -> tuple[list[str], list[float]]:
+        """The request's items best first, and their scores."""
+        order = np.argsort(-scores, kind="stable")
+        return [request.item_ids[i] for i in order], [float(scores[i]) for i in order]
 
     def rank(self, request: ScoreRequest) -> tuple[list[str], list[float]]:
         """The request's items best first, and their scores."""
-        s = self.scores(request)
-        order = np.argsort(-s, kind="stable")
-        return [request.item_ids[i] for i in order], [float(s[i]) for i in order]
+        return self.ranked(request, self.scores(request))
+
+    def rank_many(self, requests: Sequence[ScoreRequest]) -> list[tuple[list[str], list[float]] | InvalidInput]:
+        """:meth:`rank` of several requests, scored in one batch."""
+        return [s if isinstance(s, InvalidInput) else self.ranked(r, s)
+                for r, s in zip(requests, self.score_many(requests))]
+
+
+class Batcher:
+    """Collects the requests that arrive while a batch is being scored and scores them
+    together (one online-read pass, one transform, one model call), in one worker thread.
+
+    Args:
+        fn: requests -> one result (or an exception instance) per request.
+        max_requests: most requests per batch.
+        wait_s: how long the first request of an idle batcher waits for company.
+    """
+
+    def __init__(self, fn: Callable[[list[ScoreRequest]], list[Any]], max_requests: int = 32,
+                 wait_s: float = 0.001):
+        if max_requests < 1:
+            raise ValueError(f"max_requests must be >= 1, got {max_requests}")
+        self._fn, self._max, self._wait = fn, max_requests, wait_s
+        self._pending: list[tuple[ScoreRequest, asyncio.Future]] = []
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robeflow-score")
+
+    async def submit(self, requests: Sequence[ScoreRequest]) -> list[Any]:
+        """The results of ``requests``; raises the first request's error, if any."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in requests]
+        self._pending.extend(zip(requests, futures))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            if self._wait > 0 and len(self._pending) < self._max:
+                await asyncio.sleep(self._wait)
+            batch, self._pending = self._pending[:self._max], self._pending[self._max:]
+            try:
+                results = await loop.run_in_executor(self._executor, self._fn, [r for r, _ in batch])
+            except Exception as e:  # noqa: BLE001 - handed to every waiting request (HTTP 500), not swallowed
+                results = [e] * len(batch)
+            for (_, fut), res in zip(batch, results):
+                if fut.done():  # the client went away
+                    continue
+                if isinstance(res, BaseException):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
 
 
 class RobeflowModel(kserve.Model):
@@ -95,45 +210,64 @@ class RobeflowModel(kserve.Model):
         registry: registry dir or fsspec URL (the production bundle is loaded).
         features_repo: the materialised Feast repo (``data/features``).
         max_candidates: most items per request; more is a 400.
-        torch_threads: intra-op threads of the model (1 suits small per-request batches).
+        torch_threads: intra-op threads of the model (1 suits per-request batches).
+        online_reader: ``lean`` reads the online store directly (:mod:`serving.online`);
+            ``feast`` through ``FeatureStore.get_online_features``. Same values.
+        max_batch_requests: most concurrent requests scored together (1: no batching).
+        batch_wait_ms: how long an idle server waits for more requests to batch.
     """
 
     def __init__(self, name: str, registry: str | Path, features_repo: str | Path,
-                 max_candidates: int = 1000, torch_threads: int = 1):
+                 max_candidates: int = 1000, torch_threads: int = 1, online_reader: str = "lean",
+                 max_batch_requests: int = 32, batch_wait_ms: float = 1.0):
         super().__init__(name)
+        if online_reader not in ("lean", "feast"):
+            raise ValueError(f"online_reader = {online_reader!r}; expected 'lean' or 'feast'")
         self.registry, self.features_repo = str(registry), Path(features_repo)
         self.max_candidates, self.torch_threads = max_candidates, torch_threads
+        self.online_reader = online_reader
+        self.max_batch_requests, self.batch_wait_ms = max_batch_requests, batch_wait_ms
         self.ranker: Ranker | None = None
+        self.batcher: Batcher | None = None
         self.version: str | None = None
         self.ready = False
 
     def load(self) -> bool:
-        """Loads the production bundle and opens the online store; sets ``ready``."""
+        """Loads the production bundle, opens the online store and scores one warm-up
+        request (the first call of the embedding op is slow); then sets ``ready``."""
         import torch
 
         from features.online import OnlineFeatures
         from features.spec import FeatureSpec
+        from serving.online import lean_online_features
 
         if self.torch_threads > 0:
             torch.set_num_threads(self.torch_threads)
         bundle = load_production(self.registry)
         spec = FeatureSpec.from_dict(bundle.doc["feature_spec"])
-        online = OnlineFeatures(self.features_repo, spec)
-        self.ranker = Ranker(bundle.model, spec, online)
-        self.version = bundle.version
+        online = (lean_online_features(self.features_repo, spec) if self.online_reader == "lean"
+                  else OnlineFeatures(self.features_repo, spec))
+        ranker = Ranker(bundle.model, spec, online)
+        ranker.rank(ScoreRequest("warm-up-user", ("warm-up-item",), {}))
+        self.ranker, self.version = ranker, bundle.version
+        self.batcher = Batcher(ranker.rank_many, self.max_batch_requests, self.batch_wait_ms / 1e3)
         self.ready = True
         return self.ready
 
-    def _ranked(self, requests: Sequence[ScoreRequest]) -> list[tuple[list[str], list[float]]]:
-        assert self.ranker is not None, "predict before load"
-        return [self.ranker.rank(r) for r in requests]
+    def stop(self) -> None:
+        """Unloads (KServe calls this on shutdown): not ready, scoring thread stopped."""
+        super().stop()
+        if self.batcher is not None:
+            self.batcher.close()
 
-    def predict(self, payload: Any, headers: dict[str, str] | None = None,
-                response_headers: dict[str, str] | None = None) -> Any:
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> Any:
         """v1: ``{"instances": [...]}`` -> ``{"predictions": [...]}``; v2: InferRequest -> InferResponse."""
+        if self.batcher is None:
+            raise RuntimeError(f"model {self.name} predicts before load()")
         if isinstance(payload, InferRequest):
             request = parse_v2(payload, self.max_candidates)
-            (items, scores), = self._ranked([request])
+            (items, scores), = await self.batcher.submit([request])
             outputs = [
                 InferOutput(name="item_ids", shape=[len(items)], datatype="BYTES", data=items),
                 InferOutput(name="scores", shape=[len(scores)], datatype="FP32", data=scores),
@@ -143,7 +277,7 @@ class RobeflowModel(kserve.Model):
         if isinstance(payload, (bytes, bytearray)):
             raise InvalidInput("the request body must be JSON (Content-Type: application/json)")
         requests = parse_v1(payload, self.max_candidates)
-        ranked = self._ranked(requests)
+        ranked = await self.batcher.submit(requests)
         return {
             "predictions": [{"user_id": r.user_id, "item_ids": items, "scores": scores}
                             for r, (items, scores) in zip(requests, ranked)],

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from dlrm.bundle import predict
 from features.repo import historical_rows, open_store
 from features.spec import ModelInput
 from features.transform import build_model_frame
-from serving.predictor import RobeflowModel, load_production
+from kserve.errors import InvalidInput
+
+from serving.predictor import Batcher, RobeflowModel, load_production
 from serving.requests import ScoreRequest
 
 
@@ -83,15 +88,61 @@ def test_v1_and_v2_payloads_give_the_same_ranking(site):
     model = RobeflowModel("robeflow", site.registry, site.repo)
     model.load()
     items = ["i3", "i5", "i8", "nope"]
-    v1 = model.predict({"instances": [{"user_id": "u2", "item_ids": items, "context": {"hour": 10}}]})
+    v1 = asyncio.run(model.predict({"instances": [{"user_id": "u2", "item_ids": items, "context": {"hour": 10}}]}))
     request = InferRequest(model_name="robeflow", infer_inputs=[
         InferInput("user_id", [1], "BYTES", ["u2"]),
         InferInput("item_ids", [4], "BYTES", items),
         InferInput("hour", [1], "INT64", [10]),
     ])
-    v2 = model.predict(request)
+    v2 = asyncio.run(model.predict(request))
     got = {o.name: o.data for o in v2.outputs}
     assert v1["predictions"][0]["item_ids"] == got["item_ids"]
     # both use the current time with hour 10, so the scores agree
     assert v1["predictions"][0]["scores"] == pytest.approx(got["scores"])
     assert v1["model_version"] == v2.model_version == "v1"
+
+
+def test_lean_online_read_gives_the_rows_feast_gives(site, requests):
+    from features.online import OnlineFeatures
+    from serving.online import lean_online_features
+
+    feast_reader = OnlineFeatures(site.repo, site.spec)
+    lean = lean_online_features(site.repo, site.spec)
+    extra = ScoreRequest("nobody", ("i1", "no-such-item", "i2"),
+                         {"device": "mobile", "hour": 3, "timestamp": site.snapshot.isoformat()})
+    for req in [*requests, extra]:
+        want = feast_reader.rows(req.user_id, list(req.item_ids), req.context)
+        got = lean.rows(req.user_id, list(req.item_ids), req.context)
+        assert sorted(got.columns) == sorted(want.columns)
+        pd.testing.assert_frame_equal(got[want.columns], want)
+
+
+def test_batched_scoring_equals_one_by_one_and_isolates_bad_requests(ranker, requests):
+    bad = ScoreRequest("u1", ("i1",), {"timestamp": "2026-13-45"})
+    batch = [*requests, bad, requests[0]]
+    got = ranker.score_many(batch)
+    assert isinstance(got[len(requests)], InvalidInput)
+    for req, scores in zip([*requests, None, requests[0]], got):
+        if req is not None:
+            np.testing.assert_allclose(scores, ranker.score_many([req])[0], rtol=1e-6)
+
+
+def test_batcher_scores_concurrent_requests_together(site):
+    calls = []
+
+    def fn(reqs):
+        calls.append(len(reqs))
+        return [InvalidInput("bad user") if r.user_id == "bad" else r.user_id.upper() for r in reqs]
+
+    async def run():
+        batcher = Batcher(fn, max_requests=8, wait_s=0.01)
+        reqs = [ScoreRequest(f"u{k}", ("i",)) for k in range(5)]
+        results = await asyncio.gather(*(batcher.submit([r]) for r in reqs),
+                                       batcher.submit([ScoreRequest("bad", ("i",))]), return_exceptions=True)
+        batcher.close()
+        return results
+
+    results = asyncio.run(run())
+    assert results[:5] == [["U0"], ["U1"], ["U2"], ["U3"], ["U4"]]
+    assert isinstance(results[5], InvalidInput)
+    assert calls == [6]  # all six arrived within the wait and went in one batch
