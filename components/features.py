@@ -49,7 +49,7 @@ class TableSizes:
 class FeaturesConfig:
     test_days: int = 3              # the last days of data form the test window
     valid_days: int = 3             # the days before them form the validation window
-    rate_prior: float = 0.05        # smoothed purchase rate of an entity without history
+    rate_prior: float = 0.03        # smoothed purchase rate of an entity without history (~ the data's rate)
     rate_prior_weight: float = 20.0  # pseudo-offers the prior counts as
     days_since_cap: int = 365       # days since last purchase of a user who never bought
     max_query_terms: int = 8        # distinct query terms kept per event
@@ -145,7 +145,8 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
         store = apply_repo(repo)
         check_tables_match_views(store, tables)
         log(STEP, "feast apply done; point-in-time join of every event")
-        rows = historical_rows(store, events[entity_cols])
+        # feature rows are daily snapshots, so ask Feast once per (entity, day)
+        rows = historical_rows(store, events[entity_cols], as_of_floor="D")
         materialize_latest(store, tables)
         log(STEP, f"materialised the values as of {tables.snapshot} into the online store")
         del store

@@ -26,7 +26,7 @@ DAY_NS = 86_400 * 10**9
 class StatsParams:
     """Smoothing and caps of the statistics (from ``params.yaml: features``)."""
 
-    rate_prior: float = 0.05        # smoothed rate of an entity without history
+    rate_prior: float = 0.03        # smoothed rate of an entity without history
     rate_prior_weight: float = 20.0  # pseudo-offers the prior counts as
     days_since_cap: int = 365       # days since last purchase when there is none (or longer)
 

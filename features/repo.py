@@ -117,15 +117,23 @@ def check_tables_match_views(store: "FeatureStore", tables: FeatureTables) -> No
                              f"feature view {name} expects {expected}")
 
 
-def historical_rows(store: "FeatureStore", entity_df: pd.DataFrame,
-                    service: str = "dlrm_v1") -> pd.DataFrame:
+def historical_rows(store: "FeatureStore", entity_df: pd.DataFrame, service: str = "dlrm_v1",
+                    as_of_floor: str | None = None) -> pd.DataFrame:
     """Point-in-time join of ``entity_df`` (user_id, item_id, tz-aware event_timestamp and
     any other columns, which pass through) with the service's features, in input order.
 
     Feast's file (dask) store keeps one entity row per (join keys of the views joined so
     far, timestamp), which would silently drop all but one of several items offered to a
-    user at the same instant. So the join runs once per entity over the distinct
-    (key, timestamp) pairs, and the values are merged back onto every row.
+    user at the same instant (feast-dev/feast#6787). So the join runs once per entity over
+    the distinct (key, as-of instant) pairs, and the values are merged back onto every row.
+
+    Args:
+        as_of_floor: ask Feast at each timestamp floored to this pandas frequency ("D")
+            instead of at the timestamp itself. Exact when every feature row is stamped on
+            that grid and each (entity, period) with an event has its own row (as
+            :func:`features.compute.compute_feature_tables` guarantees): the latest row at
+            or before the event is then the one stamped at the start of its period. It
+            cuts the join to one request per entity and period. None: exact timestamps.
     """
     missing = [c for c in ("event_timestamp", "user_id", "item_id") if c not in entity_df.columns]
     if missing:
@@ -135,9 +143,9 @@ def historical_rows(store: "FeatureStore", entity_df: pd.DataFrame,
         if isinstance(out[col].dtype, pd.StringDtype):
             out[col] = out[col].astype(object).where(out[col].notna(), None)
     ts = pd.to_datetime(out["event_timestamp"], utc=True)
-    # Feast converts the entity range to Python datetimes (microseconds); feature rows
-    # are stamped at day starts, so flooring the join key to microseconds changes nothing
-    out["event_timestamp"] = ts.dt.floor("us")
+    # Feast converts the entity range to Python datetimes (microseconds), so the join key
+    # is floored to microseconds at least; feature rows are stamped at day starts
+    out["event_timestamp"] = ts.dt.floor(as_of_floor or "us")
     refs: dict[tuple[str, ...], list[str]] = {}
     for proj in store.get_feature_service(service).feature_view_projections:
         keys = tuple(store.get_feature_view(proj.name).join_keys)

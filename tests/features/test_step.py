@@ -90,3 +90,16 @@ def test_too_few_days_for_the_splits_is_a_clear_error(built, tmp_path, capsys):
                "-S", "features.valid_days=4")
     err = capsys.readouterr().err
     assert code != 0 and "spans 14 day(s)" in err and "need at least 15" in err
+
+
+def test_joining_at_day_starts_equals_joining_at_event_timestamps(built, events):
+    """The step asks Feast once per (entity, day); on day-stamped tables that must give what
+    a join at each event's own timestamp gives."""
+    from features.repo import historical_rows, open_store
+
+    store = open_store(built.repo)
+    rows = events.sample(300, random_state=2)[["event_id", "event_timestamp", "user_id", "item_id"]]
+    exact = historical_rows(store, rows)
+    daily = historical_rows(store, rows, as_of_floor="D")
+    pd.testing.assert_frame_equal(exact, daily)
+    assert exact["user_offers_30d"].notna().all() and exact["item_brand"].notna().any()
