@@ -332,14 +332,15 @@ def dashboard_panels() -> list:
 
     share = PanelMetric(metric="DriftedColumnsCount", metric_labels={"value_type": "share"},
                         legend="share of drifted features")
+    pred_mean = PanelMetric(metric="MeanValue", metric_labels={"column": PREDICTION},
+                            legend="mean purchase probability")
+    # no counter of the drift share: the UI shows "no value" when the last value is 0
     return [
-        counter_panel("Share of drifted features (last run)", [share], size="half"),
         counter_panel("ROC AUC (last run)", [PanelMetric(metric="RocAuc", legend="AUC")], size="half"),
+        counter_panel("Prediction mean (last run)", [pred_mean], size="half"),
         line_plot_panel("Share of drifted features", [share],
                         description="DataDriftPreset over the model inputs; drift at >= monitor.max_drift_share"),
-        line_plot_panel("Prediction mean", [PanelMetric(metric="MeanValue", metric_labels={"column": PREDICTION},
-                                                        legend="mean purchase probability")],
-                        size="half"),
+        line_plot_panel("Prediction mean", [pred_mean], size="half"),
         line_plot_panel("ROC AUC", [PanelMetric(metric="RocAuc", legend="AUC")], size="half"),
         line_plot_panel("Log loss", [PanelMetric(metric="LogLoss", legend="log loss")], size="half"),
         line_plot_panel("Purchase rate", [PanelMetric(metric="MeanValue", metric_labels={"column": "purchased"},
@@ -389,8 +390,16 @@ def serve_dashboard(workspace: Path, port: int = 8000) -> int:
         raise FileNotFoundError(f"workspace {workspace} does not exist; run `robeflow monitor` first")
     log(STEP, f"Evidently UI over {workspace} at http://127.0.0.1:{port} (Ctrl-C stops it)")
     env = {**os.environ, "DO_NOT_TRACK": "1"}
-    subprocess.run([sys.executable, "-m", "evidently", "ui", "--workspace", str(workspace),
-                    "--host", "127.0.0.1", "--port", str(port)], check=True, env=env)
+    try:
+        # `evidently ui` of the running interpreter's environment, bound to loopback only
+        subprocess.run([sys.executable, "-m", "evidently.cli", "ui", "--workspace", str(workspace),
+                        "--host", "127.0.0.1", "--port", str(port)], check=True, env=env)
+    except subprocess.CalledProcessError as err:
+        if err.returncode < 0:   # stopped by a signal: the way a server ends
+            log(STEP, f"Evidently UI stopped (signal {-err.returncode})")
+            return 0
+        raise StepError(f"the Evidently UI over {workspace} exited with status {err.returncode} "
+                        f"(is port {port} in use?)") from None
     return 0
 
 

@@ -209,3 +209,35 @@ def test_workspace_gains_one_snapshot_per_run_and_has_the_dashboard(project, ste
     assert len(list_runs(project / "workspace", "robeflow")) == 2
     titles = [p.title for p in proj.dashboard.model().panels]
     assert {"Share of drifted features", "Prediction mean", "ROC AUC"} <= set(titles)
+
+
+def test_dashboard_serves_the_workspace_on_loopback(project, steady):
+    """`robeflow monitor --dashboard` starts Evidently's UI over the workspace on 127.0.0.1."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    robeflow = Path(sys.executable).with_name("robeflow")
+    proc = subprocess.Popen([str(robeflow), "monitor", "--dashboard", "--workspace", str(project / "workspace"),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "DO_NOT_TRACK": "1"})
+    try:
+        projects, deadline = None, time.monotonic() + 120
+        while projects is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/projects", timeout=2) as r:
+                    projects = json.loads(r.read())
+            except OSError:
+                time.sleep(1)
+        assert projects is not None, f"the UI did not answer: exit {proc.poll()}"
+        assert [p["name"] for p in projects] == ["robeflow"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)     # the CLI and the UI process it started
+        proc.wait(timeout=30)
