@@ -6,8 +6,12 @@ written by ``dvc repro features``) and, when present, the planted probabilities
 (``data/truth``) for the oracle AUC. The model and optimizer settings come from the
 ``train`` section of params.yaml; only the backend, the compression and the budget change.
 
-    .venv/bin/python benchmarks/compression_sweep.py                      # all rows, 2 epochs
-    .venv/bin/python benchmarks/compression_sweep.py --rows 50000 --epochs 1 --compressions 1,100,1000
+    .venv/bin/python benchmarks/compression_sweep.py                # 50k train rows, 2 epochs
+    .venv/bin/python benchmarks/compression_sweep.py --rows 0       # every train row
+    .venv/bin/python benchmarks/compression_sweep.py --compressions 1,100,1000 --backends robe
+
+The 1x points of robe, hashing and qr are the slow ones (a dense gradient and optimizer
+pass over a full-size array every step).
 
 Writes ``<out>/compression_sweep.{csv,md,png}`` and prints the table.
 """
@@ -110,7 +114,7 @@ def main() -> None:
     p.add_argument("--truth", type=Path, default=Path("data/truth"))
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    p.add_argument("--rows", type=int, default=0, help="training rows used (0 = all)")
+    p.add_argument("--rows", type=int, default=50_000, help="training rows used (0 = all)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--backends", default="robe,hashing,qr")
     p.add_argument("--compressions", default="1,10,100,1000,10000")
