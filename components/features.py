@@ -13,9 +13,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components.common import StepError, atomic_dir, log
 from components.params import add_params_args, as_dict, load_config
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STEP = "features"
 SPLITS = ("train", "valid", "test")
@@ -108,6 +112,13 @@ def split_days(days: "pd.Series", test_days: int, valid_days: int) -> dict[str, 
             "test": uniq[-test_days:]}
 
 
+def _stamp(day: int) -> str:
+    """Days since 1970-01-01 -> YYYY-MM-DD."""
+    import numpy as np
+
+    return str(np.datetime64(int(day), "D"))
+
+
 def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_dir: Path) -> FeaturesResult:
     """Runs the features step.
 
@@ -151,9 +162,8 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
         log(STEP, f"materialised the values as of {tables.snapshot} into the online store")
         del store
 
-    stamp = lambda d: str(np.datetime64(int(d), "D"))  # noqa: E731  days since epoch -> YYYY-MM-DD
     spec = feature_spec(as_dict(cfg.tables), stats, cfg.max_query_terms, cfg.default_position,
-                        extra={"splits": {s: [stamp(d[0]), stamp(d[-1])] for s, d in splits.items()},
+                        extra={"splits": {s: [_stamp(d[0]), _stamp(d[-1])] for s, d in splits.items()},
                                "snapshot": str(tables.snapshot)})
     frame = build_model_frame(rows, spec)
     frame_day = event_days(frame[TIMESTAMP])
@@ -172,7 +182,7 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
     return FeaturesResult(
         rows=len(events),
         split_rows=split_rows,
-        split_days={s: [stamp(d[0]), stamp(d[-1])] for s, d in splits.items()},
+        split_days={s: [_stamp(d[0]), _stamp(d[-1])] for s, d in splits.items()},
         feature_rows={n: len(t) for n, t in tables.items()},
         online_entities={"user": int(tables.user_daily_stats["user_id"].nunique()),
                          "item": int(tables.item_daily_stats["item_id"].nunique())},
