@@ -9,13 +9,15 @@ by a multiplicative hash, as hashed categorical ids are.
     .venv/bin/python benchmarks/train_bench.py                 # defaults: 30 timed steps
     .venv/bin/python benchmarks/train_bench.py --steps 100 --threads 2
 
-Prints one line per backend and the ROBE/full ratio (target on CPU: >= 3x training).
+Prints one line per backend (training and inference samples/s, ms per training step, ms
+of the embedding part alone: lookup + backward + embedding optimizer step) and the
+ROBE/full ratios (target on CPU: >= 3x training). The backends run interleaved in rounds,
+so load from other processes affects both alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 
 import torch
@@ -43,56 +45,59 @@ def skewed_batches(num: int, batch: int, tables: list[int], seed: int, alpha: fl
     return out
 
 
-def bench(backend: str, args: argparse.Namespace, batches: list[tuple]) -> dict[str, float]:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        embedding=EmbeddingConfig(backend=backend, dim=16, compression=args.compression, block=args.block),
-        bottom_mlp=(512, 256, 64), top_mlp=(512, 256), interaction="dot")
-    t0 = time.perf_counter()
-    model = DLRM(cfg, 13, KAGGLE_TABLES)
-    build_s = time.perf_counter() - t0
-    opts = build_optimizers(model, OptimConfig(dense="adam", embedding=args.embedding_optimizer,
-                                               embedding_lr=0.01))
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+class Runner:
+    """One backend's model and optimizers, with timed training and inference steps."""
 
-    def step(b):
-        dense, values, offsets, labels = b
-        loss = loss_fn(model(dense, values, offsets), labels)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
+    def __init__(self, backend: str, args: argparse.Namespace):
+        torch.manual_seed(0)
+        cfg = ModelConfig(
+            embedding=EmbeddingConfig(backend=backend, dim=16, compression=args.compression, block=args.block),
+            bottom_mlp=(512, 256, 64), top_mlp=(512, 256), interaction="dot")
+        self.model = DLRM(cfg, 13, KAGGLE_TABLES)
+        self.opts = build_optimizers(self.model, OptimConfig(dense="adam", embedding=args.embedding_optimizer,
+                                                             embedding_lr=0.01))
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.train_s = self.infer_s = self.emb_s = 0.0
+        self.train_n = self.infer_n = self.emb_n = 0
 
-    n = len(batches)
-    for i in range(args.warmup):
-        step(batches[i % n])
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        step(batches[(args.warmup + i) % n])
-    train_s = time.perf_counter() - t0
-    model.eval()
-    with torch.no_grad():
-        for i in range(args.warmup):
-            model(*batches[i % n][:3])
+    def embedding_steps(self, batches: list[tuple]) -> None:
+        """The embedding part alone: lookup, backward, embedding optimizer step."""
         t0 = time.perf_counter()
-        for i in range(args.steps):
-            model(*batches[i % n][:3])
-        infer_s = time.perf_counter() - t0
-    result = {
-        "embedding_mb": model.embedding_bytes / 1e6, "compression": model.compression, "build_s": build_s,
-        "train_samples_per_s": args.steps * args.batch / train_s,
-        "infer_samples_per_s": args.steps * args.batch / infer_s,
-    }
-    del model, opts
-    gc.collect()
-    return result
+        for _, values, offsets, _ in batches:
+            self.opts[1].zero_grad(set_to_none=True)
+            self.model.embedding(values, offsets).sum().backward()
+            self.opts[1].step()
+        self.emb_s += time.perf_counter() - t0
+        self.emb_n += len(batches)
+
+    def train_steps(self, batches: list[tuple], timed: bool) -> None:
+        t0 = time.perf_counter()
+        for dense, values, offsets, labels in batches:
+            loss = self.loss_fn(self.model(dense, values, offsets), labels)
+            for o in self.opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in self.opts:
+                o.step()
+        if timed:
+            self.train_s += time.perf_counter() - t0
+            self.train_n += sum(b[0].shape[0] for b in batches)
+
+    @torch.no_grad()
+    def infer_steps(self, batches: list[tuple], timed: bool) -> None:
+        t0 = time.perf_counter()
+        for dense, values, offsets, _ in batches:
+            self.model(dense, values, offsets)
+        if timed:
+            self.infer_s += time.perf_counter() - t0
+            self.infer_n += sum(b[0].shape[0] for b in batches)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=30, help="timed steps per backend")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds, backends interleaved")
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--compression", type=float, default=1000.0, help="ROBE compression")
     p.add_argument("--block", type=int, default=32, help="ROBE Z")
@@ -106,15 +111,32 @@ def main() -> None:
     batches = skewed_batches(min(args.steps + args.warmup, 20), args.batch, KAGGLE_TABLES, 0, args.alpha)
     print(f"# Criteo-Kaggle DLRM, batch {args.batch}, {args.steps} steps, {torch.get_num_threads()} threads, "
           f"embedding optimizer {args.embedding_optimizer}, torch {torch.__version__}")
-    print(f"{'backend':<8} {'emb MB':>10} {'compr':>8} {'train samples/s':>16} {'infer samples/s':>16}")
+    print(f"{'backend':<8} {'emb MB':>10} {'compr':>8} {'train samples/s':>16} {'infer samples/s':>16} "
+          f"{'step ms':>12} {'emb part ms':>12}")
+    runners = {b: Runner(b, args) for b in args.backends.split(",")}
+    for r in runners.values():
+        r.train_steps(batches[:args.warmup], timed=False)
+        r.infer_steps(batches[:args.warmup], timed=False)
+    # Interleave the backends in rounds so that load from other processes hits both alike.
+    per_round = max(1, args.steps // args.rounds)
+    for k in range(args.rounds):
+        chunk = [batches[(k * per_round + i) % len(batches)] for i in range(per_round)]
+        for r in runners.values():
+            r.train_steps(chunk, timed=True)
+            r.infer_steps(chunk, timed=True)
+            r.embedding_steps(chunk)
     res = {}
-    for backend in args.backends.split(","):
-        r = res[backend] = bench(backend, args, batches)
-        print(f"{backend:<8} {r['embedding_mb']:>10.1f} {r['compression']:>8.0f} "
-              f"{r['train_samples_per_s']:>16.0f} {r['infer_samples_per_s']:>16.0f}", flush=True)
+    for backend, r in runners.items():
+        m = r.model
+        res[backend] = {"train": r.train_n / r.train_s, "infer": r.infer_n / r.infer_s}
+        step_ms = 1000 * r.train_s / (r.train_n / args.batch)
+        emb_ms = 1000 * r.emb_s / r.emb_n
+        print(f"{backend:<8} {m.embedding_bytes / 1e6:>10.1f} {m.compression:>8.0f} "
+              f"{res[backend]['train']:>16.0f} {res[backend]['infer']:>16.0f} {step_ms:>12.1f} {emb_ms:>12.1f}",
+              flush=True)
     if "full" in res and "robe" in res:
-        print(f"robe/full: training {res['robe']['train_samples_per_s'] / res['full']['train_samples_per_s']:.2f}x, "
-              f"inference {res['robe']['infer_samples_per_s'] / res['full']['infer_samples_per_s']:.2f}x")
+        print(f"robe/full: training {res['robe']['train'] / res['full']['train']:.2f}x, "
+              f"inference {res['robe']['infer'] / res['full']['infer']:.2f}x")
 
 
 if __name__ == "__main__":
