@@ -83,3 +83,22 @@ def test_oracle_gap_without_truth_is_a_clear_error(trained, capsys):
             "--predictions", str(trained / "data/p2"), "--params", str(trained / "params.yaml")]
     assert main(args) == 1
     assert "oracle_gap needs the planted probabilities" in capsys.readouterr().err
+
+
+def test_evaluate_a_criteo_model_on_a_criteo_file(tmp_path):
+    sample = "/work/shared/data/criteo_sample_200.csv"
+    params = {"train": {**PARAMS["train"], "batch_size": 32, "criteo": {"table_size": 500}},
+              "evaluate": {"gate": "mlperf_dlrm_criteo_1tb", "threads": 1}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    common = ["--params", str(tmp_path / "params.yaml")]
+    assert main(["train", "--criteo", sample, "--model-out", str(tmp_path / "m"), "--checkpoints",
+                 str(tmp_path / "c"), "--reports", str(tmp_path / "r"), *common]) == 0
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--criteo", sample, "--metrics",
+                 str(tmp_path / "metrics.json"), "--plots", str(tmp_path / "p"), "--predictions",
+                 str(tmp_path / "pred"), *common]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["rows"] == 200 and m["target_auc"] == 0.8025 and m["oracle_auc"] is None
+    labels = pd.read_csv(sample, usecols=["label"])["label"]
+    pred = pd.read_parquet(tmp_path / "pred/test.parquet")
+    assert pred["label"].tolist() == labels.tolist()
+    assert m["passed"] is (m["auc"] >= 0.8025)
