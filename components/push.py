@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -215,7 +216,7 @@ def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path
     }
     with tempfile.TemporaryDirectory(prefix="robeflow-push-") as tmp:
         staging = Path(tmp)
-        (staging / WEIGHTS).write_bytes((model_dir / WEIGHTS).read_bytes())
+        shutil.copyfile(model_dir / WEIGHTS, staging / WEIGHTS)
         (staging / CONFIG).write_text(json.dumps(doc, indent=2, default=float) + "\n")
         (staging / "MODEL_CARD.md").write_text(model_card(doc, version))
         version = reg.publish(staging)

@@ -17,6 +17,7 @@ import asyncio
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -102,12 +103,17 @@ class Ranker:
         out: list[np.ndarray | InvalidInput] = [InvalidInput("not scored")] * len(requests)
         good: list[int] = []
         frames = []
-        for i, request in enumerate(requests):
-            try:
-                frames.append(self._rows(request))
-                good.append(i)
-            except InvalidInput as e:
-                out[i] = e
+        store = getattr(self.features, "store", None)
+        # a lean store reads the features of all the batch's candidates at once
+        batch_read = (store.prefetched([{"user_id": r.user_id, "item_id": i} for r in requests for i in r.item_ids])
+                      if len(requests) > 1 and hasattr(store, "prefetched") else nullcontext())
+        with batch_read:
+            for i, request in enumerate(requests):
+                try:
+                    frames.append(self._rows(request))
+                    good.append(i)
+                except InvalidInput as e:
+                    out[i] = e
         if not frames:
             return out
         try:
@@ -150,7 +156,8 @@ class Ranker:
 
 class Batcher:
     """Collects the requests that arrive while a batch is being scored and scores them
-    together (one online-read pass, one transform, one model call), in one worker thread.
+    together (one online-store read per feature view, one transform, one model call), in
+    one worker thread.
 
     Args:
         fn: requests -> one result (or an exception instance) per request.
@@ -165,7 +172,7 @@ class Batcher:
         self._fn, self._max, self._wait = fn, max_requests, wait_s
         self._pending: list[tuple[ScoreRequest, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robeflow-score")
+        self._executor: ThreadPoolExecutor | None = None  # made on first use (fork-safe)
 
     async def submit(self, requests: Sequence[ScoreRequest]) -> list[Any]:
         """The results of ``requests``; raises the first request's error, if any."""
@@ -182,6 +189,8 @@ class Batcher:
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robeflow-score")
         while self._pending:
             if self._wait > 0 and len(self._pending) < self._max:
                 await asyncio.sleep(self._wait)
@@ -199,7 +208,9 @@ class Batcher:
                     fut.set_result(res)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
 
 class RobeflowModel(kserve.Model):

@@ -115,6 +115,13 @@ def test_lean_online_read_gives_the_rows_feast_gives(site, requests):
         got = lean.rows(req.user_id, list(req.item_ids), req.context)
         assert sorted(got.columns) == sorted(want.columns)
         pd.testing.assert_frame_equal(got[want.columns], want)
+    # and from one read of every request's candidates at once
+    everything = [{"user_id": r.user_id, "item_id": i} for r in [*requests, extra] for i in r.item_ids]
+    with lean.store.prefetched(everything):
+        for req in [*requests, extra]:
+            want = feast_reader.rows(req.user_id, list(req.item_ids), req.context)
+            got = lean.rows(req.user_id, list(req.item_ids), req.context)
+            pd.testing.assert_frame_equal(got[want.columns], want)
 
 
 def test_batched_scoring_equals_one_by_one_and_isolates_bad_requests(ranker, requests):

@@ -1,0 +1,338 @@
+"""Serving load test: `robeflow serve` on loopback under N concurrent clients, for a ROBE
+bundle and a full-table bundle of the same DLRM.
+
+What it does:
+1. A materialised feature repo: ``--features DIR`` (e.g. data/features), or one built
+   once under ``--work`` by the real features step from seeded synthetic transactions.
+2. Two bundles of the same architecture (the ``train.model`` section of params.yaml,
+   random weights: latency and size do not depend on training) over the same virtual
+   tables, the repo's table sizes times ``--table-scale``: ``robe`` (one ROBE-Z array,
+   ``--compression``) and ``full`` (one float32 row per id). Each is pushed with
+   ``robeflow push``'s core into its own registry under ``--work``.
+3. For each: starts ``robeflow serve`` on 127.0.0.1 (a subprocess), waits for readiness,
+   drives ``POST /v1/models/robeflow:predict`` with ``--clients`` concurrent closed-loop
+   clients (one user, ``--candidates`` items and a context per request) for ``--seconds``
+   or ``--max-requests``, whichever comes first, then stops the server.
+
+Prints per bundle: bundle bytes, p50/p95/p99 latency (ms), requests/s, errors (non-200 or
+transport errors), the server's resident memory after the run; and, in process, where
+one request's time goes (online read, transform, model) averaged over ``--breakdown``
+requests. The clients run on the same machine as the server and share its cores.
+
+    .venv/bin/python benchmarks/serve_bench.py --seconds 20 --clients 50
+    .venv/bin/python benchmarks/serve_bench.py --features data/features --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("FEAST_USAGE", "False")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+# ---- the feature repo ------------------------------------------------------------------
+
+def build_repo(work: Path, rows: int, users: int, items: int, days: int = 10) -> Path:
+    """Runs the features step on seeded synthetic transactions (once; reused after)."""
+    import pandas as pd
+
+    from components.features import FeaturesConfig, features
+    from components.schema import COLUMNS, COUNTRIES, DEVICES
+
+    repo = work / "features"
+    if (repo / "feature_store.yaml").is_file() and (work / "model_input" / "feature_spec.json").is_file():
+        return repo
+    rng = np.random.default_rng(0)
+    item = np.minimum(rng.zipf(1.2, rows) - 1, items - 1)
+    l1 = np.array(("beauty", "garden", "books", "toys", "food"))[item % 5]
+    terms = np.array(("shampoo", "men", "red", "kids", "gift", "organic", "sale", "large"))
+    ts = pd.Timestamp("2026-10-01", tz="UTC") + pd.to_timedelta(rng.uniform(0, days * 86400, rows), unit="s")
+    ev = pd.DataFrame({
+        "event_id": [f"e{i}" for i in range(rows)], "event_timestamp": ts,
+        "user_id": [f"u{u}" for u in rng.integers(0, users, rows)], "item_id": [f"i{i}" for i in item],
+        "query": [" ".join(rng.choice(terms, k)) for k in rng.integers(0, 3, rows)],
+        "category_l1": l1, "category_l2": np.char.add(l1, (item % 9).astype(str)),
+        "category_l3": np.char.add(l1, (item % 31).astype(str)), "brand": [f"b{i % 50}" for i in item],
+        "price": np.round(3 + (item * 7.3) % 200, 2), "position": rng.integers(1, 40, rows),
+        "device": rng.choice(DEVICES, rows), "country": rng.choice(COUNTRIES, rows),
+        "purchased": (rng.random(rows) < 0.05).astype(int),
+    }).astype(COLUMNS).sort_values("event_timestamp", kind="stable")
+    validated = work / "validated"
+    day = ev["event_timestamp"].dt.strftime("%Y-%m-%d")
+    for d, part in ev.groupby(day):
+        (validated / f"day={d}").mkdir(parents=True, exist_ok=True)
+        part.to_parquet(validated / f"day={d}" / "part-0.parquet", index=False)
+    features(FeaturesConfig(test_days=1, valid_days=1), validated, repo, work / "model_input")
+    return repo
+
+
+# ---- the bundles -----------------------------------------------------------------------
+
+def make_bundles(work: Path, spec, scale: int, compression: float,
+                 backends: tuple[str, ...] = ("robe", "full")) -> dict[str, dict]:
+    """A ROBE and a full-table bundle of the same DLRM, each pushed to its own registry."""
+    import torch
+
+    from components.params import load_config
+    from components.push import PushConfig, push
+    from dlrm.bundle import save_model
+    from dlrm.configs import TrainConfig
+    from dlrm.model import DLRM
+    from features.spec import FeatureSpec
+
+    big = FeatureSpec.from_dict({**json.loads(spec.to_json()), "sparse": [
+        {"name": s.name, "table_size": s.table_size * scale, "multi_hot": s.multi_hot} for s in spec.sparse]})
+    model_cfg = load_config(TrainConfig, "train", REPO_ROOT / "params.yaml").model
+    out = {}
+    for backend in backends:
+        cfg = replace(model_cfg, embedding=replace(model_cfg.embedding, backend=backend, compression=compression))
+        torch.manual_seed(0)
+        model = DLRM(cfg, len(big.dense), big.table_sizes)
+        model_dir, registry = work / f"model-{backend}", work / f"registry-{backend}"
+        save_model(model, model_dir, spec=big, config={"model": backend})
+        metrics = work / f"metrics-{backend}.json"
+        metrics.write_text(json.dumps({"auc": None, "target_auc": None, "gate": "benchmark", "passed": True,
+                                       "backend": backend}))
+        res = push(PushConfig(), model_dir, metrics, registry=str(registry))
+        bundle = registry / (res.version or "v1")
+        out[backend] = {
+            "registry": registry,
+            "bundle_bytes": sum(p.stat().st_size for p in bundle.iterdir()),
+            "embedding_bytes": model.embedding.num_bytes,
+            "full_bytes": model.embedding.full_bytes,
+            "table_rows": sum(big.table_sizes),
+        }
+        del model
+    return out
+
+
+# ---- the load ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_bytes(pid: int) -> int:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss
+
+
+def start_server(registry: Path, repo: Path, port: int, log: Path, overrides: list[str]) -> subprocess.Popen:
+    import httpx
+
+    cmd = [sys.executable, "-c", "import sys; from components.cli import main; sys.exit(main())",
+           "serve", "--registry", str(registry), "--features", str(repo), "--host", "127.0.0.1",
+           "--port", str(port), "--params", str(REPO_ROOT / "params.yaml"),
+           *[a for o in overrides for a in ("-S", o)]]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/models/robeflow/ready", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server not ready after 300 s; see {log}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def make_requests(users: list[str], items: list[str], n: int, k: int, seed: int = 1) -> list[dict]:
+    """``n`` v1 bodies: a known user (one in 10 unknown), ``k`` candidates (5% unknown items)."""
+    rng = np.random.default_rng(seed)
+    devices, countries = ("mobile", "desktop", "app_ios", "app_android"), ("DE", "FR", "US", "GB")
+    queries = ("", "red gift", "men shampoo", "kids toys sale", "organic")
+    out = []
+    for j in range(n):
+        user = str(rng.choice(users)) if rng.random() > 0.1 else f"new-user-{j}"
+        cands = [str(x) for x in rng.choice(items, k, replace=len(items) < k)]
+        cands = [c if rng.random() > 0.05 else f"new-item-{j}-{i}" for i, c in enumerate(cands)]
+        out.append({"instances": [{"user_id": user, "item_ids": cands, "context": {
+            "query": str(rng.choice(queries)), "device": str(rng.choice(devices)),
+            "country": str(rng.choice(countries)), "hour": int(rng.integers(0, 24))}}]})
+    return out
+
+
+async def drive(url: str, bodies: list[dict], clients: int, seconds: float, max_requests: int) -> dict:
+    """Closed-loop load: ``clients`` workers send back to back until the time or count is up."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    sent = 0
+    stop_at = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    payloads = [json.dumps(b).encode() for b in bodies]
+
+    async def worker(client: httpx.AsyncClient, w: int) -> None:
+        nonlocal sent
+        while time.perf_counter() < stop_at and sent < max_requests:
+            body = payloads[(sent + w) % len(payloads)]
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                r = await client.post(url, content=body, headers={"Content-Type": "application/json"})
+                error = None if r.status_code == 200 else f"HTTP {r.status_code}"
+            except httpx.HTTPError as e:
+                error = type(e).__name__
+            if error is None:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors[error] = errors.get(error, 0) + 1
+
+    t_start = time.perf_counter()
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        await asyncio.gather(*(worker(client, w) for w in range(clients)))
+    wall = time.perf_counter() - t_start
+    lat = np.array(latencies) * 1e3
+    return {
+        "requests": len(latencies) + sum(errors.values()), "ok": len(latencies), "errors": sum(errors.values()),
+        "error_kinds": errors, "wall_s": wall, "rps": len(latencies) / wall if wall else 0.0,
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+        "p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+    }
+
+
+def breakdown(registry: Path, repo: Path, bodies: list[dict], n: int) -> dict[str, float]:
+    """Mean ms per request of each serving stage, in this process (1 torch thread)."""
+    import torch
+
+    from dlrm.bundle import predict
+    from features.spec import ModelInput
+    from features.transform import build_model_frame
+    from serving.predictor import RobeflowModel
+
+    torch.set_num_threads(1)
+    model = RobeflowModel("robeflow", registry, repo)
+    model.load()
+    online, spec = model.ranker.features, model.ranker.spec
+    t = {"online_read": 0.0, "transform": 0.0, "model": 0.0, "whole_predict": 0.0}
+    for body in bodies[:n]:
+        inst = body["instances"][0]
+        t0 = time.perf_counter()
+        rows = online.rows(inst["user_id"], inst["item_ids"], inst["context"])
+        t1 = time.perf_counter()
+        mi = ModelInput.from_frame(build_model_frame(rows, spec), spec)
+        t2 = time.perf_counter()
+        predict(model.ranker.model, mi, batch_size=len(inst["item_ids"]))
+        t3 = time.perf_counter()
+        asyncio.run(model.predict(body))
+        t4 = time.perf_counter()
+        for key, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            t[key] += dt
+    return {k: 1e3 * v / n for k, v in t.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--features", type=Path, help="a materialised Feast repo (default: build one under --work)")
+    ap.add_argument("--work", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "serve_bench")
+    ap.add_argument("--rows", type=int, default=30000, help="synthetic transactions for the built repo")
+    ap.add_argument("--users", type=int, default=3000)
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--table-scale", type=int, default=10,
+                    help="virtual table sizes = the repo's feature_spec sizes x this")
+    ap.add_argument("--compression", type=float, default=1000.0, help="ROBE: full-table floats / array floats")
+    ap.add_argument("--backends", default="robe,full")
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--candidates", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=20.0, help="load duration per bundle")
+    ap.add_argument("--max-requests", type=int, default=20000, help="stop after this many requests")
+    ap.add_argument("--warmup", type=int, default=20, help="sequential requests before measuring")
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="serve.KEY=VALUE",
+                    help="serve parameter for the server, e.g. serve.max_batch_requests=1 (repeatable)")
+    ap.add_argument("--breakdown", type=int, default=20, help="requests timed stage by stage in process (0: skip)")
+    args = ap.parse_args()
+
+    import httpx
+
+    from features.spec import FeatureSpec
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    repo = args.features or build_repo(args.work, args.rows, args.users, args.items)
+    spec_path = args.work / "model_input" / "feature_spec.json"
+    if args.features:
+        spec_path = args.features.parent / "model_input" / "feature_spec.json"
+    spec = FeatureSpec.load(spec_path)
+    users = [f"u{u}" for u in range(args.users)]
+    items_path = repo / "store" / "offline" / "item_attributes.parquet"
+    import pandas as pd
+    items = pd.read_parquet(items_path, columns=["item_id"])["item_id"].astype(str).unique().tolist()
+    bodies = make_requests(users, items, 500, args.candidates)
+
+    with tempfile.TemporaryDirectory(dir=args.work, prefix="bundles-") as tmp:
+        backends = tuple(args.backends.split(","))
+        bundles = make_bundles(Path(tmp), spec, args.table_scale, args.compression, backends)
+        print(f"# {args.clients} clients x {args.candidates} candidates, {args.seconds:.0f} s or "
+              f"{args.max_requests} requests per bundle; virtual tables {next(iter(bundles.values()))['table_rows']:,} rows; "
+              f"{os.cpu_count()} CPUs, shared with the clients; server overrides {args.overrides or 'none'}")
+        results = {}
+        for backend in backends:
+            b = bundles[backend]
+            port = free_port()
+            proc = start_server(b["registry"], repo, port, Path(tmp) / f"server-{backend}.log",
+                                args.overrides)
+            try:
+                url = f"http://127.0.0.1:{port}/v1/models/robeflow:predict"
+                for body in bodies[:args.warmup]:
+                    httpx.post(url, json=body, timeout=60).raise_for_status()
+                run = asyncio.run(drive(url, bodies, args.clients, args.seconds, args.max_requests))
+                run["rss_mb"] = rss_bytes(proc.pid) / 1e6
+            finally:
+                stop_server(proc)
+            if args.breakdown:
+                run["breakdown_ms"] = breakdown(b["registry"], repo, bodies, args.breakdown)
+            results[backend] = {**b, **run}
+            print(f"{backend:>5}: bundle {b['bundle_bytes'] / 1e6:10.3f} MB (embedding "
+                  f"{b['embedding_bytes'] / 1e6:.3f} MB of {b['full_bytes'] / 1e6:.1f} MB full) | "
+                  f"p50 {run['p50_ms']:.1f} ms  p95 {run['p95_ms']:.1f} ms  p99 {run['p99_ms']:.1f} ms | "
+                  f"{run['rps']:.1f} req/s ({run['rps'] * args.candidates:.0f} candidates/s) | "
+                  f"errors {run['errors']} of {run['requests']} | server RSS {run['rss_mb']:.0f} MB",
+                  flush=True)
+            if args.breakdown:
+                print("       per request in process (ms): " + ", ".join(
+                    f"{k} {v:.1f}" for k, v in run["breakdown_ms"].items()), flush=True)
+        if "robe" in results and "full" in results:
+            print(f"# bundle size ratio full/robe: {results['full']['bundle_bytes'] / results['robe']['bundle_bytes']:.0f}x"
+                  f" (embedding {results['full']['embedding_bytes'] / results['robe']['embedding_bytes']:.0f}x)")
+        out = args.work / "serve_bench.json"
+        out.write_text(json.dumps({k: {kk: (str(vv) if isinstance(vv, Path) else vv) for kk, vv in v.items()}
+                                   for k, v in results.items()}, indent=2))
+        print(f"# figures -> {out}")
+
+
+if __name__ == "__main__":
+    main()
