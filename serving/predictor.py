@@ -1,14 +1,14 @@
 """The KServe predictor: ranks a user's candidate items with the production DLRM bundle.
 
 Per request it reads the user's and the items' features from the Feast online store
-(``features.online.OnlineFeatures``: one online read for all candidates), builds the
-model input with the transform training used (``features.transform.build_model_frame``),
-scores all candidates in one batch and returns them best first. Requests that arrive while
-a batch is being scored are scored together (:class:`Batcher`: one transform and one
-model call for all of them; the transform and the model are row-wise, so no score
-changes). Users and items the store
-does not know are still scored: their ids hash into the embedding array and their
-missing features are filled as in training.
+(``features.online.OnlineFeatures``, reading through :class:`serving.online.LeanStore`),
+builds the model input with the transform training used
+(``features.transform.build_model_frame``), scores all candidates in one batch and
+returns them best first. Requests that arrive while a batch is being scored are scored
+together (:class:`Batcher`: one store read per feature view, one transform and one model
+call for all of them; the transform and the model are row-wise, so no score changes).
+Users and items the store does not know are still scored: their ids hash into the
+embedding array and their missing features are filled as in training.
 """
 
 from __future__ import annotations
