@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from features.spec import FeatureSpec
 
 UNSEEN = "unseen"
+RARE = "rare"              # categories pooled because the reference sample has too few rows of them
 N_BUCKETS = 10
 BUCKETS: tuple[str, ...] = tuple(f"{10 * k:02d}-{10 * (k + 1)}%" for k in range(N_BUCKETS)) + (UNSEEN,)
 
@@ -109,9 +110,23 @@ def popularity_buckets(ranking: "pd.Series", keys: "pd.Series") -> "pd.Series":
     return keys.map(label).fillna(UNSEEN).astype(object)
 
 
+def pool_rare(reference: "pd.Series", current: "pd.Series", min_rows: int) -> tuple["pd.Series", "pd.Series"]:
+    """Categories seen fewer than ``min_rows`` times in ``reference`` (or never) become :data:`RARE`.
+
+    Evidently's chi-squared test (its choice up to 1,000 rows) expects every category to be
+    seen in the reference: one current-only category, common among hours, countries or ids
+    in small windows, gives p = 0 and a drift verdict on data without drift. Pooling the rare
+    ones keeps every expected count at ``min_rows`` or more (5 is the textbook rule).
+    """
+    counts = reference.value_counts()
+    keep = set(counts.index[counts >= min_rows])
+    return (reference.where(reference.isin(keep), RARE).astype(object),
+            current.where(current.isin(keep), RARE).astype(object))
+
+
 def monitored_tables(reference: "pd.DataFrame", current: "pd.DataFrame", spec: "FeatureSpec", *,
                      max_rows: int, max_categories: int, exclude: tuple[str, ...],
-                     rng: np.random.Generator) -> tuple["pd.DataFrame", "pd.DataFrame", MonitoredColumns,
+                     rng: np.random.Generator, min_category_rows: int = 5) -> tuple["pd.DataFrame", "pd.DataFrame", MonitoredColumns,
                                                          "pd.DataFrame", "pd.DataFrame"]:
     """Samples both windows and builds the tables Evidently compares.
 
@@ -125,6 +140,7 @@ def monitored_tables(reference: "pd.DataFrame", current: "pd.DataFrame", spec: "
             half is tested through popularity buckets.
         exclude: features not tested.
         rng: the sampling generator (seeded by the caller).
+        min_category_rows: categories with fewer reference rows are pooled (:func:`pool_rare`).
 
     Returns:
         (reference table, current table, the columns and how they are tested, the sampled
@@ -169,6 +185,8 @@ def monitored_tables(reference: "pd.DataFrame", current: "pd.DataFrame", spec: "
             # ids as text: Evidently treats the column as categorical whatever its values
             ref_table[f.name] = ref_keys.astype(str).to_numpy()
             cur_table[f.name] = cur_keys.astype(str).to_numpy()
+    for name in (*categorical, *popularity):
+        ref_table[name], cur_table[name] = pool_rare(ref_table[name], cur_table[name], min_category_rows)
     # labels take days to arrive: target drift and quality only once every current row has one
     if all(spec.label in w.columns and w[spec.label].notna().all() for w in (reference, current)):
         ref_table[spec.label] = ref_rows[spec.label].to_numpy(dtype=np.int64)

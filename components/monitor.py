@@ -53,6 +53,12 @@ from components.params import add_params_args, as_dict, load_config
 STEP = "monitor"
 DRIFT_EXIT = 4
 PREDICTION = "prediction"
+# Up to this many reference rows Evidently tests categories with a chi-squared goodness of fit
+# against the reference's counts, as if the reference had no sampling noise of its own; on a
+# few hundred rows that flags unshifted hours, countries and positions. The monitor then uses
+# two-sample tests: Kolmogorov-Smirnov for numbers, total variation distance with a
+# permutation p-value for categories. Above it, Evidently's distances (Wasserstein, Jensen-Shannon).
+SMALL_REFERENCE = 1_000
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class MonitorConfig:
     seed: int = 0                    # sampling seed
     max_drift_share: float = 0.3     # drift_detected when this share of tested features drifted (>=, as Evidently)
     max_categories: int = 100        # sparse features with more distinct ids are tested by popularity bucket
+    min_category_rows: int = 5       # categories with fewer reference rows are pooled as "rare"
     exclude: tuple[str, ...] = ("day_of_week",)  # features not tested (a < 7-day window has no full week)
     fail_on_drift: bool = False      # exit DRIFT_EXIT (4) on drift, so a schedule can alert
     project: str = "robeflow"        # Evidently workspace project of the runs
@@ -72,6 +79,8 @@ class MonitorConfig:
             raise ValueError(f"monitor.max_rows = {self.max_rows}; expected >= 2")
         if not 0.0 < self.max_drift_share <= 1.0:
             raise ValueError(f"monitor.max_drift_share = {self.max_drift_share}; expected in (0, 1]")
+        if self.min_category_rows < 1:
+            raise ValueError(f"monitor.min_category_rows = {self.min_category_rows}; expected >= 1")
         if self.max_categories < 1:
             raise ValueError(f"monitor.max_categories = {self.max_categories}; expected >= 1")
         if self.batch_size < 1:
@@ -199,7 +208,7 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
     rng = np.random.default_rng(cfg.seed)
     ref_table, cur_table, cols, ref_rows, cur_rows = monitored_tables(
         reference, current, spec, max_rows=cfg.max_rows, max_categories=cfg.max_categories,
-        exclude=tuple(cfg.exclude), rng=rng)
+        exclude=tuple(cfg.exclude), rng=rng, min_category_rows=cfg.min_category_rows)
     has_labels = spec.label in cur_table.columns and spec.label in ref_table.columns
     log(STEP, f"reference {cfg.reference} {_days(reference)}: {len(ref_rows):,} of {len(reference):,} rows; "
               f"current test {_days(current)}: {len(cur_rows):,} of {len(current):,} rows; "
@@ -295,7 +304,10 @@ def _run_report(cfg: MonitorConfig, ref_table, cur_table, cols, label: str | Non
         classification = [BinaryClassification(target=label, prediction_probas=PREDICTION, pos_label=1)]
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical,
                                 classification=classification)
-    metrics: list = [DataDriftPreset(columns=cols.features, drift_share=cfg.max_drift_share)]
+    small = len(ref_table) <= SMALL_REFERENCE
+    metrics: list = [DataDriftPreset(columns=cols.features, drift_share=cfg.max_drift_share,
+                                     num_method="ks" if small else None, cat_method="TVD" if small else None,
+                                     cat_threshold=0.05 if small else None)]  # TVD's default is p < 0.1
     if with_prediction:
         metrics += [ValueDrift(column=PREDICTION), MeanValue(column=PREDICTION)]
     if label:

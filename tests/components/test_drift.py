@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.drift import (BUCKETS, UNSEEN, column_drift, id_keys, metric_value, monitored_tables,
-                              popularity_buckets, sample_rows)
+from components.drift import (BUCKETS, RARE, UNSEEN, column_drift, id_keys, metric_value, monitored_tables,
+                              pool_rare, popularity_buckets, sample_rows)
 from features.spec import DenseFeature, FeatureSpec, SparseFeature
 
 
@@ -50,6 +50,14 @@ def test_a_popularity_shift_moves_rows_to_the_tail_and_unseen():
     cur = zipf_ids(rng, 4_000, rng.permutation(ids))      # other ids are popular now
     a, b = shares(popularity_buckets(ranking, ref)), shares(popularity_buckets(ranking, cur))
     assert b[0] < a[0] / 3 and b[-1] > a[-1] + 0.2
+
+
+def test_rare_and_reference_unseen_categories_are_pooled():
+    ref = pd.Series(["a"] * 6 + ["b"] * 5 + ["c"] * 4)
+    cur = pd.Series(["a", "b", "c", "d"])
+    r, c = pool_rare(ref, cur, min_rows=5)
+    assert r.value_counts().to_dict() == {"a": 6, "b": 5, RARE: 4}
+    assert c.tolist() == ["a", "b", RARE, RARE]      # every category keeps >= 5 reference rows
 
 
 def test_id_keys_of_bags_ignore_order_and_keep_empty_bags():
@@ -139,7 +147,8 @@ def test_column_drift_takes_the_verdict_from_evidentlys_tests():
 
 
 @pytest.mark.parametrize("field, value", [("max_rows", 1), ("max_drift_share", 0.0), ("max_drift_share", 1.5),
-                                          ("max_categories", 0), ("batch_size", 0), ("project", " ")])
+                                          ("max_categories", 0), ("min_category_rows", 0), ("batch_size", 0),
+                                          ("project", " ")])
 def test_config_refuses_bad_values(field, value):
     from components.monitor import MonitorConfig
 
