@@ -43,7 +43,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +63,8 @@ SMALL_REFERENCE = 1_000
 
 @dataclass(frozen=True)
 class MonitorConfig:
+    """The ``monitor`` section of params.yaml."""
+
     reference: Literal["valid", "train", "train+valid"] = "valid"  # split(s) of data/model_input compared with test
     max_rows: int = 20_000           # rows sampled from each window (bounds time; seeded)
     seed: int = 0                    # sampling seed
@@ -98,7 +100,6 @@ class MonitorResult:
     report_json: Path | None = None
     snapshot_id: str | None = None   # the run's snapshot in the workspace
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def drift_detected(self) -> bool:
@@ -128,10 +129,10 @@ def _days(frame) -> list[str]:
 
 
 def _quality(labels, probs) -> dict[str, Any]:
+    import numpy as np
+
     from components.drift import json_float
     from dlrm.metrics import auc, log_loss
-
-    import numpy as np
 
     labels = np.asarray(labels, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64)
