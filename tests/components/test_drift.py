@@ -168,3 +168,38 @@ def test_cli_refuses_missing_paths_and_a_missing_dashboard_workspace(tmp_path, c
     assert "not both" in capsys.readouterr().err
     assert main(["monitor", "--input", str(tmp_path), "--html", str(tmp_path / "h"),
                  "--summary", str(tmp_path / "s"), "--params", str(tmp_path / "none.yaml")]) != 0
+
+
+@pytest.mark.slow
+def test_model_ready_windows_equal_the_features_steps_tables(tmp_path):
+    """The in-memory windows (what the monitor tests and benchmark build) are the features
+    step's model-ready tables, value for value, without its Feast point-in-time join."""
+    from components.drift import model_ready_windows
+    from components.features import FeaturesConfig, features
+    from components.generate import GenerateConfig, build_world, generate_chunk
+    from components.params import as_dict
+    from components.schema import COLUMNS
+    from features.compute import StatsParams
+    from features.transform import feature_spec
+
+    gen = GenerateConfig(rows=3_000, users=300, items=150, days=10, seed=3, corrupt_fraction=0.0, chunk_rows=3_000)
+    events = generate_chunk(gen, build_world(gen), 0)[0].astype(COLUMNS)
+    for day, part in events.groupby(events["event_timestamp"].dt.strftime("%Y-%m-%d")):
+        (tmp_path / "validated" / f"day={day}").mkdir(parents=True)
+        part.reset_index(drop=True).to_parquet(tmp_path / "validated" / f"day={day}" / "part-0.parquet")
+    cfg = FeaturesConfig(test_days=2, valid_days=2)
+    features(cfg, tmp_path / "validated", tmp_path / "features", tmp_path / "model_input")
+    stats = StatsParams(cfg.rate_prior, cfg.rate_prior_weight, cfg.days_since_cap)
+    spec = feature_spec(as_dict(cfg.tables), stats, cfg.max_query_terms, cfg.default_position)
+    ours = model_ready_windows(events, spec, stats, cfg.test_days, cfg.valid_days)
+    for split, frame in ours.items():
+        step = pd.read_parquet(tmp_path / "model_input" / f"{split}.parquet")
+        step, frame = (f.sort_values("event_id", ignore_index=True) for f in (step, frame))
+        assert list(step.columns) == list(frame.columns) and len(step) == len(frame) > 0
+        for col in step.columns:
+            if col == "query":
+                assert [list(b) for b in step[col]] == [list(b) for b in frame[col]]
+            elif col == "event_timestamp":
+                assert (pd.to_datetime(step[col], utc=True) == pd.to_datetime(frame[col], utc=True)).all()
+            else:
+                pd.testing.assert_series_equal(step[col], frame[col], check_dtype=False, obj=f"{split}.{col}")
