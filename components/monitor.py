@@ -23,8 +23,9 @@ features ``test_days``), the validation window is partly shifted too and ``train
 safer reference.
 
 Outputs: the Evidently HTML report (for people), its full JSON (for machines), a compact
-summary JSON (``reports/drift.json``: share and names of drifted features,
-``drift_detected``, prediction/target drift, quality), and one snapshot per run in a local
+summary JSON (``reports/drift.json``: ``drift_detected``, share and names of drifted features,
+prediction/label drift, AUC, log loss), the details (``reports/drift_details.json``: each
+feature's test, score and verdict, quality per day, the windows), and one snapshot per run in a local
 Evidently workspace (project ``monitor.project``) whose dashboard plots the share of drifted
 features, the prediction mean and the AUC over runs. ``robeflow monitor --dashboard``
 serves Evidently's UI over that workspace on 127.0.0.1.
@@ -93,9 +94,11 @@ class MonitorConfig:
 
 @dataclass
 class MonitorResult:
-    """The drift summary (what ``reports/drift.json`` holds) and where the outputs went."""
+    """The drift summary and details (``reports/drift.json``, ``drift_details.json``) and where the
+    outputs went."""
 
-    summary: dict[str, Any]
+    summary: dict[str, Any]          # reports/drift.json: the verdict and headline figures
+    details: dict[str, Any]          # reports/drift_details.json: per feature, per day, windows, config
     html: Path
     report_json: Path | None = None
     snapshot_id: str | None = None   # the run's snapshot in the workspace
@@ -156,7 +159,7 @@ def _quality_by_day(rows, labels, probs) -> list[dict[str, Any]]:
 
 
 def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_out: Path,
-            summary_out: Path, *, report_json_out: Path | None = None,
+            summary_out: Path, *, details_out: Path | None = None, report_json_out: Path | None = None,
             workspace: Path | None = None, model_name: str | None = None) -> MonitorResult:
     """Runs the drift report of the current window against the reference window.
 
@@ -167,7 +170,10 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
         model_dir: the production model bundle (``models/model``, or a registry bundle); None
             skips prediction drift and quality.
         html_out: the Evidently HTML report (``reports/drift.html``).
-        summary_out: the compact summary (``reports/drift.json``).
+        summary_out: the compact summary (``reports/drift.json``): verdict, share and names of
+            the drifted features, prediction/label drift, AUC and log loss.
+        details_out: per-feature method, score, threshold and verdict, quality per day, the
+            windows and the config (``reports/drift_details.json``), or None.
         report_json_out: Evidently's full JSON of the run, or None.
         workspace: the Evidently workspace that gets this run's snapshot
             (``monitoring/workspace``), or None.
@@ -175,7 +181,7 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
             (default: ``model_dir``), e.g. the registry version it came from.
 
     Returns:
-        The summary (also written to ``summary_out``) and the output paths.
+        The summary and details (as written) and the output paths.
     """
     os.environ.setdefault("DO_NOT_TRACK", "1")
     import numpy as np
@@ -245,34 +251,26 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
                         f"{len(drifted)}: {drifted}")
     share = float(counted["share"])
 
-    summary: dict[str, Any] = {
-        "drift_detected": bool(share >= cfg.max_drift_share),
-        "drift_share": share,
-        "drifted_count": len(drifted),
-        "features_tested": len(cols.features),
-        "max_drift_share": cfg.max_drift_share,
-        "drifted_features": sorted(drifted, key=lambda n: cols.features.index(n)),
+    details: dict[str, Any] = {
+        "features": features,
+        "excluded_features": list(cols.excluded),
         "prediction": None,
         "target": None,
         "quality": quality,
-        "features": features,
-        "excluded_features": list(cols.excluded),
         "windows": {
             "reference": {"splits": ref_splits, "days": _days(reference), "rows": len(reference),
                           "sampled": len(ref_rows)},
             "current": {"splits": ["test"], "days": _days(current), "rows": len(current),
                         "sampled": len(cur_rows)},
         },
-        "model": model_name,
-        "html": str(html_out),
         "config": as_dict(cfg),
     }
     if model is not None:
-        summary["prediction"] = {**per_column[PREDICTION],
+        details["prediction"] = {**per_column[PREDICTION],
                                  "mean_reference": json_float(ref_table[PREDICTION].mean()),
                                  "mean_current": json_float(cur_table[PREDICTION].mean())}
     if has_labels:
-        summary["target"] = {**per_column[spec.label],
+        details["target"] = {**per_column[spec.label],
                              "rate_reference": json_float(ref_table[spec.label].mean()),
                              "rate_current": json_float(cur_table[spec.label].mean())}
 
@@ -282,12 +280,39 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
     snapshot_id = None
     if workspace is not None:
         snapshot_id = add_run(Path(workspace), cfg.project, snapshot)
-        summary["workspace"] = {"path": str(workspace), "project": cfg.project, "snapshot_id": snapshot_id}
+        details["workspace"] = {"path": str(workspace), "project": cfg.project, "snapshot_id": snapshot_id}
+
+    pred, target = details["prediction"] or {}, details["target"] or {}
+    q_cur, q_ref = (quality or {}).get("current", {}), (quality or {}).get("reference", {})
+    summary: dict[str, Any] = {     # flat, so that `dvc metrics show` stays readable
+        "drift_detected": bool(share >= cfg.max_drift_share),
+        "drift_share": share,
+        "drifted_count": len(drifted),
+        "features_tested": len(cols.features),
+        "max_drift_share": cfg.max_drift_share,
+        "drifted_features": drifted,
+        "prediction_drift": pred.get("drifted"),
+        "prediction_mean": pred.get("mean_current"),
+        "prediction_mean_reference": pred.get("mean_reference"),
+        "target_drift": target.get("drifted"),
+        "auc": q_cur.get("auc"),
+        "auc_reference": q_ref.get("auc"),
+        "logloss": q_cur.get("logloss"),
+        "logloss_reference": q_ref.get("logloss"),
+        "reference": cfg.reference,
+        "current_days": " .. ".join(_days(current)),
+        "model": model_name,
+        "html": str(html_out),
+        "details": str(details_out) if details_out is not None else None,
+        "snapshot_id": snapshot_id,
+    }
+    if details_out is not None:
+        write_json(details_out, details)
     write_json(summary_out, summary)
     seconds = time.perf_counter() - t0
     log(STEP, f"{len(drifted)} of {len(cols.features)} features drifted (share {share:.3f}, "
               f"threshold {cfg.max_drift_share}) in {seconds:.1f} s -> {summary_out}")
-    return MonitorResult(summary=summary, html=Path(html_out), report_json=report_json_out,
+    return MonitorResult(summary=summary, details=details, html=Path(html_out), report_json=report_json_out,
                          snapshot_id=snapshot_id, seconds=seconds)
 
 
@@ -419,24 +444,23 @@ def serve_dashboard(workspace: Path, port: int = 8000) -> int:
 # ---------------------------------------------------------------------------- CLI
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The lines the CLI prints: verdict, drifted features, prediction/target drift, quality."""
+def format_summary(summary: dict[str, Any], details: dict[str, Any]) -> str:
+    """The lines the CLI prints: verdict, drifted features, prediction/label drift, quality."""
     verdict = "DRIFT DETECTED" if summary["drift_detected"] else "no drift"
     lines = [f"drift: {verdict}: {summary['drifted_count']} of {summary['features_tested']} features drifted "
              f"(share {summary['drift_share']:.3f}, threshold {summary['max_drift_share']})"]
     if summary["drifted_features"]:
-        feats = summary["features"]
+        feats = details["features"]
         lines.append("  drifted: " + ", ".join(f"{n} ({feats[n]['score']:.3g})" for n in summary["drifted_features"]))
     for key, what in (("prediction", "prediction"), ("target", "label")):
-        part = summary.get(key)
+        part = details.get(key)
         if part:
             lines.append(f"  {what} drift: {'yes' if part['drifted'] else 'no'} "
                          f"({part['method']} {part['score']:.3g}, threshold {part['threshold']})")
-    q = summary.get("quality")
-    if q:
+    if summary.get("auc") is not None or summary.get("logloss") is not None:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-        lines.append(f"  AUC {fmt(q['current']['auc'])} (reference {fmt(q['reference']['auc'])}), "
-                     f"log loss {fmt(q['current']['logloss'])} (reference {fmt(q['reference']['logloss'])})")
+        lines.append(f"  AUC {fmt(summary['auc'])} (reference {fmt(summary['auc_reference'])}), "
+                     f"log loss {fmt(summary['logloss'])} (reference {fmt(summary['logloss_reference'])})")
     lines.append(f"  report: {summary['html']}")
     return "\n".join(lines)
 
@@ -458,9 +482,9 @@ def _main(args: argparse.Namespace) -> int:
 
             version, model_dir = Registry(args.registry).fetch(None, Path(tmp) / "model")
             model_name = f"{args.registry} production ({version})"
-        result = monitor(cfg, args.input, model_dir, args.html, args.summary, report_json_out=args.report_json,
-                         workspace=args.workspace, model_name=model_name)
-    print(format_summary(result.summary))
+        result = monitor(cfg, args.input, model_dir, args.html, args.summary, details_out=args.details,
+                         report_json_out=args.report_json, workspace=args.workspace, model_name=model_name)
+    print(format_summary(result.summary, result.details))
     if result.drift_detected and cfg.fail_on_drift:
         raise StepError(f"drift detected: {result.summary['drifted_count']} of {result.summary['features_tested']} "
                         f"features drifted (share {result.summary['drift_share']:.3f} >= {cfg.max_drift_share}); "
@@ -478,6 +502,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "instead of --model")
     p.add_argument("--html", type=Path, help="Evidently HTML report (reports/drift.html)")
     p.add_argument("--summary", type=Path, help="compact drift summary JSON (reports/drift.json)")
+    p.add_argument("--details", type=Path,
+                   help="per-feature results, quality per day, windows (reports/drift_details.json)")
     p.add_argument("--report-json", type=Path, help="Evidently's full JSON of the run (reports/drift_report.json)")
     p.add_argument("--workspace", type=Path, default=Path("monitoring/workspace"),
                    help="Evidently workspace that keeps one snapshot per run (default monitoring/workspace)")

@@ -72,6 +72,11 @@ def write_windows(root: Path, seed: int, drift: float) -> Path:
     return root
 
 
+def outputs(root: Path, out: str) -> tuple[dict, dict]:
+    """(drift.json, drift_details.json) of a run."""
+    return tuple(json.loads((root / out / name).read_text()) for name in ("drift.json", "drift_details.json"))
+
+
 def run_cli(args: list[str]) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -96,6 +101,7 @@ def project(tmp_path_factory) -> Path:
 def monitor_args(root: Path, data: str, out: str, *overrides: str, model: list[str] | None = None) -> list[str]:
     args = ["monitor", "--input", str(root / data), *(model or ["--model", str(root / "model")]),
             "--html", str(root / out / "drift.html"), "--summary", str(root / out / "drift.json"),
+            "--details", str(root / out / "drift_details.json"),
             "--report-json", str(root / out / "drift_report.json"),
             "--workspace", str(root / "workspace"), "--params", str(root / "params.yaml")]
     for o in overrides:
@@ -105,9 +111,9 @@ def monitor_args(root: Path, data: str, out: str, *overrides: str, model: list[s
 
 @pytest.fixture(scope="module")
 def drifted(project):
-    """The monitor on the shifted data, with fail_on_drift: (exit code, stdout, summary)."""
+    """The monitor on the shifted data, with fail_on_drift: (exit code, stdout, summary, details)."""
     code, out = run_cli(monitor_args(project, "drifted", "out_drifted", "monitor.fail_on_drift=true"))
-    return code, out, json.loads((project / "out_drifted/drift.json").read_text())
+    return (code, out, *outputs(project, "out_drifted"))
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +128,11 @@ def steady(project, drifted):
     before = list_runs(project / "workspace", "robeflow")
     code, out = run_cli(monitor_args(project, "steady", "out_steady", "monitor.fail_on_drift=true",
                                      model=["--registry", str(project / "registry")]))
-    return code, out, json.loads((project / "out_steady/drift.json").read_text()), before
+    return (code, out, *outputs(project, "out_steady"), before)
 
 
 def test_shifted_data_is_flagged_and_the_step_alerts(drifted):
-    code, out, s = drifted
+    code, out, s, _ = drifted
     assert s["drift_detected"] is True
     assert s["drift_share"] >= s["max_drift_share"]
     assert code == 4                      # fail_on_drift: the exit code a schedule alerts on
@@ -134,37 +140,41 @@ def test_shifted_data_is_flagged_and_the_step_alerts(drifted):
 
 
 def test_drifted_features_are_the_ones_the_generator_shifted(drifted):
-    _, _, s = drifted
+    _, _, s, x = drifted
     named = set(s["drifted_features"])
     assert MUST_DRIFT <= named, f"missed {MUST_DRIFT - named}"
     assert named <= MAY_DRIFT, f"flagged unshifted {named - MAY_DRIFT}"
-    assert s["drifted_count"] == len(named) == sum(f["drifted"] for f in s["features"].values())
+    assert s["drifted_count"] == len(named) == sum(f["drifted"] for f in x["features"].values())
     assert s["drift_share"] == pytest.approx(len(named) / s["features_tested"])
+    assert s["features_tested"] == len(x["features"])
     # the id features are tested through popularity buckets, the rest by type
-    assert s["features"]["item"]["kind"] == "popularity_bucket"
-    assert s["features"]["user"]["kind"] == "popularity_bucket"
-    assert s["features"]["device"]["kind"] == "categorical"
-    assert s["features"]["price"]["kind"] == "numerical"
-    assert s["excluded_features"] == ["day_of_week"] and "day_of_week" not in s["features"]
+    assert x["features"]["item"]["kind"] == "popularity_bucket"
+    assert x["features"]["user"]["kind"] == "popularity_bucket"
+    assert x["features"]["device"]["kind"] == "categorical"
+    assert x["features"]["price"]["kind"] == "numerical"
+    assert x["excluded_features"] == ["day_of_week"] and "day_of_week" not in x["features"]
 
 
 def test_predictions_shift_with_the_data_and_quality_is_reported(drifted, steady):
-    _, _, d = drifted
-    _, _, q, _ = steady
-    for s in (d, q):
-        assert 0 < s["prediction"]["mean_current"] < 1 and 0 < s["prediction"]["mean_reference"] < 1
-        assert s["quality"]["current"]["rows"] == s["windows"]["current"]["sampled"]
-        assert 0.5 < s["quality"]["reference"]["auc"] <= 1
-        days = [b["day"] for b in s["quality"]["by_day"]]
+    _, _, ds, d, *_ = drifted
+    _, _, qs, q, _ = steady
+    for s, x in ((ds, d), (qs, q)):
+        assert 0 < x["prediction"]["mean_current"] < 1 and 0 < x["prediction"]["mean_reference"] < 1
+        assert s["prediction_mean"] == x["prediction"]["mean_current"]
+        assert s["prediction_drift"] == x["prediction"]["drifted"]
+        assert x["quality"]["current"]["rows"] == x["windows"]["current"]["sampled"]
+        assert 0.5 < x["quality"]["reference"]["auc"] <= 1 and s["auc_reference"] == x["quality"]["reference"]["auc"]
+        assert s["auc"] == x["quality"]["current"]["auc"] and s["logloss"] > 0
+        days = [b["day"] for b in x["quality"]["by_day"]]
         assert len(days) == SPLIT["test_days"] and days == sorted(days)
-        assert sum(b["rows"] for b in s["quality"]["by_day"]) == s["quality"]["current"]["rows"]
-        assert s["target"]["method"] and s["target"]["rate_current"] > 0
+        assert sum(b["rows"] for b in x["quality"]["by_day"]) == x["quality"]["current"]["rows"]
+        assert x["target"]["method"] and x["target"]["rate_current"] > 0 and s["target_drift"] is not None
     # dearer, differently popular items: the model's scores move more on shifted data
     assert d["prediction"]["score"] > q["prediction"]["score"]
 
 
 def test_unshifted_data_is_not_flagged(steady):
-    code, out, s, _ = steady
+    code, out, s, _, _ = steady
     assert s["drift_detected"] is False and code == 0
     assert s["drift_share"] < s["max_drift_share"]
     assert "no drift" in out
@@ -177,12 +187,13 @@ def test_unshifted_data_of_another_seed_is_not_flagged(tmp_path):
     data = write_windows(tmp_path / "steady2", SEED + 1, 0.0)
     result = monitor(MonitorConfig(max_rows=4_000), data, None, tmp_path / "d.html", tmp_path / "d.json")
     assert result.drift_detected is False
-    assert result.summary["prediction"] is None and result.summary["quality"] is None  # no model given
+    assert result.details["prediction"] is None and result.details["quality"] is None  # no model given
+    assert result.summary["prediction_drift"] is None and result.summary["auc"] is None
     assert json.loads((tmp_path / "d.json").read_text())["drift_share"] == result.summary["drift_share"]
 
 
 def test_summary_matches_the_html_and_json_reports(project, drifted):
-    _, _, s = drifted
+    _, _, s, x = drifted
     html = (project / "out_drifted/drift.html").read_text()
     m = re.search(r"Drift is detected for [\d.]+% of columns \((\d+) out of (\d+)\)", html)
     assert m, "the HTML report has no dataset drift line"
@@ -194,17 +205,17 @@ def test_summary_matches_the_html_and_json_reports(project, drifted):
     assert counts == [{"count": float(s["drifted_count"]), "share": pytest.approx(s["drift_share"])}]
     for t in full["tests"]:
         col = t["metric_config"]["params"].get("column")
-        if t["id"] == "drift" and col in s["features"]:
-            assert (t["status"] == "FAIL") == s["features"][col]["drifted"], col
+        if t["id"] == "drift" and col in x["features"]:
+            assert (t["status"] == "FAIL") == x["features"][col]["drifted"], col
 
 
 def test_workspace_gains_one_snapshot_per_run_and_has_the_dashboard(project, steady):
     from components.monitor import list_runs, open_project
 
-    _, _, s, before = steady
+    _, _, s, x, before = steady
     after = list_runs(project / "workspace", "robeflow")
     assert len(before) == 1 and len(after) == 2 and set(before) < set(after)
-    assert s["workspace"]["snapshot_id"] in set(after) - set(before)
+    assert s["snapshot_id"] == x["workspace"]["snapshot_id"] and s["snapshot_id"] in set(after) - set(before)
     _, proj = open_project(project / "workspace", "robeflow")   # found again, not created twice
     assert len(list_runs(project / "workspace", "robeflow")) == 2
     titles = [p.title for p in proj.dashboard.model().panels]
