@@ -226,14 +226,17 @@ async def drive(url: str, bodies: list[dict], clients: int, seconds: float, max_
     }
 
 
-def breakdown(registry: Path, repo: Path, bodies: list[dict], n: int) -> dict[str, float]:
-    """Mean ms per request of each serving stage, in this process (1 torch thread)."""
+def breakdown(registry: Path, repo: Path, bodies: list[dict], n: int, batch: int = 32) -> dict[str, float]:
+    """Mean ms per request of each serving stage, in this process (1 torch thread): the
+    online read (``OnlineFeatures.columns``), the transform (``model_columns`` and the
+    ModelInput), the model, the whole ``predict``; and ms per request of ``score_many``
+    on batches of ``batch`` requests, as the server scores concurrent requests."""
     import torch
 
     from dlrm.bundle import predict
-    from features.spec import ModelInput
-    from features.transform import build_model_frame
-    from serving.predictor import RobeflowModel
+    from features.transform import model_columns
+    from serving.predictor import RobeflowModel, model_input
+    from serving.requests import parse_v1
 
     torch.set_num_threads(1)
     model = RobeflowModel("robeflow", registry, repo)
@@ -243,9 +246,9 @@ def breakdown(registry: Path, repo: Path, bodies: list[dict], n: int) -> dict[st
     for body in bodies[:n]:
         inst = body["instances"][0]
         t0 = time.perf_counter()
-        rows = online.rows(inst["user_id"], inst["item_ids"], inst["context"])
+        cols = online.columns(inst["user_id"], inst["item_ids"], inst["context"])
         t1 = time.perf_counter()
-        mi = ModelInput.from_frame(build_model_frame(rows, spec), spec)
+        mi = model_input(model_columns(cols, len(inst["item_ids"]), spec), spec)
         t2 = time.perf_counter()
         predict(model.ranker.model, mi, batch_size=len(inst["item_ids"]))
         t3 = time.perf_counter()
@@ -253,7 +256,15 @@ def breakdown(registry: Path, repo: Path, bodies: list[dict], n: int) -> dict[st
         t4 = time.perf_counter()
         for key, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             t[key] += dt
-    return {k: 1e3 * v / n for k, v in t.items()}
+    out = {k: 1e3 * v / n for k, v in t.items()}
+    requests = [r for body in bodies[:max(n, batch)] for r in parse_v1(body, 10_000)]
+    t0 = time.perf_counter()
+    rounds = 0
+    for start in range(0, len(requests) - batch + 1, batch):
+        model.ranker.score_many(requests[start:start + batch])
+        rounds += 1
+    out[f"batch_of_{batch}"] = 1e3 * (time.perf_counter() - t0) / max(1, rounds * batch)
+    return out
 
 
 def main() -> None:
@@ -324,7 +335,7 @@ def main() -> None:
                   flush=True)
             if args.breakdown:
                 print("       per request in process (ms): " + ", ".join(
-                    f"{k} {v:.1f}" for k, v in run["breakdown_ms"].items()), flush=True)
+                    f"{k} {v:.2f}" for k, v in run["breakdown_ms"].items()), flush=True)
         if "robe" in results and "full" in results:
             print(f"# bundle size ratio full/robe: {results['full']['bundle_bytes'] / results['robe']['bundle_bytes']:.0f}x"
                   f" (embedding {results['full']['embedding_bytes'] / results['robe']['embedding_bytes']:.0f}x)")

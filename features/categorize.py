@@ -19,6 +19,11 @@ import numpy as np
 import pandas as pd
 
 MISSING = "<missing>"  # the value hashed for a missing categorical value
+SMALL_INPUT = 65_536    # inputs up to this many values take the list path (serving batches)
+CACHE_SIZE = 1 << 18    # hashes remembered per feature; the cache is emptied when full
+
+# feature -> {value: 64-bit hash}: hot values (devices, hours, popular items) are hashed once
+_HASHES: dict[str, dict[str, int]] = {}
 
 
 def stable_hash64(strings: Iterable[str]) -> np.ndarray:
@@ -30,6 +35,43 @@ def stable_hash64(strings: Iterable[str]) -> np.ndarray:
     )
 
 
+def _hash_cached(feature: str, texts: list[str]) -> np.ndarray:
+    """(n,) uint64 :func:`stable_hash64` of ``feature=text`` for each text, through the cache."""
+    cache = _HASHES.setdefault(feature, {})
+    hashes = [cache.get(t) for t in texts]
+    for i, h in enumerate(hashes):
+        if h is None:
+            t = texts[i]
+            h = int.from_bytes(hashlib.blake2b(f"{feature}={t}".encode("utf-8"), digest_size=8).digest(),
+                               "little")
+            if len(cache) >= CACHE_SIZE:
+                cache.clear()
+            cache[t] = hashes[i] = h
+    return np.array(hashes, dtype=np.uint64)
+
+
+def _plain_texts(values: pd.Series | np.ndarray | list) -> list[str] | None:
+    """The values as the text :func:`_as_text` gives, when they are all ``str`` or missing
+    (None, NaN, pd.NA) and few; None otherwise (the caller takes the pandas path)."""
+    if len(values) > SMALL_INPUT:
+        return None
+    if isinstance(values, list):
+        items = values
+    elif isinstance(values, (np.ndarray, pd.Series)) and values.dtype.kind in "OU":
+        items = values.tolist()
+    else:
+        return None
+    out = []
+    for v in items:
+        if type(v) is str:
+            out.append(v)
+        elif v is None or v is pd.NA or (type(v) is float and v != v):
+            out.append(MISSING)
+        else:  # numbers, bytes, str subclasses...: pandas' own conversion decides
+            return None
+    return out
+
+
 def _as_text(values: pd.Series | np.ndarray | list) -> pd.Series:
     s = pd.Series(values, dtype=object) if not isinstance(values, pd.Series) else values.astype(object)
     return s.where(s.notna(), MISSING).astype(str)
@@ -38,10 +80,15 @@ def _as_text(values: pd.Series | np.ndarray | list) -> pd.Series:
 def hash_ids(values: pd.Series | np.ndarray | list, feature: str, table_size: int) -> np.ndarray:
     """(n,) int64 ids in [0, table_size) of ``values`` as categories of ``feature``.
 
-    Hashes each distinct value once (vectorised over the rows by factorising).
+    Small inputs of plain strings (a serving batch) are hashed through a per-feature cache
+    of hot values; others hash each distinct value once (vectorised by factorising). Both
+    give the same ids.
     """
     if table_size < 1:
         raise ValueError(f"table size of feature {feature!r} must be >= 1, got {table_size}")
+    texts = _plain_texts(values)
+    if texts is not None:
+        return (_hash_cached(feature, texts) % np.uint64(table_size)).astype(np.int64)
     text = _as_text(values)
     codes, uniques = pd.factorize(text, sort=False)
     h = stable_hash64(f"{feature}={u}" for u in uniques)
@@ -54,8 +101,12 @@ def hash_bags(bags: pd.Series, feature: str, table_size: int) -> pd.Series:
 
     Each bag keeps its order; hashing happens once per distinct term over the whole column.
     """
-    lengths = bags.map(len).to_numpy(dtype=np.int64)
+    return pd.Series(bag_ids(bags.tolist(), feature, table_size), index=bags.index, dtype=object)
+
+
+def bag_ids(bags: list[list[str]], feature: str, table_size: int) -> list[np.ndarray]:
+    """Lists of strings -> one int64 id array per bag (the core of :func:`hash_bags`)."""
+    lengths = np.fromiter((len(b) for b in bags), dtype=np.int64, count=len(bags))
     flat = [t for bag in bags for t in bag]
     ids = hash_ids(flat, feature, table_size)
-    parts = np.split(ids, np.cumsum(lengths)[:-1]) if len(lengths) else []
-    return pd.Series(parts, index=bags.index, dtype=object)
+    return np.split(ids, np.cumsum(lengths)[:-1]) if len(lengths) else []

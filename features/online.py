@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from features.spec import FeatureSpec, ModelInput
@@ -37,16 +38,11 @@ class OnlineFeatures:
         self.store = open_store(Path(repo_dir))
         self.service = self.store.get_feature_service(spec.extra.get("feature_service", spec.version))
 
-    def rows(self, user_id: str, item_ids: Sequence[str],
-             context: Mapping[str, Any] | None = None) -> pd.DataFrame:
-        """One row per candidate: the context columns and the online feature values.
-
-        ``context`` may hold ``query``, ``device``, ``country``, ``timestamp`` (datetime or
-        ISO string; default now, UTC) or ``hour`` (0-23, replaces the timestamp's hour),
-        and ``position`` / ``price`` as a scalar or one value per item. Unknown keys raise
-        ValueError. Users and items the store does not know get null feature values, which
-        :func:`~features.transform.build_model_frame` fills as in training.
-        """
+    def columns(self, user_id: str, item_ids: Sequence[str],
+                context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """:meth:`rows` as plain columns (name -> list of n values; ``event_timestamp`` a
+        (n,) datetime64[ns] array in UTC), what :func:`~features.transform.model_columns`
+        reads; no pandas objects, so a server pays no per-request frame overhead."""
         context = dict(context or {})
         unknown = sorted(set(context) - CONTEXT_KEYS)
         if unknown:
@@ -61,31 +57,48 @@ class OnlineFeatures:
             if not 0 <= hour <= 23:
                 raise ValueError(f"context hour must lie in 0..23, got {hour}")
             ts = ts.replace(hour=hour)
-        rows = pd.DataFrame({
+        columns: dict[str, Any] = {
             "user_id": [str(user_id)] * n,
             "item_id": items,
-            "event_timestamp": pd.Series([ts] * n, dtype="datetime64[ns, UTC]"),
+            "event_timestamp": np.full(n, ts.tz_convert(None).as_unit("ns").to_datetime64()),
             "query": [context.get("query") or ""] * n,
             "device": [context.get("device")] * n,
             "country": [context.get("country")] * n,
-        })
+        }
         for key in ("position", "price"):
             value = context.get(key)
             if isinstance(value, (list, tuple)):
                 if len(value) != n:
                     raise ValueError(f"context {key} holds {len(value)} values for {n} items")
-                rows[key] = list(value)
+                columns[key] = list(value)
             else:
-                rows[key] = [value] * n
+                columns[key] = [value] * n
         if n == 0:
-            return rows
+            return columns
         response = self.store.get_online_features(
             features=self.service,
             entity_rows=[{"user_id": str(user_id), "item_id": i} for i in items],
         )
-        feats = pd.DataFrame(response.to_dict())
-        feats = feats.drop(columns=[c for c in ("user_id", "item_id") if c in feats.columns])
-        return pd.concat([rows, feats.reset_index(drop=True)], axis=1)
+        for name, values in response.to_dict().items():
+            if name not in ("user_id", "item_id"):
+                columns[name] = list(values)
+        return columns
+
+    def rows(self, user_id: str, item_ids: Sequence[str],
+             context: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """One row per candidate: the context columns and the online feature values.
+
+        ``context`` may hold ``query``, ``device``, ``country``, ``timestamp`` (datetime or
+        ISO string; default now, UTC) or ``hour`` (0-23, replaces the timestamp's hour),
+        and ``position`` / ``price`` as a scalar or one value per item. Unknown keys raise
+        ValueError. Users and items the store does not know get null feature values, which
+        :func:`~features.transform.build_model_frame` fills as in training.
+        """
+        columns = self.columns(user_id, item_ids, context)
+        ts = pd.DatetimeIndex(columns.pop("event_timestamp")).tz_localize("UTC")
+        columns = {"user_id": columns.pop("user_id"), "item_id": columns.pop("item_id"),
+                   "event_timestamp": pd.Series(ts, dtype="datetime64[ns, UTC]"), **columns}
+        return pd.DataFrame(columns)
 
     def frame(self, user_id: str, item_ids: Sequence[str],
               context: Mapping[str, Any] | None = None) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from features.categorize import MISSING, hash_bags, hash_ids
+from features.categorize import MISSING, bag_ids, hash_ids
 from features.compute import StatsParams
 from features.spec import DenseFeature, FeatureSpec, SparseFeature
 
@@ -112,10 +112,14 @@ def feature_spec(table_sizes: Mapping[str, int], stats: StatsParams, max_query_t
 
 def position_bucket(position: pd.Series) -> pd.Series:
     """Ranks 1..10 stay themselves; deeper ranks fall into 11-20, 21-50, 51-100, 101+."""
-    p = position.to_numpy(dtype=np.int64)
+    return pd.Series(_bucket_texts(position.to_numpy(dtype=np.int64)), index=position.index, dtype=object)
+
+
+def _bucket_texts(p: np.ndarray) -> list[str]:
+    """(n,) int64 positions -> their bucket names (see :func:`position_bucket`)."""
     out = np.where(p <= 10, p.astype(str), np.where(p <= 20, "11-20", np.where(
         p <= 50, "21-50", np.where(p <= 100, "51-100", "101+"))))
-    return pd.Series(out, index=position.index, dtype=object)
+    return out.tolist()
 
 
 def query_terms(query: pd.Series, max_terms: int) -> pd.Series:
@@ -124,10 +128,96 @@ def query_terms(query: pd.Series, max_terms: int) -> pd.Series:
     return split.map(lambda ts: list(dict.fromkeys(ts))[:max_terms] or [NO_QUERY])
 
 
-def _numeric(rows: pd.DataFrame, col: str) -> pd.Series:
-    if col not in rows.columns:
-        return pd.Series(np.nan, index=rows.index, dtype="float64")
-    return pd.to_numeric(rows[col], errors="coerce").astype("float64")
+def _query_bags(query: np.ndarray | list, max_terms: int) -> list[list[str]]:
+    """:func:`query_terms` of plain strings (or missing values) without pandas; other
+    values go through :func:`query_terms` itself."""
+    bags = []
+    for q in query:
+        if type(q) is str:
+            terms = q.lower().split()
+        elif q is None or q is pd.NA or (type(q) is float and q != q):
+            terms = []
+        else:
+            return query_terms(pd.Series(list(query), dtype=object), max_terms).tolist()
+        bags.append(list(dict.fromkeys(terms))[:max_terms] or [NO_QUERY])
+    return bags
+
+
+def _numeric(values: np.ndarray | list | None, n: int) -> np.ndarray:
+    """(n,) float64 of a column as ``pd.to_numeric(errors="coerce")`` reads it; NaN where
+    the column is absent (None)."""
+    if values is None:
+        return np.full(n, np.nan)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        return values.astype(np.float64)
+    items = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    if all(v is None or type(v) is float or type(v) is int for v in items):
+        return np.array(items, dtype=np.float64)  # None -> NaN, as to_numeric does
+    return pd.to_numeric(pd.Series(items, dtype=object), errors="coerce").astype("float64").to_numpy()
+
+
+def _utc_hour_and_weekday(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) datetime64 (UTC, naive) -> (hour 0..23, day of week 0 = Monday), int64."""
+    ns = ts.astype("datetime64[ns]").view(np.int64)
+    day = ns // 86_400_000_000_000                     # floor: right before 1970 too
+    hour = (ns - day * 86_400_000_000_000) // 3_600_000_000_000
+    return hour, (day + 3) % 7                          # 1970-01-01 was a Thursday (3)
+
+
+_INT_TEXT = [str(i) for i in range(24)]
+
+
+def model_columns(columns: Mapping[str, np.ndarray | list], n: int, spec: FeatureSpec) -> dict[str, object]:
+    """The transform's core on plain columns; :func:`build_model_frame` and the server
+    both call it, so training and serving compute every feature with the same code.
+
+    Args:
+        columns: column name -> (n,) values (numpy array or list), as in the rows of
+            :func:`build_model_frame`; ``event_timestamp`` is a (n,) datetime64 array in
+            UTC (naive). Absent columns are missing values.
+        n: the number of rows.
+        spec: the feature spec.
+
+    Returns:
+        Feature name -> (n,) float32 (dense, transformed), (n,) int64 ids (single-hot), a
+        list of n int64 id arrays (multi-hot); and the label (float32) when present.
+    """
+    extra = spec.extra
+    fill: dict[str, float] = extra["fill"]
+    out: dict[str, object] = {}
+    for f in spec.dense:
+        raw = _numeric(columns.get(f.name), n)
+        if f.name == "price":
+            # the offer's price; where not given, the item's last known price; else the fill
+            item_price = _numeric(columns.get("item_price"), n)
+            raw = np.where(np.isnan(raw), item_price, raw)
+        raw = np.where(np.isnan(raw), fill[f.name], raw)
+        out[f.name] = (np.log1p(np.maximum(raw, 0.0)) if f.transform == "log1p" else raw).astype(np.float32)
+
+    hour, weekday = _utc_hour_and_weekday(np.asarray(columns["event_timestamp"]))
+    for f in spec.sparse:
+        src = extra["sources"][f.name]
+        if f.name == "hour":
+            values: list | np.ndarray = [_INT_TEXT[h] for h in hour.tolist()]
+        elif f.name == "day_of_week":
+            values = [_INT_TEXT[d] for d in weekday.tolist()]
+        elif f.name == "position":
+            pos = _numeric(columns.get("position"), n)
+            pos = np.maximum(np.where(np.isnan(pos), float(extra["default_position"]), pos), 1.0)
+            values = _bucket_texts(pos.astype(np.int64))
+        elif f.multi_hot:
+            query = columns.get(src)
+            bags = _query_bags([""] * n if query is None else query, extra["max_query_terms"])
+            out[f.name] = bag_ids(bags, f.name, f.table_size)
+            continue
+        else:
+            col = columns.get(src)
+            values = [None] * n if col is None else col
+        out[f.name] = hash_ids(values, f.name, f.table_size)
+
+    if spec.label in columns:
+        out[spec.label] = _numeric(columns[spec.label], n).astype(np.float32)
+    return out
 
 
 def build_model_frame(rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
@@ -152,39 +242,19 @@ def build_model_frame(rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     ts = pd.to_datetime(rows["event_timestamp"], utc=True)
     if ts.isna().any():
         raise ValueError("feature rows hold missing event_timestamp values")
-    extra = spec.extra
-    fill: dict[str, float] = extra["fill"]
-    out = pd.DataFrame(index=rows.index)
+    n = len(rows)
+    columns = {c: rows[c].to_numpy() for c in rows.columns if c != "event_timestamp"}
+    columns["event_timestamp"] = ts.to_numpy(dtype="datetime64[ns]")
+    features = model_columns(columns, n, spec)
+    data: dict[str, object] = {}
     for col in PASS_THROUGH:
         if col in rows.columns:
-            out[col] = ts if col == "event_timestamp" else rows[col]
-
-    for f in spec.dense:
-        if f.name == "price":
-            # the offer's price; where not given, the item's last known price; else the fill
-            raw = _numeric(rows, "price").fillna(_numeric(rows, "item_price"))
-        else:
-            raw = _numeric(rows, f.name)
-        raw = raw.fillna(fill[f.name]).to_numpy(dtype=np.float64)
-        out[f.name] = (np.log1p(np.maximum(raw, 0.0)) if f.transform == "log1p" else raw).astype(np.float32)
-
-    for f in spec.sparse:
-        src = extra["sources"][f.name]
-        if f.name == "hour":
-            values = pd.Series(ts.dt.hour.to_numpy().astype(str), index=rows.index)
-        elif f.name == "day_of_week":
-            values = pd.Series(ts.dt.dayofweek.to_numpy().astype(str), index=rows.index)
-        elif f.name == "position":
-            pos = _numeric(rows, "position").fillna(extra["default_position"]).clip(lower=1)
-            values = position_bucket(pos)
-        elif f.multi_hot:
-            q = rows[src] if src in rows.columns else pd.Series("", index=rows.index)
-            out[f.name] = hash_bags(query_terms(q, extra["max_query_terms"]), f.name, f.table_size)
-            continue
-        else:
-            values = rows[src] if src in rows.columns else pd.Series(None, index=rows.index, dtype=object)
-        out[f.name] = hash_ids(values, f.name, f.table_size)
-
-    if spec.label in rows.columns:
-        out[spec.label] = _numeric(rows, spec.label).to_numpy(dtype=np.float32)
-    return out.reset_index(drop=True)
+            data[col] = (ts if col == "event_timestamp" else rows[col]).reset_index(drop=True)
+    for name, values in features.items():
+        if isinstance(values, list):  # id arrays, one per row
+            bags = np.empty(n, dtype=object)
+            for i, b in enumerate(values):
+                bags[i] = b
+            values = bags
+        data[name] = values
+    return pd.DataFrame(data, index=pd.RangeIndex(n))

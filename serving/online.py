@@ -9,6 +9,13 @@ Python, with the same columns and values (null for unknown entities). Inside
 :meth:`LeanStore.prefetched` the features of a whole batch of requests come from one
 read per feature view.
 
+Entity rows read once are kept in process (unknown entities too), so hot users and items
+cost a dict lookup. The online store changes only when it is materialised, and the cache
+is emptied as soon as it does: for the SQLite store the check is exact and costs a
+``stat`` and a ``PRAGMA data_version`` per call (both change whenever another connection
+commits, or the file is replaced); for any store the cache is also emptied after
+``max_age_s`` seconds.
+
 :func:`lean_online_features` wraps it into the features package's
 :class:`~features.online.OnlineFeatures`, so the context handling and the transform stay
 the ones training uses.
@@ -16,6 +23,9 @@ the ones training uses.
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -36,9 +46,13 @@ class LeanStore:
     Args:
         store: an open FeatureStore (a materialised repo).
         service: the feature service the reader serves (e.g. ``dlrm_v1``).
+        max_age_s: cached entity rows are dropped after this many seconds at the latest
+            (0: no cache, every call reads the store).
+        max_entries: most entity rows cached per feature view (the view's cache is
+            emptied when full).
     """
 
-    def __init__(self, store: Any, service: Any):
+    def __init__(self, store: Any, service: Any, max_age_s: float = 60.0, max_entries: int = 200_000):
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
         from feast.type_map import feast_value_type_to_python_type
@@ -49,7 +63,15 @@ class LeanStore:
         # the store's provider reads the online store (Provider.online_read is public API;
         # FeatureStore only hands the provider out through _get_provider)
         self._provider = store._get_provider()
-        self._prefetched: dict[str, dict[str, list]] | None = None
+        if max_age_s < 0 or max_entries < 1:
+            raise ValueError(f"max_age_s must be >= 0 and max_entries >= 1, got {max_age_s}, {max_entries}")
+        self.max_age_s, self.max_entries = float(max_age_s), int(max_entries)
+        # view name -> {entity key: [value of each requested feature]} (None values: unknown)
+        self._cache: dict[str, dict[str, list]] = {}
+        self._cached_at = time.monotonic()
+        self._version: Any = None
+        self._db_path, self._db = _sqlite_path(store), None
+        self._prefetching = 0  # inside prefetched(): the batch's rows are read already
         # (feature view, its join key, the requested feature names) in service order
         self._views = []
         for proj in service.feature_view_projections:
@@ -66,16 +88,50 @@ class LeanStore:
     def _key(self, join_key: str, value: str) -> Any:
         return self._EntityKey(join_keys=[join_key], entity_values=[self._Value(string_val=value)])
 
+    def _store_version(self) -> Any:
+        """What changes whenever the online store does (SQLite: the file's identity and
+        mtime and the database's data_version); None where that cannot be told."""
+        if self._db_path is None:
+            return None
+        try:
+            st = os.stat(self._db_path)
+        except OSError:
+            return None
+        if self._db is None or self._db[0] != st.st_ino:
+            # our own read-only connection: data_version moves when any other connection commits
+            conn = sqlite3.connect(f"file:{self._db_path}?mode=ro", uri=True, check_same_thread=False)
+            self._db = (st.st_ino, conn)
+        (data_version,) = self._db[1].execute("PRAGMA data_version").fetchone()
+        return st.st_ino, st.st_mtime_ns, st.st_size, data_version
+
+    def _refresh(self) -> None:
+        """Empties the cache when the store changed or it is older than ``max_age_s``."""
+        version = self._store_version()
+        now = time.monotonic()
+        if version is None or version != self._version or now - self._cached_at > self.max_age_s:
+            self._cache = {}
+            self._version, self._cached_at = version, now
+
     def _read(self, view: Any, join_key: str, names: list[str], keys: Sequence[str]) -> dict[str, list]:
-        """{key: [value of each feature in ``names``]} of the distinct ``keys`` (one store read)."""
-        read = self._provider.online_read(config=self._store.config, table=view,
-                                          entity_keys=[self._key(join_key, k) for k in keys],
-                                          requested_features=names)
-        out = {}
-        for key, (_, feats) in zip(keys, read):
-            feats = feats or {}
-            out[key] = [self._to_python(feats[n]) if n in feats else None for n in names]
-        return out
+        """{key: [value of each feature in ``names``]} of the distinct ``keys``: the cached
+        ones from the cache, the others from one store read."""
+        cache = self._cache.setdefault(view.name, {})
+        missing = [k for k in keys if k not in cache]
+        if missing:
+            read = self._provider.online_read(config=self._store.config, table=view,
+                                              entity_keys=[self._key(join_key, k) for k in missing],
+                                              requested_features=names)
+            fresh = {}
+            for key, (_, feats) in zip(missing, read):
+                feats = feats or {}
+                fresh[key] = [self._to_python(feats[n]) if n in feats else None for n in names]
+            if self.max_age_s == 0:
+                return {k: fresh[k] if k in fresh else cache[k] for k in keys}
+            if len(cache) + len(fresh) > self.max_entries:
+                cache.clear()
+            cache.update(fresh)
+            return {k: cache[k] for k in keys}
+        return {k: cache[k] for k in keys}
 
     def get_online_features(self, features: Any, entity_rows: Sequence[dict[str, Any]]) -> _Columns:
         """The columns Feast's ``get_online_features(...).to_dict()`` returns (join keys,
@@ -86,11 +142,11 @@ class LeanStore:
         columns: dict[str, list] = {}
         for key in dict.fromkeys(k for row in rows for k in row):
             columns[key] = [row[key] for row in rows]
+        if self._prefetching == 0:
+            self._refresh()
         for view, join_key, names in self._views:
             values = [str(v) for v in columns[join_key]]
-            cached = (self._prefetched or {}).get(view.name, {})
-            missing = [k for k in dict.fromkeys(values) if k not in cached]
-            by_key = {**cached, **(self._read(view, join_key, names, missing) if missing else {})}
+            by_key = self._read(view, join_key, names, list(dict.fromkeys(values)))
             for j, name in enumerate(names):
                 columns[name] = [by_key[v][j] for v in values]
         return _Columns(columns)
@@ -101,22 +157,33 @@ class LeanStore:
         requests) with one store read per feature view; ``get_online_features`` calls in
         the block are answered from those values."""
         rows = list(entity_rows)
-        cache: dict[str, dict[str, list]] = {}
+        self._refresh()
         for view, join_key, names in self._views:
             keys = list(dict.fromkeys(str(r[join_key]) for r in rows if join_key in r))
-            cache[view.name] = self._read(view, join_key, names, keys) if keys else {}
-        self._prefetched = cache
+            if keys:
+                self._read(view, join_key, names, keys)
+        self._prefetching += 1
         try:
             yield
         finally:
-            self._prefetched = None
+            self._prefetching -= 1
 
 
-def lean_online_features(repo_dir: Path | str, spec: Any) -> Any:
+def _sqlite_path(store: Any) -> str | None:
+    """The file of a SQLite online store (None for other stores)."""
+    config = store.config
+    if getattr(config.online_store, "type", None) != "sqlite":
+        return None
+    path = Path(config.online_store.path)
+    return str(path if path.is_absolute() or not config.repo_path else Path(config.repo_path) / path)
+
+
+def lean_online_features(repo_dir: Path | str, spec: Any, max_age_s: float = 60.0) -> Any:
     """An :class:`~features.online.OnlineFeatures` on ``repo_dir`` that reads through
-    :class:`LeanStore` (same rows, model input and errors; less time per request)."""
+    :class:`LeanStore` (same rows, model input and errors; less time per request).
+    ``max_age_s``: see :class:`LeanStore` (0: no cache)."""
     from features.online import OnlineFeatures
 
     online = OnlineFeatures(repo_dir, spec)
-    online.store = LeanStore(online.store, online.service)
+    online.store = LeanStore(online.store, online.service, max_age_s=max_age_s)
     return online

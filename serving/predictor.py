@@ -19,6 +19,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -63,6 +64,26 @@ def load_production(registry: str | Path, version: str | None = None) -> LoadedB
     return LoadedBundle(model=model, doc=doc, version=version)
 
 
+def model_input(features: dict[str, Any], spec: Any) -> Any:
+    """:func:`features.transform.model_columns` output -> :class:`features.spec.ModelInput`
+    (through the model-ready table that ``ModelInput.from_frame`` reads)."""
+    import pandas as pd
+
+    from features.spec import ModelInput
+
+    n = len(next(iter(features.values())))
+    data = {}
+    for name, values in features.items():
+        if isinstance(values, list):  # id arrays, one per row
+            bags = np.empty(n, dtype=object)
+            bags[:] = [None] * n
+            for i, b in enumerate(values):
+                bags[i] = b
+            values = bags
+        data[name] = values
+    return ModelInput.from_frame(pd.DataFrame(data, copy=False), spec)
+
+
 class Ranker:
     """Scores candidates of :class:`ScoreRequest` s with a model and an online feature reader.
 
@@ -70,39 +91,40 @@ class Ranker:
         model: the DLRM (eval mode).
         spec: the FeatureSpec it was trained on.
         features: a :class:`features.online.OnlineFeatures` (or one reading through
-            :class:`serving.online.LeanStore`): ``rows(user_id, item_ids, context)``.
+            :class:`serving.online.LeanStore`): ``columns(user_id, item_ids, context)``.
     """
 
     def __init__(self, model: Any, spec: Any, features: Any):
         self.model, self.spec, self.features = model, spec, features
 
-    def _rows(self, request: ScoreRequest) -> Any:
+    def _columns(self, request: ScoreRequest) -> dict[str, Any]:
         try:
-            return self.features.rows(request.user_id, list(request.item_ids), request.context)
+            return self.features.columns(request.user_id, list(request.item_ids), request.context)
         except ValueError as e:  # a context value the feature reader cannot use
             raise InvalidInput(f"cannot build features for user {request.user_id!r}: {e}") from None
 
-    def _score_rows(self, frames: Sequence[Any]) -> list[np.ndarray]:
-        """Scores the rows of several requests in one transform and one model batch."""
-        import pandas as pd
-
+    def _score_columns(self, parts: Sequence[dict[str, Any]]) -> list[np.ndarray]:
+        """Scores the candidates of several requests in one transform and one model batch."""
         from dlrm.bundle import predict
-        from features.spec import ModelInput
-        from features.transform import build_model_frame
+        from features.transform import model_columns
 
-        rows = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        sizes = [len(p["item_id"]) for p in parts]
+        columns = parts[0] if len(parts) == 1 else {
+            key: (np.concatenate([p[key] for p in parts]) if isinstance(parts[0][key], np.ndarray)
+                  else list(chain.from_iterable(p[key] for p in parts)))
+            for key in parts[0]}
         # the transform and the model are row-wise, so batching requests changes no row's score
-        inputs = ModelInput.from_frame(build_model_frame(rows, self.spec), self.spec)
+        inputs = model_input(model_columns(columns, sum(sizes), self.spec), self.spec)
         probs = predict(self.model, inputs, batch_size=max(1, inputs.num_rows))   # (sum K,)
-        bounds = np.cumsum([0, *(len(f) for f in frames)])
-        return [probs[bounds[i]:bounds[i + 1]] for i in range(len(frames))]
+        bounds = np.cumsum([0, *sizes])
+        return [probs[bounds[i]:bounds[i + 1]] for i in range(len(parts))]
 
     def score_many(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray | InvalidInput]:
         """Per request: (K,) float32 probabilities in request order, or the InvalidInput
         that request raised (the others are still scored)."""
         out: list[np.ndarray | InvalidInput] = [InvalidInput("not scored")] * len(requests)
         good: list[int] = []
-        frames = []
+        parts = []
         store = getattr(self.features, "store", None)
         # a lean store reads the features of all the batch's candidates at once
         batch_read = (store.prefetched([{"user_id": r.user_id, "item_id": i} for r in requests for i in r.item_ids])
@@ -110,21 +132,21 @@ class Ranker:
         with batch_read:
             for i, request in enumerate(requests):
                 try:
-                    frames.append(self._rows(request))
+                    parts.append(self._columns(request))
                     good.append(i)
                 except InvalidInput as e:
                     out[i] = e
-        if not frames:
+        if not parts:
             return out
         try:
-            scored = self._score_rows(frames)
+            scored = self._score_columns(parts)
         except ValueError:
             # one request's rows broke the shared transform: score them one by one, so
             # only that request gets its 400
             scored = []
-            for f, i in zip(frames, good):
+            for part, i in zip(parts, good):
                 try:
-                    scored.append(self._score_rows([f])[0])
+                    scored.append(self._score_columns([part])[0])
                 except ValueError as e:
                     scored.append(InvalidInput(f"cannot score request for user {requests[i].user_id!r}: {e}"))
         for i, s in zip(good, scored):
