@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 MISSING = "<missing>"  # the value hashed for a missing categorical value
-SMALL_INPUT = 65_536    # inputs up to this many values take the list path (serving batches)
+SMALL_INPUT = 65_536    # inputs up to this many values take the cached path (serving batches)
+SMALL_LIST = 256        # ... and up to this many, without factorising (one request)
 CACHE_SIZE = 1 << 18    # hashes remembered per feature; the cache is emptied when full
 
 # feature -> {value: 64-bit hash}: hot values (devices, hours, popular items) are hashed once
@@ -50,26 +51,30 @@ def _hash_cached(feature: str, texts: list[str]) -> np.ndarray:
     return np.array(hashes, dtype=np.uint64)
 
 
-def _plain_texts(values: pd.Series | np.ndarray | list) -> list[str] | None:
-    """The values as the text :func:`_as_text` gives, when they are all ``str`` or missing
-    (None, NaN, pd.NA) and few; None otherwise (the caller takes the pandas path)."""
-    if len(values) > SMALL_INPUT:
+def _plain_texts(values: pd.Series | np.ndarray | list) -> tuple[np.ndarray | None, list[str]] | None:
+    """(codes, texts): the values factorised (codes None: not factorised, one text per
+    value), missing ones (None, NaN, pd.NA) as :data:`MISSING`, when they are few and every
+    other value is a plain ``str`` (then the texts are the ones :func:`_as_text` gives);
+    None otherwise (the pandas path decides)."""
+    if not isinstance(values, (list, tuple, np.ndarray, pd.Series)) or len(values) > SMALL_INPUT:
         return None
-    if isinstance(values, list):
-        items = values
-    elif isinstance(values, (np.ndarray, pd.Series)) and values.dtype.kind in "OU":
-        items = values.tolist()
-    else:
+    if isinstance(values, (np.ndarray, pd.Series)) and values.dtype.kind not in "OU":
         return None
-    out = []
-    for v in items:
-        if type(v) is str:
-            out.append(v)
-        elif v is None or v is pd.NA or (type(v) is float and v != v):
-            out.append(MISSING)
-        else:  # numbers, bytes, str subclasses...: pandas' own conversion decides
-            return None
-    return out
+    if len(values) <= SMALL_LIST:
+        # a few values: a Python pass costs less than factorising
+        items = list(values) if isinstance(values, (list, tuple)) else values.tolist()
+        texts = [MISSING if v is None or v is pd.NA or (type(v) is float and v != v) else v for v in items]
+        return (None, texts) if set(map(type, texts)) <= {str} else None
+    items = (np.fromiter(values, dtype=object, count=len(values)) if isinstance(values, (list, tuple))
+             else np.asarray(values, dtype=object))
+    codes, uniques = pd.factorize(items, sort=False)   # missing values -> code -1
+    texts = uniques.tolist()
+    if not set(map(type, texts)) <= {str}:  # numbers, bytes, str subclasses: pandas' conversion
+        return None
+    if len(codes) and codes.min() < 0:
+        codes = np.where(codes < 0, len(texts), codes)
+        texts.append(MISSING)
+    return codes, texts
 
 
 def _as_text(values: pd.Series | np.ndarray | list) -> pd.Series:
@@ -86,9 +91,11 @@ def hash_ids(values: pd.Series | np.ndarray | list, feature: str, table_size: in
     """
     if table_size < 1:
         raise ValueError(f"table size of feature {feature!r} must be >= 1, got {table_size}")
-    texts = _plain_texts(values)
-    if texts is not None:
-        return (_hash_cached(feature, texts) % np.uint64(table_size)).astype(np.int64)
+    plain = _plain_texts(values)
+    if plain is not None:
+        codes, texts = plain
+        ids = (_hash_cached(feature, texts) % np.uint64(table_size)).astype(np.int64)
+        return ids if codes is None else ids[codes]
     text = _as_text(values)
     codes, uniques = pd.factorize(text, sort=False)
     h = stable_hash64(f"{feature}={u}" for u in uniques)

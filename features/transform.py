@@ -20,7 +20,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from features.categorize import MISSING, bag_ids, hash_ids
+from features.categorize import MISSING, SMALL_INPUT, bag_ids, hash_ids
 from features.compute import StatsParams
 from features.spec import DenseFeature, FeatureSpec, SparseFeature
 
@@ -128,19 +128,27 @@ def query_terms(query: pd.Series, max_terms: int) -> pd.Series:
     return split.map(lambda ts: list(dict.fromkeys(ts))[:max_terms] or [NO_QUERY])
 
 
-def _query_bags(query: np.ndarray | list, max_terms: int) -> list[list[str]]:
-    """:func:`query_terms` of plain strings (or missing values) without pandas; other
-    values go through :func:`query_terms` itself."""
-    bags = []
+def _query_bag_ids(query: np.ndarray | list, max_terms: int, feature: str, table_size: int) -> list[np.ndarray]:
+    """Search strings -> one int64 id array per row (:func:`query_terms`, hashed). A query
+    repeated across rows (all candidates of a request share one) is split and hashed once
+    and its rows share the id array; values other than plain strings or missing ones go
+    through :func:`query_terms` itself."""
+    if len(query) > SMALL_INPUT:
+        return bag_ids(query_terms(pd.Series(list(query), dtype=object), max_terms).tolist(), feature, table_size)
+    memo: dict[str, np.ndarray] = {}
+    out = []
     for q in query:
-        if type(q) is str:
-            terms = q.lower().split()
-        elif q is None or q is pd.NA or (type(q) is float and q != q):
-            terms = []
-        else:
-            return query_terms(pd.Series(list(query), dtype=object), max_terms).tolist()
-        bags.append(list(dict.fromkeys(terms))[:max_terms] or [NO_QUERY])
-    return bags
+        if q is None or q is pd.NA or (type(q) is float and q != q):
+            q = ""
+        elif type(q) is not str:
+            return bag_ids(query_terms(pd.Series(list(query), dtype=object), max_terms).tolist(),
+                           feature, table_size)
+        ids = memo.get(q)
+        if ids is None:
+            terms = list(dict.fromkeys(q.lower().split()))[:max_terms] or [NO_QUERY]
+            ids = memo[q] = hash_ids(terms, feature, table_size)
+        out.append(ids)
+    return out
 
 
 def _numeric(values: np.ndarray | list | None, n: int) -> np.ndarray:
@@ -151,7 +159,7 @@ def _numeric(values: np.ndarray | list | None, n: int) -> np.ndarray:
     if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
         return values.astype(np.float64)
     items = values.tolist() if isinstance(values, np.ndarray) else list(values)
-    if all(v is None or type(v) is float or type(v) is int for v in items):
+    if set(map(type, items)) <= {float, int, type(None)}:
         return np.array(items, dtype=np.float64)  # None -> NaN, as to_numeric does
     return pd.to_numeric(pd.Series(items, dtype=object), errors="coerce").astype("float64").to_numpy()
 
@@ -207,8 +215,8 @@ def model_columns(columns: Mapping[str, np.ndarray | list], n: int, spec: Featur
             values = _bucket_texts(pos.astype(np.int64))
         elif f.multi_hot:
             query = columns.get(src)
-            bags = _query_bags([""] * n if query is None else query, extra["max_query_terms"])
-            out[f.name] = bag_ids(bags, f.name, f.table_size)
+            out[f.name] = _query_bag_ids([""] * n if query is None else query, extra["max_query_terms"],
+                                         f.name, f.table_size)
             continue
         else:
             col = columns.get(src)

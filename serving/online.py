@@ -147,8 +147,9 @@ class LeanStore:
         for view, join_key, names in self._views:
             values = [str(v) for v in columns[join_key]]
             by_key = self._read(view, join_key, names, list(dict.fromkeys(values)))
-            for j, name in enumerate(names):
-                columns[name] = [by_key[v][j] for v in values]
+            # (rows, features) -> (features, rows)
+            for name, col in zip(names, zip(*[by_key[v] for v in values]) if values else [()] * len(names)):
+                columns[name] = list(col)
         return _Columns(columns)
 
     @contextmanager

@@ -65,23 +65,44 @@ def load_production(registry: str | Path, version: str | None = None) -> LoadedB
 
 
 def model_input(features: dict[str, Any], spec: Any) -> Any:
-    """:func:`features.transform.model_columns` output -> :class:`features.spec.ModelInput`
-    (through the model-ready table that ``ModelInput.from_frame`` reads)."""
-    import pandas as pd
-
+    """:func:`features.transform.model_columns` output -> :class:`features.spec.ModelInput`:
+    the arrays ``ModelInput.from_frame`` builds from the model-ready table, built without
+    the table (the same layout: bag ``j = n * T + t``; tests compare the two)."""
     from features.spec import ModelInput
 
-    n = len(next(iter(features.values())))
-    data = {}
-    for name, values in features.items():
-        if isinstance(values, list):  # id arrays, one per row
-            bags = np.empty(n, dtype=object)
-            bags[:] = [None] * n
-            for i, b in enumerate(values):
-                bags[i] = b
-            values = bags
-        data[name] = values
-    return ModelInput.from_frame(pd.DataFrame(data, copy=False), spec)
+    n, T = len(next(iter(features.values()))), len(spec.sparse)
+    dense = np.empty((n, len(spec.dense)), dtype=np.float32)   # (N, D)
+    for j, f in enumerate(spec.dense):
+        dense[:, j] = features[f.name]
+    if np.isnan(dense).any():
+        bad = [f.name for j, f in enumerate(spec.dense) if np.isnan(dense[:, j]).any()]
+        raise ValueError(f"dense feature column(s) {bad} hold missing values")
+    lengths = np.ones((n, T), dtype=np.int64)                   # (N, T) bag sizes
+    flat: dict[int, np.ndarray] = {}
+    for t, f in enumerate(spec.sparse):
+        if f.multi_hot:
+            bags = features[f.name]
+            lengths[:, t] = np.fromiter(map(len, bags), dtype=np.int64, count=n)
+            flat[t] = np.concatenate(bags).astype(np.int64, copy=False) if n else np.zeros(0, np.int64)
+        else:
+            flat[t] = np.asarray(features[f.name], dtype=np.int64)
+        if flat[t].size and (flat[t].min() < 0 or flat[t].max() >= f.table_size):
+            raise ValueError(f"ids of sparse feature {f.name!r} must lie in [0, {f.table_size}), "
+                             f"got range [{flat[t].min()}, {flat[t].max()}]")
+    offsets = np.zeros(n * T + 1, dtype=np.int64)
+    np.cumsum(lengths.reshape(-1), out=offsets[1:])
+    values = np.empty(int(offsets[-1]), dtype=np.int64)
+    starts = offsets[:-1].reshape(n, T)                          # (N, T) first slot of each bag
+    for t, f in enumerate(spec.sparse):
+        if f.multi_hot:
+            lens = lengths[:, t]
+            first = np.repeat(np.cumsum(lens) - lens, lens)      # each id's bag start in flat
+            values[np.repeat(starts[:, t], lens) + np.arange(flat[t].size) - first] = flat[t]
+        else:
+            values[starts[:, t]] = flat[t]
+    labels = features.get(spec.label)
+    return ModelInput(dense=dense, sparse_values=values, sparse_offsets=offsets,
+                      labels=None if labels is None else np.asarray(labels, dtype=np.float32))
 
 
 class Ranker:

@@ -191,3 +191,17 @@ def test_serving_columns_give_the_model_input_of_the_training_transform(site):
         want = ModelInput.from_frame(build_model_frame(online.rows(user, items, context), site.spec), site.spec)
         for field in ("dense", "sparse_values", "sparse_offsets"):
             np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_model_input_from_columns_equals_from_frame(seed):
+    rng = np.random.default_rng(100 + seed)
+    for n in (1, 50, 400):
+        rows = random_rows(rng, n)
+        frame = build_model_frame(rows, SPEC)
+        columns = {c: rows[c].to_numpy() for c in rows.columns if c != "event_timestamp"}
+        columns["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True).to_numpy(dtype="datetime64[ns]")
+        got = model_input(model_columns(columns, n, SPEC), SPEC)
+        want = ModelInput.from_frame(frame, SPEC)
+        for field in ("dense", "sparse_values", "sparse_offsets", "labels"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
