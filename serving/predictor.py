@@ -1,10 +1,13 @@
 """The KServe predictor: ranks a user's candidate items with the production DLRM bundle.
 
-Per request it reads the user's and the items' features from the Feast online store
-(``features.online.OnlineFeatures``, reading through :class:`serving.online.LeanStore`),
-builds the model input with the transform training used
-(``features.transform.build_model_frame``), scores all candidates in one batch and
-returns them best first. Requests that arrive while a batch is being scored are scored
+Per request it reads the user's and the items' features from the Feast online store as
+plain columns (``features.online.OnlineFeatures.columns``, reading through
+:class:`serving.online.LeanStore`, which keeps hot entity rows until the store changes),
+computes the features with the transform's core that training uses too
+(``features.transform.model_columns``, under ``build_model_frame``), builds the
+:class:`~features.spec.ModelInput` without a DataFrame (:func:`model_input`), scores all
+candidates in one batch and returns them best first. No pandas object is made per
+request. Requests that arrive while a batch is being scored are scored
 together (:class:`Batcher`: one store read per feature view, one transform and one model
 call for all of them; the transform and the model are row-wise, so no score changes).
 Users and items the store does not know are still scored: their ids hash into the
