@@ -83,6 +83,7 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str) -> T:
     """
     if not isinstance(values, dict):
         raise ValueError(f"{where} must be a mapping, got {values!r}")
+    values = _move_aliases(cls, values, where)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)
@@ -91,6 +92,28 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str) -> T:
                          f"known: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in values.items()}
     return cls(**kwargs)
+
+
+def _move_aliases(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Applies ``cls.PARAM_ALIASES`` ({"key": "deeper.path"}): a section may name a nested
+    setting at its top (``train.embedding`` for ``train.model.embedding``)."""
+    aliases: dict[str, str] = getattr(cls, "PARAM_ALIASES", {})
+    if not any(k in values for k in aliases):
+        return values
+    values = _deep_copy(values)
+    for key, target in aliases.items():
+        if key not in values:
+            continue
+        *parents, leaf = target.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{where}.{part} must be a mapping, got {node!r}")
+        if leaf in node:
+            raise ValueError(f"{where}.{key} and {where}.{target} are the same setting; set only {where}.{key}")
+        node[leaf] = values.pop(key)
+    return values
 
 
 def load_config(cls: type[T], section: str, params: Path | str | None = DEFAULT_PARAMS,

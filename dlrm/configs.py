@@ -7,7 +7,7 @@ and :class:`EvaluateConfig` with :func:`components.params.load_config`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 Backend = Literal["full", "hashing", "qr", "robe"]
 
@@ -61,6 +61,10 @@ class CriteoConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """The ``train`` section of params.yaml."""
+
+    # params.yaml keeps the embedding at the top of the section (`train.embedding.compression`,
+    # the knob turned most); it lives in the model config.
+    PARAM_ALIASES: ClassVar[dict[str, str]] = {"embedding": "model.embedding"}
 
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

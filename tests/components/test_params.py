@@ -60,3 +60,28 @@ def test_override_errors():
 def test_missing_explicit_params_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_config(Outer, "outer", tmp_path / "nope.yaml")
+
+
+@dataclass(frozen=True)
+class WithAlias:
+    PARAM_ALIASES = {"inner": "nested.inner"}  # a class attribute (no annotation), not a field
+    nested: Outer = field(default_factory=Outer)
+
+
+def test_alias_puts_a_top_level_key_where_the_dataclass_keeps_it(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("w:\n  inner:\n    kind: full\n")
+    cfg = load_config(WithAlias, "w", p, ["w.inner.compression=10"])
+    assert cfg.nested.inner == Inner(compression=10.0, kind="full")
+
+
+def test_alias_and_its_target_together_are_refused():
+    with pytest.raises(ValueError, match="same setting; set only w.inner"):
+        from_dict(WithAlias, {"inner": {}, "nested": {"inner": {}}}, "w")
+
+
+def test_train_section_takes_the_embedding_at_its_top():
+    from dlrm.configs import TrainConfig
+
+    cfg = from_dict(TrainConfig, {"embedding": {"compression": 100}}, "train")
+    assert cfg.model.embedding.compression == 100.0
