@@ -84,7 +84,7 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
         model_dir: the bundle written by ``robeflow train``.
         input_dir: the model-ready dir (``test.parquet``); ignored when ``criteo`` is given.
         metrics_out: the metrics JSON (reports/metrics.json).
-        plots_dir: gets ``roc.csv`` (fpr, tpr).
+        plots_dir: gets ``roc.csv`` (fpr, tpr, threshold).
         predictions_dir: gets ``test.parquet`` (event_id, score, label; event_timestamp when known).
         truth_dir: the planted probabilities (data/truth) for the oracle AUC, or None.
         criteo: a Criteo file to use as the test window instead of ``input_dir``.
@@ -146,13 +146,13 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
     }
     write_json(metrics_out, metrics)
 
-    fpr, tpr = roc_curve(labels, probs, max_points=cfg.roc_points)
+    fpr, tpr, thresholds = roc_curve(labels, probs, max_points=cfg.roc_points)
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     with (plots_dir / "roc.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["fpr", "tpr"])
-        w.writerows(zip(fpr.tolist(), tpr.tolist()))
+        w.writerow(["fpr", "tpr", "threshold"])
+        w.writerows(zip(fpr.tolist(), tpr.tolist(), thresholds.tolist()))
 
     pred = pd.DataFrame({
         "event_id": frame["event_id"].astype(str).to_numpy() if "event_id" in frame.columns

@@ -48,8 +48,13 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
-def roc_curve(labels: np.ndarray, scores: np.ndarray, max_points: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) at every distinct threshold, thinned to about ``max_points`` points."""
+def roc_curve(labels: np.ndarray, scores: np.ndarray,
+              max_points: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) at every distinct threshold, thinned to about ``max_points`` points.
+
+    As in scikit-learn, point k counts a score as positive when it is >= thresholds[k];
+    the first point (0, 0) has threshold +inf.
+    """
     y, s = _check(labels, scores)
     order = np.argsort(-s, kind="mergesort")
     y, s = y[order], s[order]
@@ -58,10 +63,11 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray, max_points: int = 200) -> 
     fps = (last + 1) - tps
     tpr = np.r_[0.0, tps / max(tps[-1], 1.0)] if s.size else np.zeros(1)
     fpr = np.r_[0.0, fps / max(fps[-1], 1.0)] if s.size else np.zeros(1)
+    thresholds = np.r_[np.inf, s[last]] if s.size else np.full(1, np.inf)
     if fpr.size > max_points:
         keep = np.unique(np.r_[np.linspace(0, fpr.size - 1, max_points).astype(np.int64), fpr.size - 1])
-        fpr, tpr = fpr[keep], tpr[keep]
-    return fpr, tpr
+        fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
+    return fpr, tpr, thresholds
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:

@@ -35,11 +35,12 @@ def test_roc_curve_matches_sklearn_points():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 500)
     s = np.round(rng.random(500), 1)
-    fpr, tpr = roc_curve(y, s, max_points=10_000)
-    sk_fpr, sk_tpr, _ = sk_roc_curve(y, s, drop_intermediate=False)
+    fpr, tpr, thresholds = roc_curve(y, s, max_points=10_000)
+    sk_fpr, sk_tpr, sk_thresholds = sk_roc_curve(y, s, drop_intermediate=False)
     np.testing.assert_allclose(fpr, sk_fpr)
     np.testing.assert_allclose(tpr, sk_tpr)
-    thin_f, _ = roc_curve(y, rng.random(500), max_points=50)
+    np.testing.assert_allclose(thresholds, sk_thresholds)
+    thin_f, _, _ = roc_curve(y, rng.random(500), max_points=50)
     assert len(thin_f) <= 51 and thin_f[0] == 0 and thin_f[-1] == 1
 
 
