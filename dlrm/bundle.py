@@ -41,11 +41,12 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     return ModelConfig(embedding=EmbeddingConfig(**emb), **kw)
 
 
-def _plain(x: Any) -> Any:
+def plain(x: Any) -> Any:
+    """Nested dicts/lists/tuples as JSON-ready dicts and lists (tuples become lists)."""
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
+        return {k: plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [plain(v) for v in x]
     return x
 
 
@@ -73,7 +74,7 @@ def save_model(model: nn.Module, out_dir: Path, *, spec: FeatureSpec, config: di
     emb = model.embedding
     doc = {
         "format": BUNDLE_FORMAT,
-        "model": _plain(asdict(model.config)),
+        "model": plain(asdict(model.config)),
         "num_dense": model.num_dense,
         "table_sizes": model.table_sizes,
         "feature_spec": json.loads(spec.to_json()),
@@ -84,8 +85,8 @@ def save_model(model: nn.Module, out_dir: Path, *, spec: FeatureSpec, config: di
             "compression": emb.compression,
             "hash": emb.hash_constants(),   # ROBE / hashing constants (A, B, C, P, Z, |M|)
         },
-        "config": _plain(config),
-        "metrics": _plain(metrics or {}),
+        "config": plain(config),
+        "metrics": plain(metrics or {}),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tag = uuid.uuid4().hex[:8]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlrm.bundle import plain
 from dlrm.configs import OptimConfig, TrainConfig
 from dlrm.data import TensorData
 from dlrm.metrics import auc as auc_score
@@ -145,15 +146,7 @@ def score(model: DLRM, data: TensorData, *, batch_size: int, device: torch.devic
 
 
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return _plain(asdict(cfg))
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
+    return plain(asdict(cfg))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -187,7 +180,7 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, spec: FeatureSpec) -> dict[st
     if changed:
         raise ValueError(f"cannot resume from {path}: train config differs in {changed} "
                          f"(checkpoint: {[old.get(k) for k in changed]}, now: {[new.get(k) for k in changed]})")
-    if state["feature_spec"] != _plain(asdict(spec)):
+    if state["feature_spec"] != plain(asdict(spec)):
         raise ValueError(f"cannot resume from {path}: it was trained on a different feature spec")
     return state
 
@@ -274,7 +267,7 @@ def train_model(
         if checkpoint_dir is None:
             return
         _save_checkpoint(Path(checkpoint_dir), {
-            "format": CHECKPOINT_FORMAT, "config": _config_dict(cfg), "feature_spec": _plain(asdict(spec)),
+            "format": CHECKPOINT_FORMAT, "config": _config_dict(cfg), "feature_spec": plain(asdict(spec)),
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizers": [opt.state_dict() for opt in optimizers],
             "rng_torch": torch.get_rng_state(),
