@@ -12,8 +12,6 @@ This module imports kfp at import time (the `robeflow` CLI never imports it) and
 
 
 import os
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -115,18 +113,18 @@ def train_op(params: dict, device: str, model_input: Input[Dataset], model: Outp
     model.metadata["framework"] = "pytorch"
 
 
-class EvaluateOutputs(NamedTuple):
-    passed: bool
-
-
 @_component
 def evaluate_op(params: dict, model: Input[Model], model_input: Input[Dataset], truth: Input[Dataset],
                 metrics: Output[Metrics], roc: Output[ClassificationMetrics],
-                predictions: Output[Dataset]) -> NamedTuple("EvaluateOutputs", [("passed", bool)]):
-    """AUC, log loss, NE and calibration on the test window; the quality gate."""
+                predictions: Output[Dataset]) -> bool:
+    """AUC, log loss, NE and calibration on the test window; returns the quality gate's outcome.
+
+    (A plain bool rather than a named output: KFP's local runner cannot resolve a named
+    output inside a condition.)
+    """
     import csv
+    import math
     import tempfile
-    from collections import namedtuple
     from pathlib import Path
 
     from components.evaluate import evaluate
@@ -135,15 +133,59 @@ def evaluate_op(params: dict, model: Input[Model], model_input: Input[Dataset], 
 
     cfg = from_dict(EvaluateConfig, {**params, "fail_on_gate": False}, "evaluate")
     scratch = Path(tempfile.mkdtemp(prefix="evaluate-"))
-    res = evaluate(cfg, Path(model.path), Path(model_input.path), scratch / "metrics.json",
+    # metrics.json is the Metrics artifact's file too, so push reads what DVC's push reads.
+    res = evaluate(cfg, Path(model.path), Path(model_input.path), Path(metrics.path),
                    scratch / "plots", Path(predictions.path), truth_dir=Path(truth.path))
     for key, value in res.metrics.items():
-        if isinstance(value, (int, float)) and value is not None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             metrics.log_metric(key, float(value))
-    roc_csv = scratch / "plots" / "roc.csv"
-    if roc_csv.exists():
-        with roc_csv.open() as fh:
-            rows = list(csv.DictReader(fh))
-        roc.log_roc_curve([float(r["fpr"]) for r in rows], [float(r["tpr"]) for r in rows],
-                          [float(r["threshold"]) for r in rows])
-    return namedtuple("EvaluateOutputs", ["passed"])(res.passed)
+    metrics.log_metric("passed", float(res.passed))
+    with (scratch / "plots" / "roc.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    # KFP metadata is JSON, which has no infinity: the (0, 0) point's threshold +inf becomes
+    # the smallest float above 1, the same cut for probabilities.
+    above_one = math.nextafter(1.0, 2.0)
+    roc.log_roc_curve([float(r["fpr"]) for r in rows], [float(r["tpr"]) for r in rows],
+                      [min(float(r["threshold"]), above_one) for r in rows])
+    return res.passed
+
+
+@_component
+def push_op(params: dict, model: Input[Model], metrics: Input[Metrics], bundle: Output[Model]) -> str:
+    """Publishes the model to the registry (push.registry) and moves its production pointer."""
+    import json
+    from pathlib import Path
+
+    from components.params import from_dict
+    from components.push import PushConfig, push
+
+    res = push(from_dict(PushConfig, params, "push"), Path(model.path), Path(metrics.path))
+    Path(bundle.path).write_text(json.dumps(res.as_dict(), indent=2))
+    bundle.metadata.update({k: v for k, v in res.as_dict().items() if v is not None})
+    return res.version or ""
+
+
+@_component
+def monitor_op(params: dict, model_input: Input[Dataset], model: Input[Model], report: Output[HTML],
+               drift: Output[Metrics]):
+    """Evidently drift report of the newest window against the reference; fails on drift
+    when monitor.fail_on_drift, so a scheduled run alerts."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from components.common import StepError
+    from components.monitor import MonitorConfig, monitor
+    from components.params import from_dict
+
+    cfg = from_dict(MonitorConfig, params, "monitor")
+    scratch = Path(tempfile.mkdtemp(prefix="monitor-"))
+    res = monitor(cfg, Path(model_input.path), Path(model.path), Path(report.path), scratch / "drift.json")
+    summary = res.summary
+    drift.log_metric("drift_detected", float(res.drift_detected))
+    for key in ("drift_share", "drifted_count"):
+        if isinstance(summary.get(key), (int, float)):
+            drift.log_metric(key, float(summary[key]))
+    drift.metadata["drifted_features"] = json.dumps(summary.get("drifted_features", []))
+    if res.drift_detected and cfg.fail_on_drift:
+        raise StepError(f"drift detected: {summary.get('drifted_features')}")

@@ -73,17 +73,29 @@ def check_host(host: str, timeout_s: float = 5.0) -> str:
 
 
 def pipeline_arguments(params: Path | None, overrides: list[str]) -> dict[str, Any]:
-    """The pipeline's arguments: one dict per params.yaml section, with -S overrides applied."""
+    """The pipeline's arguments: one dict per params.yaml section, with -S overrides applied,
+    plus the ``pipeline`` section's settings (``device``) as arguments of their own."""
     from pipelines.robe_dlrm_pipeline import SECTIONS
 
     data = read_params(params)
+    unknown = sorted({o.split(".", 1)[0] for o in overrides} - set(SECTIONS) - {"pipeline"})
+    if unknown:
+        raise ValueError(f"override(s) for unknown section(s) {unknown}; "
+                         f"sections: {', '.join((*SECTIONS, 'pipeline'))}")
     args: dict[str, Any] = {}
     for section in SECTIONS:
         mine = [o for o in overrides if o.split(".", 1)[0] == section]
         args[section] = _drop_nulls(apply_overrides(section, data.get(section) or {}, mine))
-    unknown = sorted({o.split(".", 1)[0] for o in overrides} - set(SECTIONS) - {"pipeline"})
-    if unknown:
-        raise ValueError(f"override(s) for unknown section(s) {unknown}; sections: {', '.join(SECTIONS)}")
+    settings = apply_overrides("pipeline", data.get("pipeline") or {},
+                               [o for o in overrides if o.split(".", 1)[0] == "pipeline"])
+    extra = sorted(set(settings) - {"device"})
+    if extra:
+        raise ValueError(f"unknown pipeline setting(s) {', '.join(f'pipeline.{k}' for k in extra)}; "
+                         "known: pipeline.device")
+    device = settings.get("device", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"pipeline.device = {device!r}; expected 'cpu' or 'cuda'")
+    args["device"] = device
     return args
 
 
@@ -146,6 +158,12 @@ def run_local(workdir: Path, arguments: dict[str, Any]) -> dict[str, Any]:
     from pipelines.robe_dlrm_pipeline import robe_dlrm_pipeline
 
     workdir.mkdir(parents=True, exist_ok=True)
+    # A relative registry lives under the run's workdir, not wherever the command ran.
+    push = dict(arguments.get("push") or {})
+    registry = str(push.get("registry", "registry"))
+    if "://" not in registry and not Path(registry).is_absolute():
+        push["registry"] = str((workdir / registry).resolve())
+    arguments = {**arguments, "push": push}
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "outputs"))
     task = robe_dlrm_pipeline(**arguments)
     return dict(task.outputs) if hasattr(task, "outputs") and task.outputs else {}

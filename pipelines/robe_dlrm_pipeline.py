@@ -1,6 +1,7 @@
 """The robeflow Kubeflow pipeline: wiring only (the steps live in components/).
 
-    generate -> ingest -> validate -> features -> train -> evaluate
+    generate -> ingest -> validate -> features -> train -> evaluate -> (gate) push
+                                                              \-> monitor
 
 Arguments mirror ``params.yaml``: one dict per section (an empty dict means the step's
 built-in defaults), plus ``device``: ``cuda`` runs the train step on a GPU node.
@@ -9,19 +10,22 @@ Importing or compiling this module runs nothing.
 
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input
+from kfp.dsl.pipeline_channel import PipelineChannel
 
 from components.kfp_components import (
     evaluate_op,
     features_op,
     generate_op,
     ingest_op,
+    monitor_op,
+    push_op,
     train_op,
     validate_op,
 )
 
 # params.yaml sections the pipeline takes as arguments, in pipeline order.
-SECTIONS: tuple[str, ...] = ("generate", "ingest", "validate", "features", "train", "evaluate")
+SECTIONS: tuple[str, ...] = ("generate", "ingest", "validate", "features", "train", "evaluate", "push",
+                             "monitor")
 
 # (cpu request, memory request, memory limit) per step; the train step's GPU variant adds
 # one nvidia.com/gpu.
@@ -32,6 +36,8 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "features": ("2", "8Gi", "16Gi"),
     "train": ("4", "8Gi", "16Gi"),
     "evaluate": ("1", "4Gi", "8Gi"),
+    "push": ("500m", "1Gi", "2Gi"),
+    "monitor": ("1", "4Gi", "8Gi"),
 }
 
 
@@ -41,33 +47,32 @@ def _sized(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
             .set_display_name(step))
 
 
-def _train_and_ship(gpu: bool):
-    """The steps after the features: train (on a GPU node when ``gpu``) -> evaluate.
+def _train_and_ship(gpu: bool, train: dict, evaluate: dict, push: dict, monitor: dict,
+                    model_input: PipelineChannel, truth: PipelineChannel) -> None:
+    """Adds the steps after the features to the current branch: train (on a GPU node when
+    ``gpu``) -> evaluate -> push, which runs only when the evaluate gate passed; and the
+    drift monitor of the newest window, scored by the trained model.
 
-    Built twice, as the two branches of ``device == "cuda"``, so that no artifact has to
-    be merged across branches (KFP's local runner cannot merge artifacts with dsl.OneOf).
+    Called once in each branch of ``device == "cuda"``, so no artifact has to be merged
+    across branches (KFP's local runner can merge neither artifacts with dsl.OneOf nor
+    resolve a task output inside a nested pipeline's condition).
     """
-
-    @dsl.pipeline(name=f"train-and-ship-{'gpu' if gpu else 'cpu'}")
-    def train_and_ship(train: dict, evaluate: dict, model_input: Input[Dataset], truth: Input[Dataset]):
-        trained = _sized(train_op(params=train, device="cuda" if gpu else "cpu", model_input=model_input),
-                         "train")
-        if gpu:
-            trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-        _sized(evaluate_op(params=evaluate, model=trained.outputs["model"], model_input=model_input,
-                           truth=truth), "evaluate")
-
-    return train_and_ship
-
-
-train_and_ship_gpu = _train_and_ship(gpu=True)
-train_and_ship_cpu = _train_and_ship(gpu=False)
+    trained = _sized(train_op(params=train, device="cuda" if gpu else "cpu", model_input=model_input),
+                     "train")
+    if gpu:
+        trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    evaluated = _sized(evaluate_op(params=evaluate, model=trained.outputs["model"],
+                                   model_input=model_input, truth=truth), "evaluate")
+    with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+        _sized(push_op(params=push, model=trained.outputs["model"], metrics=evaluated.outputs["metrics"]),
+               "push")
+    _sized(monitor_op(params=monitor, model_input=model_input, model=trained.outputs["model"]), "monitor")
 
 
 @dsl.pipeline(
     name="robe-dlrm",
     description="Synthetic or real shop transactions -> validated data -> Feast features -> "
-                "ROBE-compressed DLRM -> evaluation gate.",
+                "ROBE-compressed DLRM -> evaluation gate -> registry; drift monitoring.",
 )
 def robe_dlrm_pipeline(
     generate: dict = {},
@@ -76,15 +81,17 @@ def robe_dlrm_pipeline(
     features: dict = {},
     train: dict = {},
     evaluate: dict = {},
+    push: dict = {},
+    monitor: dict = {},
     device: str = "cpu",
 ):
     gen = _sized(generate_op(params=generate), "generate")
     ing = _sized(ingest_op(params=ingest, raw=gen.outputs["raw"]), "ingest")
     val = _sized(validate_op(params=validate, ingested=ing.outputs["ingested"]), "validate")
     feat = _sized(features_op(params=features, validated=val.outputs["validated"]), "features")
-    tail = dict(train=train, evaluate=evaluate, model_input=feat.outputs["model_input"],
+    tail = dict(train=train, evaluate=evaluate, push=push, monitor=monitor, model_input=feat.outputs["model_input"],
                 truth=gen.outputs["truth"])
     with dsl.If(device == "cuda", name="train-on-gpu"):
-        train_and_ship_gpu(**tail).set_display_name("train-and-ship (GPU)")
+        _train_and_ship(gpu=True, **tail)
     with dsl.Else(name="train-on-cpu"):
-        train_and_ship_cpu(**tail).set_display_name("train-and-ship (CPU)")
+        _train_and_ship(gpu=False, **tail)

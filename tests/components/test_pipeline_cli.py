@@ -77,3 +77,18 @@ def test_submit_to_unreachable_host_fails_cleanly(capsys):
     code = main(["pipeline", "submit", "--host", f"http://127.0.0.1:{_closed_port()}"])
     assert code == 1
     assert "cannot reach Kubeflow Pipelines" in capsys.readouterr().err
+
+
+def test_pipeline_arguments_mirror_params_yaml(tmp_path):
+    from components.pipeline import pipeline_arguments
+
+    params = tmp_path / "params.yaml"
+    params.write_text("pipeline:\n  device: cpu\ngenerate:\n  rows: 10\ntrain:\n  target_auc: null\n")
+    args = pipeline_arguments(params, ["generate.seed=3", "pipeline.device=cuda"])
+    assert args["generate"] == {"rows": 10, "seed": 3}
+    assert args["train"] == {}          # null means the step's default, which KFP cannot carry
+    assert args["device"] == "cuda"
+    with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
+        pipeline_arguments(params, ["pipeline.device=tpu"])
+    with pytest.raises(ValueError, match="unknown section"):
+        pipeline_arguments(params, ["trian.epochs=1"])

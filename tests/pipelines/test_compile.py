@@ -40,8 +40,15 @@ def test_every_step_is_in_the_pipeline(spec):
     tasks = set(doc["root"]["dag"]["tasks"])
     for step in ("generate-op", "ingest-op", "validate-op", "features-op"):
         assert step in tasks
-    for branch in ("comp-train-and-ship-cpu", "comp-train-and-ship-gpu"):
-        assert set(doc["components"][branch]["dag"]["tasks"]) >= {"train-op", "evaluate-op"}
+    for branch in ("comp-condition-3", "comp-condition-4"):  # the cuda and the cpu branch
+        tasks = doc["components"][branch]["dag"]["tasks"]
+        assert set(tasks) >= {"train-op", "evaluate-op"} or set(tasks) >= {"train-op-2", "evaluate-op-2"}
+        gate = [t for t in tasks.values() if t.get("triggerPolicy")]
+        assert len(gate) == 1 and "evaluate-op" in gate[0]["triggerPolicy"]["condition"]
+        assert "evaluate-op" in gate[0]["triggerPolicy"]["condition"].split("==")[0]
+        gated = doc["components"][gate[0]["componentRef"]["name"]]["dag"]["tasks"]
+        assert any(name.startswith("push-op") for name in gated)
+        assert any(name.startswith("monitor-op") for name in tasks)
     # nothing is pip-installed at run time: the image carries everything
     assert "pip install" not in spec
 
