@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.robeflow-installed
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# dvc runs each stage's `robeflow ...` command through the shell: the venv comes first.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export FEAST_USAGE := False
@@ -21,8 +23,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/dvc repro
-	@$(VENV)/bin/robeflow summary
+	dvc repro
+	@robeflow summary
 
 test: $(STAMP)
 	$(PY) -m pytest -q
