@@ -39,7 +39,9 @@ def stable_hash64(strings: Iterable[str]) -> np.ndarray:
 def _hash_cached(feature: str, texts: list[str]) -> np.ndarray:
     """(n,) uint64 :func:`stable_hash64` of ``feature=text`` for each text, through the cache."""
     cache = _HASHES.setdefault(feature, {})
-    hashes = [cache.get(t) for t in texts]
+    hashes = list(map(cache.get, texts))
+    if None not in hashes:
+        return np.array(hashes, dtype=np.uint64)
     for i, h in enumerate(hashes):
         if h is None:
             t = texts[i]
@@ -63,6 +65,8 @@ def _plain_texts(values: pd.Series | np.ndarray | list) -> tuple[np.ndarray | No
     if len(values) <= SMALL_LIST:
         # a few values: a Python pass costs less than factorising
         items = list(values) if isinstance(values, (list, tuple)) else values.tolist()
+        if set(map(type, items)) <= {str}:
+            return None, items
         texts = [MISSING if v is None or v is pd.NA or (type(v) is float and v != v) else v for v in items]
         return (None, texts) if set(map(type, texts)) <= {str} else None
     items = (np.fromiter(values, dtype=object, count=len(values)) if isinstance(values, (list, tuple))
