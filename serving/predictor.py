@@ -208,7 +208,9 @@ class Batcher:
     Args:
         fn: requests -> one result (or an exception instance) per request.
         max_requests: most requests per batch.
-        wait_s: how long the first request of an idle batcher waits for company.
+        wait_s: how long a batch waits for company when the previous batch held more
+            than one request (under one client at a time waiting only adds latency, and
+            under load the requests that arrive during scoring fill the next batch anyway).
     """
 
     def __init__(self, fn: Callable[[list[ScoreRequest]], list[Any]], max_requests: int = 32,
@@ -216,6 +218,7 @@ class Batcher:
         if max_requests < 1:
             raise ValueError(f"max_requests must be >= 1, got {max_requests}")
         self._fn, self._max, self._wait = fn, max_requests, wait_s
+        self._last_size = 1  # requests in the previous batch: >1 means concurrent clients
         self._pending: list[tuple[ScoreRequest, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None  # made on first use (fork-safe)
@@ -238,9 +241,10 @@ class Batcher:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robeflow-score")
         while self._pending:
-            if self._wait > 0 and len(self._pending) < self._max:
+            if self._wait > 0 and self._last_size > 1 and len(self._pending) < self._max:
                 await asyncio.sleep(self._wait)
             batch, self._pending = self._pending[:self._max], self._pending[self._max:]
+            self._last_size = len(batch)
             try:
                 results = await loop.run_in_executor(self._executor, self._fn, [r for r, _ in batch])
             except Exception as e:  # noqa: BLE001 - handed to every waiting request (HTTP 500), not swallowed

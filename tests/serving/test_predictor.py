@@ -153,3 +153,28 @@ def test_batcher_scores_concurrent_requests_together(site):
     assert results[:5] == [["U0"], ["U1"], ["U2"], ["U3"], ["U4"]]
     assert isinstance(results[5], InvalidInput)
     assert calls == [6]  # all six arrived within the wait and went in one batch
+
+
+def test_batcher_waits_for_company_only_after_concurrent_requests(monkeypatch):
+    waits = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay, *args, **kwargs):
+        if delay == 0.5:
+            waits.append(delay)
+        return await real_sleep(0, *args, **kwargs)   # the wait itself is not needed here
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+
+    async def run():
+        batcher = Batcher(lambda reqs: [r.user_id for r in reqs], max_requests=8, wait_s=0.5)
+        one = [await batcher.submit([ScoreRequest(f"u{k}", ("i",))]) for k in range(3)]
+        assert waits == []  # one client at a time: no batch waits
+        burst = await asyncio.gather(*(batcher.submit([ScoreRequest(f"b{k}", ("i",))]) for k in range(4)))
+        after = await batcher.submit([ScoreRequest("late", ("i",))])
+        batcher.close()
+        return one, burst, after
+
+    one, burst, after = asyncio.run(run())
+    assert one == [["u0"], ["u1"], ["u2"]] and burst == [["b0"], ["b1"], ["b2"], ["b3"]] and after == ["late"]
+    assert waits == [0.5]  # the batch after the burst of 4 waited for company
