@@ -62,6 +62,10 @@ def test_reports_are_written(chain):
         "rows_in": chain.gen.rows, "rows_valid": chain.validated.rows_valid,
         "rows_quarantined": chain.validated.rows_quarantined}
     assert summary["failed_by_expectation"] == chain.validated.failed_by_expectation and summary["passed"]
+    assert all(not isinstance(v, list) for v in summary.values()), "the DVC metric stays flat"
+    details = json.loads((chain.reports / "validation_details.json").read_text())
+    assert sum(d["rows_in"] for d in details["per_day"].values()) == chain.gen.rows
+    assert details["window"] == list(chain.validated.window)
     gx = json.loads((chain.reports / "gx_result.json").read_text())
     types = {r["expectation_config"]["type"] for b in gx["batches"] for r in b["result"]["results"]}
     assert {"expect_column_values_to_be_unique", "expect_column_values_to_not_be_null",
