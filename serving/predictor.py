@@ -276,11 +276,13 @@ class RobeflowModel(kserve.Model):
             ``feast`` through ``FeatureStore.get_online_features``. Same values.
         max_batch_requests: most concurrent requests scored together (1: no batching).
         batch_wait_ms: how long an idle server waits for more requests to batch.
+        online_cache_s: lean reader: the most seconds an entity row is served from memory
+            (it is dropped at once when the SQLite online store changes); 0 = no cache.
     """
 
     def __init__(self, name: str, registry: str | Path, features_repo: str | Path,
                  max_candidates: int = 1000, torch_threads: int = 1, online_reader: str = "lean",
-                 max_batch_requests: int = 32, batch_wait_ms: float = 1.0):
+                 max_batch_requests: int = 32, batch_wait_ms: float = 1.0, online_cache_s: float = 60.0):
         super().__init__(name)
         if online_reader not in ("lean", "feast"):
             raise ValueError(f"online_reader = {online_reader!r}; expected 'lean' or 'feast'")
@@ -288,6 +290,7 @@ class RobeflowModel(kserve.Model):
         self.max_candidates, self.torch_threads = max_candidates, torch_threads
         self.online_reader = online_reader
         self.max_batch_requests, self.batch_wait_ms = max_batch_requests, batch_wait_ms
+        self.online_cache_s = online_cache_s
         self.ranker: Ranker | None = None
         self.batcher: Batcher | None = None
         self.version: str | None = None
@@ -306,7 +309,8 @@ class RobeflowModel(kserve.Model):
             torch.set_num_threads(self.torch_threads)
         bundle = load_production(self.registry)
         spec = FeatureSpec.from_dict(bundle.doc["feature_spec"])
-        online = (lean_online_features(self.features_repo, spec) if self.online_reader == "lean"
+        online = (lean_online_features(self.features_repo, spec, max_age_s=self.online_cache_s)
+                  if self.online_reader == "lean"
                   else OnlineFeatures(self.features_repo, spec))
         ranker = Ranker(bundle.model, spec, online)
         ranker.rank(ScoreRequest("warm-up-user", ("warm-up-item",), {}))
