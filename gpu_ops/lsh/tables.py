@@ -1,0 +1,182 @@
+"""Fixed-size LSH bucket tables over neuron ids, and the index that hashes a weight matrix into them.
+
+As in SLIDE (Chen et al., MLSys 2020, https://arxiv.org/abs/1903.03129), each of the L
+tables has 2^K buckets of ``bucket_size`` neuron ids; a full bucket gives up an id by
+FIFO (the oldest) or by reservoir sampling (Vitter's algorithm R: the i-th id offered
+takes a uniform slot with probability bucket_size / (i + 1)). Here the tables are one
+dense ``(L, 2^K, bucket_size)`` int tensor, so inserting a million ids and querying a batch
+are a handful of sorts, gathers and scatters rather than per-id loops.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gpu_ops.lsh.config import LSHConfig
+from gpu_ops.lsh.hashing import HashFamily, make_hash, mips_augment, query_augment
+
+# ---------------------------------------------------------------------------------------
+# Bucket tables
+# ---------------------------------------------------------------------------------------
+
+
+class BucketTables:
+    """L tables of 2^K buckets holding up to ``bucket_size`` ids each (-1 = empty slot)."""
+
+    def __init__(self, tables: int, bits: int, bucket_size: int, policy: str = "fifo", seed: int = 0):
+        if policy not in ("fifo", "reservoir"):
+            raise ValueError(f"policy={policy!r}: expected 'fifo' or 'reservoir'")
+        for name, v in (("tables", tables), ("bits", bits), ("bucket_size", bucket_size)):
+            if v < 1:
+                raise ValueError(f"{name}={v}: expected an int >= 1")
+        self.tables, self.bits, self.bucket_size, self.policy = int(tables), int(bits), int(bucket_size), policy
+        self.num_buckets = 1 << self.bits
+        self.generator = torch.Generator().manual_seed(seed)
+        self.buckets = torch.full((self.tables, self.num_buckets, self.bucket_size), -1,
+                                  dtype=torch.int64)                      # (L, 2^K, S)
+        self.offered = torch.zeros(self.tables, self.num_buckets, dtype=torch.int64)  # ids ever offered
+
+    def clear(self) -> None:
+        """Empties every bucket."""
+        self.buckets.fill_(-1)
+        self.offered.zero_()
+
+    def insert(self, ids: Tensor, codes: Tensor) -> None:
+        """Offers id ``ids[i]`` to bucket ``codes[i, l]`` of every table l, in order of i.
+
+        The result equals offering the ids one at a time (later ids count as newer).
+
+        Args:
+            ids: ``(N,)`` int64 neuron ids.
+            codes: ``(N, L)`` int64 bucket codes in ``[0, 2^K)``.
+        """
+        if codes.shape != (ids.shape[0], self.tables):
+            raise ValueError(f"codes of shape {tuple(codes.shape)}: expected ({ids.shape[0]}, {self.tables})")
+        if ids.numel() == 0:
+            return
+        n, S = ids.shape[0], self.bucket_size
+        table = torch.arange(self.tables).expand(n, -1)
+        key = (table * self.num_buckets + codes).reshape(-1)               # (N*L,) flat bucket
+        item = ids.unsqueeze(1).expand(-1, self.tables).reshape(-1)        # (N*L,)
+        key, order = torch.sort(key, stable=True)                          # stable: keeps id order
+        item = item[order]
+        uniq, counts = torch.unique_consecutive(key, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(key.numel()) - torch.repeat_interleave(starts, counts)  # order within the bucket
+        offered = self.offered.view(-1)
+        seq = offered[key] + rank                                          # i: how many came before
+        if self.policy == "fifo":
+            total = torch.repeat_interleave(offered[uniq] + counts, counts)
+            keep = seq >= total - S                                        # only the newest S survive
+            slot = seq % S
+        else:
+            draw = (torch.rand(seq.shape, generator=self.generator) * (seq + 1).to(torch.float64)).long()
+            slot = torch.where(seq < S, seq, draw.clamp_max(seq))
+            keep = slot < S
+        target = key[keep] * S + slot[keep]
+        item, seq = item[keep], seq[keep]
+        # Two ids drawn into one slot: the later offer wins (sorted stably by target, take the last).
+        target, order = torch.sort(target, stable=True)
+        item = item[order]
+        last = torch.ones_like(target, dtype=torch.bool)
+        last[:-1] = target[1:] != target[:-1]
+        self.buckets.view(-1)[target[last]] = item[last]
+        offered.index_add_(0, uniq, counts)
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """``(B, L)`` codes -> ``(B, L * bucket_size)`` ids of the hit buckets (-1 = empty slot)."""
+        key = torch.arange(self.tables, device=codes.device) * self.num_buckets + codes  # (B, L)
+        return self.buckets.view(-1, self.bucket_size)[key.cpu()].view(codes.shape[0], -1)
+
+    def occupancy(self) -> float:
+        """Share of slots holding an id."""
+        return float((self.buckets >= 0).float().mean())
+
+
+def dedup_by_votes(candidates: Tensor, num_items: int, budget: int = 0) -> Tensor:
+    """Per row, the distinct ids among ``candidates``, most frequent first.
+
+    Args:
+        candidates: ``(B, C)`` ids, -1 = none.
+        num_items: ids are in ``[0, num_items)``.
+        budget: keep at most this many ids per row (0 = all).
+
+    Returns:
+        ``(B, M)`` ids, -1 padded; ties in frequency go to the smaller id.
+    """
+    B, C = candidates.shape
+    rows = torch.arange(B).unsqueeze(1).expand(-1, C)
+    valid = candidates >= 0
+    key = rows[valid] * num_items + candidates[valid]
+    uniq, votes = torch.unique(key, return_counts=True)                   # sorted by (row, id)
+    row, ids = uniq // num_items, uniq % num_items
+    # Order each row by votes (desc), keeping the id order among ties.
+    order = torch.sort(row * (C + 1) + (C - votes), stable=True).indices
+    row, ids = row[order], ids[order]
+    per_row = torch.bincount(row, minlength=B)
+    pos = torch.arange(row.numel()) - torch.repeat_interleave(torch.cumsum(per_row, 0) - per_row, per_row)
+    if budget:
+        keep = pos < budget
+        row, ids, pos = row[keep], ids[keep], pos[keep]
+    width = int(pos.max()) + 1 if pos.numel() else 0
+    out = torch.full((B, max(width, 1)), -1, dtype=torch.int64)
+    out[row, pos] = ids
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The index: hash family + tables over the rows of a weight matrix
+# ---------------------------------------------------------------------------------------
+
+
+class LSHIndex:
+    """Hashes the rows of a ``(N, d)`` weight matrix into tables; answers which rows a query hits.
+
+    ``build`` (SLIDE's rehash) re-hashes every row with the current hash functions;
+    ``redraw`` draws fresh functions first (SLIDE's rebuild).
+    """
+
+    def __init__(self, dim: int, num_items: int, cfg: LSHConfig):
+        if num_items < 1:
+            raise ValueError(f"num_items={num_items}: expected an int >= 1")
+        self.cfg, self.dim, self.num_items = cfg, int(dim), int(num_items)
+        self.draws = 0
+        self.hash: HashFamily = make_hash(cfg, self.dim + int(cfg.mips), seed=cfg.seed)
+        self.tables = BucketTables(cfg.tables, cfg.bits, cfg.bucket_size, cfg.policy, seed=cfg.seed)
+        self.built = False
+
+    def _rows(self, weight: Tensor) -> Tensor:
+        return mips_augment(weight)[0] if self.cfg.mips else weight
+
+    def build(self, weight: Tensor) -> None:
+        """Empties the tables and inserts every row of ``weight`` ``(N, d)`` (ids in row order)."""
+        if weight.shape != (self.num_items, self.dim):
+            raise ValueError(f"weight of shape {tuple(weight.shape)}: expected ({self.num_items}, {self.dim})")
+        with torch.no_grad():
+            codes = self.hash.codes(self._rows(weight.detach().float().cpu()))  # (N, L)
+            self.tables.clear()
+            # A random insertion order, so FIFO keeps a random sample of a crowded bucket, not the last ids.
+            order = torch.randperm(self.num_items, generator=self.tables.generator)
+            self.tables.insert(order, codes[order])
+        self.built = True
+
+    def redraw(self, weight: Tensor) -> None:
+        """Draws new hash functions, then :meth:`build`."""
+        self.draws += 1
+        self.hash = make_hash(self.cfg, self.dim + int(self.cfg.mips), seed=self.cfg.seed + 7919 * self.draws)
+        self.build(weight)
+
+    def query(self, hidden: Tensor, budget: int = 0) -> Tensor:
+        """``(B, d)`` queries -> ``(B, M)`` ids of rows sharing a bucket with them (-1 padded).
+
+        Rows hit in more tables come first; ``budget`` > 0 keeps at most that many per query.
+        """
+        if not self.built:
+            raise ValueError("the LSH index is empty: call build(weight) before query")
+        if hidden.dim() != 2 or hidden.shape[1] != self.dim:
+            raise ValueError(f"queries of shape {tuple(hidden.shape)}: expected (B, {self.dim})")
+        with torch.no_grad():
+            q = hidden.detach().float().cpu()
+            codes = self.hash.codes(query_augment(q) if self.cfg.mips else q)  # (B, L)
+            return dedup_by_votes(self.tables.lookup(codes), self.num_items, budget)

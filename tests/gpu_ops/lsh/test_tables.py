@@ -1,0 +1,95 @@
+"""Bucket tables (FIFO / reservoir), vote counting and the index over a weight matrix."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpu_ops.lsh import BucketTables, LSHConfig, LSHIndex, dedup_by_votes
+
+
+def fifo_model(ids: list[int], codes: list[list[int]], tables: int, buckets: int, size: int) -> list[list[set]]:
+    """Offers the ids one by one to bounded deques: the FIFO contract, one id at a time."""
+    q = [[deque(maxlen=size) for _ in range(buckets)] for _ in range(tables)]
+    for i, row in zip(ids, codes):
+        for t, c in enumerate(row):
+            q[t][c].append(i)
+    return [[set(d) for d in tq] for tq in q]
+
+
+def contents(tab: BucketTables) -> list[list[set]]:
+    return [[{int(i) for i in tab.buckets[t, b] if i >= 0} for b in range(tab.num_buckets)]
+            for t in range(tab.tables)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), bits=st.integers(1, 3), size=st.integers(1, 5), split=st.integers(0, 60),
+       seed=st.integers(0, 1000))
+def test_fifo_insert_equals_one_at_a_time(n: int, bits: int, size: int, split: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randperm(1000, generator=g)[:n]
+    codes = torch.randint(0, 2 ** bits, (n, 3), generator=g)
+    tab = BucketTables(3, bits, size, "fifo")
+    k = min(split, n)
+    tab.insert(ids[:k], codes[:k])                                # two batches == one stream
+    tab.insert(ids[k:], codes[k:])
+    assert contents(tab) == fifo_model(ids.tolist(), codes.tolist(), 3, 2 ** bits, size)
+    assert tab.offered.sum().item() == 3 * n
+
+
+def test_reservoir_keeps_a_uniform_sample() -> None:
+    # 40 ids into one bucket of 4, many times: each id survives with probability 4/40.
+    kept = Counter()
+    for seed in range(400):
+        tab = BucketTables(1, 1, 4, "reservoir", seed=seed)
+        tab.insert(torch.arange(40), torch.zeros(40, 1, dtype=torch.long))
+        row = tab.buckets[0, 0]
+        assert (row >= 0).all() and row.unique().numel() == 4
+        kept.update(row.tolist())
+    freq = torch.tensor([kept[i] for i in range(40)], dtype=torch.float) / 400
+    assert abs(freq.mean().item() - 0.1) < 1e-6
+    assert freq.max().item() < 0.2 and freq[:4].mean().item() < 0.2   # the first 4 are not favoured
+    # fewer ids than slots: all are kept
+    tab = BucketTables(2, 2, 8, "reservoir")
+    tab.insert(torch.arange(5), torch.zeros(5, 2, dtype=torch.long))
+    assert contents(tab)[1][0] == set(range(5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.lists(st.integers(-1, 9), min_size=0, max_size=12), min_size=1, max_size=5),
+       budget=st.integers(0, 4))
+def test_dedup_by_votes_matches_counting(rows: list[list[int]], budget: int) -> None:
+    width = max(len(r) for r in rows)
+    cand = torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long).view(len(rows), width)
+    out = dedup_by_votes(cand, 10, budget)
+    for r, got in zip(rows, out.tolist()):
+        votes = Counter(i for i in r if i >= 0)
+        want = sorted(votes, key=lambda i: (-votes[i], i))
+        want = want[:budget] if budget else want
+        assert [i for i in got if i >= 0] == want
+
+
+def test_index_finds_identical_rows_and_checks_shapes() -> None:
+    w = torch.randn(500, 16)
+    idx = LSHIndex(16, 500, LSHConfig(bits=10, tables=8, bucket_size=32, mips=False))
+    with pytest.raises(ValueError, match="build"):
+        idx.query(w[:2])
+    idx.build(w)
+    cand = idx.query(w[[3, 77]] * 2.0)                             # same direction, any norm
+    assert cand[0, 0] == 3 and cand[1, 0] == 77                    # hit in all 8 tables: first
+    with pytest.raises(ValueError, match="weight of shape"):
+        idx.build(torch.randn(499, 16))
+    with pytest.raises(ValueError, match="queries of shape"):
+        idx.query(torch.randn(2, 15))
+
+
+@pytest.mark.parametrize("kw, name", [(dict(tables=0), "tables"), (dict(bits=0), "bits"),
+                                      (dict(bucket_size=0), "bucket_size"), (dict(policy="lru"), "policy")])
+def test_bad_table_parameters(kw: dict, name: str) -> None:
+    args = dict(tables=2, bits=3, bucket_size=4, policy="fifo") | kw
+    with pytest.raises(ValueError, match=name):
+        BucketTables(**args)
