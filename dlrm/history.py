@@ -1,0 +1,208 @@
+"""The long-history tower: a user's last events -> one vector that joins the DLRM interaction.
+
+    history item ids (B, L)  --embed-->  (B, L, D)       same ROBE array as the model's tables,
+                                                          rows of their own table offset
+      + recency embedding (0 = the latest event)
+      --> N reversible blocks of LSH self-attention + chunked feed-forward   (Reformer;
+          full self-attention below ``full_attn_below`` events)
+      --> target attention of the candidate item over the encoded history:
+          the top-k events by SimHash Hamming distance (ETA), or all of them
+      --> (B, D)
+
+References: Reformer (Kitaev et al., ICLR 2020, https://arxiv.org/abs/2001.04451);
+ETA (Chen et al., 2022, https://arxiv.org/abs/2209.12212); SIM (Pi et al., CIKM 2020,
+https://arxiv.org/abs/2006.05639) for long behaviour sequences in CTR models.
+
+Histories are oldest first, left-aligned: row b holds ``lengths[b]`` real events in
+``history[b, :lengths[b]]``; the rest is padding and never read. :func:`pad_history` builds
+that layout from the jagged ``(values, offsets)`` form a model input carries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from dlrm.embeddings import PRIME, EmbeddingBackend, HashedTable, RobeArray
+from gpu_ops import robe_lookup
+from gpu_ops.lsh_attention import LSHEncoder, hamming_topk, simhash_signatures
+
+
+# ----------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """The history tower (``model.history``)."""
+
+    max_len: int = 256             # events kept per user (the most recent); the recency table's size
+    item_feature: str = "item"     # the sparse feature whose ids the history and the candidate hold
+    table_size: int = 0            # rows of the history id table; 0 = that feature's table size
+    depth: int = 2                 # reversible encoder blocks
+    heads: int = 2                 # self-attention heads (head width = embedding dim / heads)
+    bucket_size: int = 64          # LSH chunk length (tokens); buckets ~ one chunk each
+    n_hashes: int = 4              # LSH rounds
+    full_attn_below: int = 2048    # histories shorter than this use full self-attention (faster there)
+    ff_mult: int = 4               # feed-forward width / D
+    ff_chunks: int = 1             # feed-forward applied to this many sequence slices at a time
+    dropout: float = 0.0           # in the feed-forward
+    reversible: bool = True        # recompute activations in backward (memory flat in depth)
+    recency: bool = True           # add a learned embedding of each event's rank from the latest
+    target: Literal["simhash", "full"] = "simhash"  # target attention over top-k or all events
+    topk: int = 64                 # simhash: events the candidate attends to (all when fewer)
+    simhash_bits: int = 16         # simhash: signature length m (Hamming distance in [0, m])
+    seed: int = 0                  # LSH rotations and SimHash hyperplanes
+
+    def __post_init__(self) -> None:
+        if self.table_size < 0:
+            raise ValueError(f"history.table_size must be >= 0 (0 = the item feature's), got {self.table_size}")
+        for name in ("max_len", "depth", "heads", "bucket_size", "n_hashes", "ff_mult",
+                     "ff_chunks", "topk", "simhash_bits"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"history.{name} must be >= 1, got {getattr(self, name)}")
+        if self.full_attn_below < 0:
+            raise ValueError(f"history.full_attn_below must be >= 0, got {self.full_attn_below}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"history.dropout must be in [0, 1), got {self.dropout}")
+        if self.target not in ("simhash", "full"):
+            raise ValueError(f"history.target must be 'simhash' or 'full', got {self.target!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# Input layout
+# ----------------------------------------------------------------------------------------
+
+def pad_history(values: Tensor, offsets: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
+    """Jagged histories (oldest first) -> the ``max_len`` latest events of each, padded.
+
+    Args:
+        values: ``(nnz,)`` int64 item ids of all rows' histories, concatenated.
+        offsets: ``(B + 1,)`` int64; row b's history is ``values[offsets[b]:offsets[b+1]]``.
+        max_len: events kept per row (the most recent).
+
+    Returns:
+        ``history (B, Lmax)`` int64 (padding 0) and ``lengths (B,)`` int64, with
+        ``Lmax = min(max_len, longest history)``.
+    """
+    if offsets.dim() != 1 or offsets.numel() < 1:
+        raise ValueError(f"offsets must be (B + 1,), got shape {tuple(offsets.shape)}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    lengths = (offsets[1:] - offsets[:-1]).clamp(max=max_len)               # (B,)
+    start = offsets[1:] - lengths                                           # the latest events
+    L = int(lengths.max()) if lengths.numel() else 0
+    pos = torch.arange(L, device=values.device)
+    mask = pos[None, :] < lengths[:, None]                                  # (B, L)
+    idx = (start[:, None] + pos[None, :]).masked_fill(~mask, 0)
+    hist = values[idx] if values.numel() else torch.zeros_like(idx)
+    return hist.masked_fill(~mask, 0), lengths
+
+
+# ----------------------------------------------------------------------------------------
+# The tower
+# ----------------------------------------------------------------------------------------
+
+class HistoryTower(nn.Module):
+    """History ids + candidate item id -> one ``(B, D)`` vector.
+
+    Args:
+        cfg: the tower's config.
+        dim: embedding width D (the DLRM's ``embedding.dim``).
+        embedding: the DLRM's embedding backend. A ``robe`` (or ``hashing``) backend also holds
+            the history rows: global row ``table_start + id`` of the same array and hash, as an
+            extra table after the model's own. Other backends (``full``, ``qr``) or None: the
+            tower keeps its own ``nn.Embedding(cfg.table_size, dim)``.
+        table_start: global row of history id 0; default ``sum(embedding.table_sizes)``.
+
+    ``forward(history (B, L), lengths (B,), candidate (B,))`` -> ``(B, D)``; a row with no
+    history gets the output projection's bias (a learned "no history" vector).
+    The backend is not registered as a submodule (the DLRM owns it and its state).
+    """
+
+    def __init__(self, cfg: HistoryConfig, dim: int, embedding: EmbeddingBackend | None = None,
+                 table_start: int | None = None):
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if cfg.heads > dim:
+            raise ValueError(f"history.heads={cfg.heads} exceeds the embedding dim {dim}")
+        if embedding is not None and embedding.dim != dim:
+            raise ValueError(f"embedding backend dim {embedding.dim} != tower dim {dim}")
+        self.config, self.dim = cfg, dim
+        shares = isinstance(embedding, (RobeArray, HashedTable))
+        self._backend = (embedding,) if shares else ()   # a tuple: not a registered submodule
+        self.table_start = int(table_start if table_start is not None else
+                               (sum(embedding.table_sizes) if embedding is not None else 0))
+        if not shares and cfg.table_size < 1:
+            raise ValueError("history.table_size must be set (>= 1) when the tower keeps its own table "
+                             f"(backend {type(embedding).__name__})")
+        self.own_table = None if shares else nn.Embedding(cfg.table_size, dim)
+        if self.own_table is not None:
+            nn.init.uniform_(self.own_table.weight, -1 / math.sqrt(dim), 1 / math.sqrt(dim))
+        self.recency = nn.Embedding(cfg.max_len, dim) if cfg.recency else None
+        if self.recency is not None:
+            nn.init.normal_(self.recency.weight, std=0.02)
+        self.encoder = LSHEncoder(
+            dim, cfg.depth, reversible=cfg.reversible, ff_mult=cfg.ff_mult, ff_chunks=cfg.ff_chunks,
+            dropout=cfg.dropout, heads=cfg.heads, bucket_size=cfg.bucket_size, n_hashes=cfg.n_hashes,
+            full_attn_below=cfg.full_attn_below, seed=cfg.seed)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+        planes = torch.randn(dim, cfg.simhash_bits, generator=torch.Generator().manual_seed(cfg.seed))
+        self.register_buffer("planes", planes)   # persistent: scoring must hash as training did
+
+    # -- embedding --------------------------------------------------------------------
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """History-table embeddings of item ids: ``ids.shape`` -> ``ids.shape + (D,)``."""
+        if self.own_table is not None:
+            return self.own_table(ids)
+        backend = self._backend[0]
+        flat = ids.reshape(-1)
+        if isinstance(backend, RobeArray):
+            start = torch.tensor([self.table_start], dtype=torch.int64, device=ids.device)
+            out = robe_lookup(backend.weight, flat[:, None], table_offsets=start, dim=self.dim,
+                              block=backend.block, hash_abc=backend.hash_abc, validate=False)[:, 0]
+        else:   # the hashing trick's shared table, same hash as HashedTable.forward
+            g = (flat + self.table_start) % PRIME
+            out = backend.weight[(g * backend.hash_a + backend.hash_b) % PRIME % backend.rows]
+        return out.view(*ids.shape, self.dim)
+
+    # -- forward ----------------------------------------------------------------------
+
+    def forward(self, history: Tensor, lengths: Tensor, candidate: Tensor) -> Tensor:
+        B, L = history.shape
+        if L > self.config.max_len:
+            raise ValueError(f"history has {L} events per row; history.max_len is "
+                             f"{self.config.max_len} (cut it with pad_history)")
+        if lengths.shape != (B,) or candidate.shape != (B,):
+            raise ValueError(f"lengths {tuple(lengths.shape)} and candidate {tuple(candidate.shape)} "
+                             f"must be ({B},)")
+        pos = torch.arange(L, device=history.device)
+        mask = pos[None, :] < lengths[:, None]                              # (B, L)
+        q = self.to_q(self.embed(candidate))                                # (B, D)
+        if L == 0:
+            return self.to_out(torch.zeros_like(q))
+        x = self.embed(history.masked_fill(~mask, 0))                       # (B, L, D)
+        if self.recency is not None:
+            rank = (lengths[:, None] - 1 - pos[None, :]).clamp(min=0)        # 0 = latest event
+            x = x + self.recency(rank)
+        h = self.encoder(x, mask)                                           # (B, L, D)
+        k, v = self.to_k(h), self.to_v(h)                                   # (B, L, D)
+        if self.config.target == "simhash" and L > self.config.topk:
+            idx, mask = hamming_topk(simhash_signatures(q, self.planes),
+                                     simhash_signatures(k, self.planes), mask, self.config.topk)
+            k = torch.gather(k, 1, idx[..., None].expand(-1, -1, self.dim))  # (B, k, D)
+            v = torch.gather(v, 1, idx[..., None].expand(-1, -1, self.dim))
+        s = torch.einsum("bd,bld->bl", q, k) / math.sqrt(self.dim)          # (B, L or k)
+        s = s.masked_fill(~mask, torch.finfo(s.dtype).min)
+        att = torch.einsum("bl,bld->bd", torch.softmax(s, dim=-1), v)       # (B, D)
+        att = att * (lengths > 0)[:, None].to(att.dtype)                    # empty history: 0
+        return self.to_out(att)

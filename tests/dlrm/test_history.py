@@ -1,0 +1,155 @@
+"""The history tower: shapes, the shared ROBE array, masking (padding, empty histories,
+other rows), gradients, pad_history and config checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dlrm.embeddings import FullTables, HashedTable, RobeArray
+from dlrm.history import HistoryConfig, HistoryTower, pad_history
+from gpu_ops import robe_lookup_reference
+
+SIZES = [50, 7, 300]   # the model's own tables; the history table comes after them
+D = 8
+
+
+def _robe():
+    torch.manual_seed(0)
+    return RobeArray(SIZES, D, size=4096, block=4, seed=3)
+
+
+def _batch(B=4, L=12, table=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hist = torch.randint(0, table, (B, L), generator=g)
+    lengths = torch.tensor([L, 5, 0, 1][:B])
+    return hist, lengths, torch.randint(0, table, (B,), generator=g)
+
+
+TOWERS = {   # every path of the tower: full / LSH self-attention, SimHash / full target attention
+    "full-full": dict(full_attn_below=4096, target="full"),
+    "lsh-simhash": dict(full_attn_below=0, target="simhash", topk=4, bucket_size=4, n_hashes=2),
+    "lsh-full": dict(full_attn_below=0, target="full", bucket_size=4),
+}
+
+
+def _tower(kind, backend=None, **over):
+    torch.manual_seed(1)
+    cfg = HistoryConfig(max_len=16, table_size=300, depth=2, heads=2, **{**TOWERS[kind], **over})
+    return HistoryTower(cfg, D, backend if backend is not None else _robe())
+
+
+@pytest.mark.parametrize("kind", TOWERS)
+def test_shapes_and_empty_history(kind):
+    tower = _tower(kind)
+    hist, lengths, cand = _batch()
+    out = tower(hist, lengths, cand)
+    assert out.shape == (4, D) and torch.isfinite(out).all()
+    torch.testing.assert_close(out[2], tower.to_out.bias)        # no history: the learned vector
+    empty = tower(hist[:, :0], torch.zeros(4, dtype=torch.int64), cand)
+    torch.testing.assert_close(empty, tower.to_out.bias.expand(4, D))
+
+
+def test_history_rows_come_from_the_same_robe_array_at_their_own_offset():
+    backend = _robe()
+    tower = HistoryTower(HistoryConfig(max_len=16), D, backend)
+    ids = torch.tensor([[0, 5, 299], [17, 17, 1]])
+    start = torch.tensor([sum(SIZES)])
+    ref = robe_lookup_reference(backend.weight, ids.reshape(-1, 1), table_offsets=start, dim=D,
+                                block=backend.block, hash_abc=backend.hash_abc)[:, 0].view(2, 3, D)
+    torch.testing.assert_close(tower.embed(ids), ref)
+    # ... the rows the backend itself would read for a table appended after its own
+    wider = RobeArray([*SIZES, 300], D, size=4096, block=4, seed=3)
+    wider.weight.data.copy_(backend.weight.data)
+    grid = torch.zeros(6, 4, dtype=torch.int64)
+    grid[:, 3] = ids.reshape(-1)
+    torch.testing.assert_close(tower.embed(ids), wider(grid.reshape(-1), torch.arange(25))[:, 3].view(2, 3, D))
+    assert not any(p is backend.weight for p in tower.parameters())   # the DLRM owns the array
+
+
+def test_hashing_backend_shares_its_table_and_full_backend_keeps_its_own():
+    torch.manual_seed(0)
+    hashed = HashedTable(SIZES, D, compression=10.0)
+    tower = HistoryTower(HistoryConfig(max_len=16), D, hashed)
+    ids = torch.tensor([[3, 4]])
+    g = (ids + sum(SIZES)) % 2038074743
+    torch.testing.assert_close(tower.embed(ids), hashed.weight[(g * hashed.hash_a + hashed.hash_b)
+                                                               % 2038074743 % hashed.rows])
+    own = HistoryTower(HistoryConfig(max_len=16, table_size=300), D, FullTables(SIZES, D))
+    assert own.own_table is not None and own.own_table.num_embeddings == 300
+    with pytest.raises(ValueError, match="table_size"):
+        HistoryTower(HistoryConfig(max_len=16), D, FullTables(SIZES, D))
+
+
+@pytest.mark.parametrize("kind", TOWERS)
+def test_padding_and_other_rows_do_not_change_a_row(kind):
+    tower = _tower(kind).eval()
+    hist, lengths, cand = _batch()
+    out = tower(hist, lengths, cand)
+    hist2 = hist.clone()
+    hist2[1, 5:] = torch.arange(7) + 200          # row 1's padding
+    hist2[0] = (hist2[0] + 1) % 300               # another user's history
+    cand2 = cand.clone()
+    cand2[0] = (cand[0] + 7) % 300
+    out2 = tower(hist2, lengths, cand2)
+    torch.testing.assert_close(out2[1:], out[1:], rtol=0, atol=0)
+    assert not torch.allclose(out2[0], out[0])    # the perturbation does reach its own row
+
+
+@pytest.mark.parametrize("kind", TOWERS)
+def test_gradients_flow_to_the_array_and_the_tower(kind):
+    backend = _robe()
+    tower = _tower(kind, backend).train()
+    hist, lengths, cand = _batch()
+    tower(hist, lengths, cand).pow(2).sum().backward()
+    assert backend.weight.grad is not None and backend.weight.grad.abs().sum() > 0
+    for name, p in tower.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    for name in ("encoder.layers.blocks.0.f.fn.to_qk.weight", "to_q.weight", "to_k.weight",
+                 "to_v.weight", "to_out.weight"):
+        assert dict(tower.named_parameters())[name].grad.abs().sum() > 0, name
+
+
+def test_padded_ids_get_no_gradient():
+    backend = _robe()
+    tower = _tower("lsh-full", backend).train()
+    hist = torch.tensor([[3, 4, 5, 6]])
+    cand = torch.tensor([9])
+    tower(hist, torch.tensor([2]), cand).sum().backward()
+    g1 = backend.weight.grad.clone()
+    backend.weight.grad = None
+    tower(torch.tensor([[3, 4, 250, 251]]), torch.tensor([2]), cand).sum().backward()
+    torch.testing.assert_close(backend.weight.grad, g1, rtol=0, atol=0)
+
+
+def test_simhash_target_attention_reads_only_topk_events():
+    # with topk >= the history it is the full target attention
+    hist, lengths, cand = _batch()
+    a = _tower("lsh-simhash", topk=12).eval()
+    b = _tower("lsh-simhash", target="full").eval()
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(a(hist, lengths, cand), b(hist, lengths, cand))
+    small = _tower("lsh-simhash", topk=2).eval()
+    small.load_state_dict(a.state_dict())
+    assert not torch.allclose(small(hist, lengths, cand)[0], a(hist, lengths, cand)[0])
+
+
+def test_pad_history_keeps_the_latest_events():
+    values = torch.tensor([1, 2, 3, 4, 5, 6, 7])
+    offsets = torch.tensor([0, 5, 5, 7])
+    hist, lengths = pad_history(values, offsets, max_len=3)
+    assert lengths.tolist() == [3, 0, 2]
+    assert hist.tolist() == [[3, 4, 5], [0, 0, 0], [6, 7, 0]]
+    hist, lengths = pad_history(torch.zeros(0, dtype=torch.int64), torch.tensor([0, 0]), max_len=3)
+    assert hist.shape == (1, 0) and lengths.tolist() == [0]
+
+
+def test_bad_config_and_inputs_raise():
+    with pytest.raises(ValueError, match="depth"):
+        HistoryConfig(depth=0)
+    with pytest.raises(ValueError, match="target"):
+        HistoryConfig(target="din")
+    tower = _tower("full-full")
+    hist, lengths, cand = _batch(L=17)
+    with pytest.raises(ValueError, match="max_len"):
+        tower(hist, lengths, cand)
