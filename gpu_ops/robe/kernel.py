@@ -175,3 +175,66 @@ def robe_sgd_update_triton(
 ) -> None:
     """Fused backward + SGD: ``weight -= lr * dL/dweight`` in place, no gradient array."""
     _scatter(weight, grad, values, offsets, table_offsets, dim, block, a, b, c, -lr)
+
+
+# ----------------------------------------------------------------------------- sparse optimizer steps
+
+_SPARSE_MODES = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2}
+
+
+@triton.jit
+def _robe_rowwise_accumulate(
+    S, slots, grads, n, inv_row, ROW: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Row-wise Adagrad, first pass: ``acc[slot // ROW] += g**2 / ROW`` for every slot."""
+    k = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = k < n
+    s = tl.load(slots + k, mask=ok, other=0)
+    g = tl.load(grads + k, mask=ok, other=0.0)
+    tl.atomic_add(S + s // ROW, g * g * inv_row, mask=ok, sem="relaxed")
+
+
+@triton.jit
+def _robe_sparse_update(
+    W, S, slots, grads, n, lr, eps, MODE: tl.constexpr, ROW: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One optimizer step on distinct slots (no two programs touch one float: no atomics).
+
+    MODE 0: SGD; 1: Adagrad (``acc[s] += g**2`` here); 2: row-wise Adagrad (``acc`` already
+    holds this step's row sums).
+    """
+    k = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = k < n
+    s = tl.load(slots + k, mask=ok, other=0)
+    g = tl.load(grads + k, mask=ok, other=0.0)
+    if MODE == 0:
+        step = g
+    elif MODE == 1:
+        acc = tl.load(S + s, mask=ok, other=0.0) + g * g
+        tl.store(S + s, acc, mask=ok)
+        step = g / (tl.sqrt(acc) + eps)
+    else:
+        acc = tl.load(S + s // ROW, mask=ok, other=1.0)
+        step = g / (tl.sqrt(acc) + eps)
+    w = tl.load(W + s, mask=ok, other=0.0)
+    tl.store(W + s, w - lr * step, mask=ok)
+
+
+def robe_sparse_update_triton(
+    weight: Tensor, slots: Tensor, grads: Tensor, *, lr: float, mode: str,
+    state: Tensor | None, eps: float, row: int,
+) -> None:
+    """Fused sparse optimizer step (see ``gpu_ops.robe.optim.robe_sparse_update_``): ``slots``
+    (S,) distinct int64, ``grads`` (S,) their total gradients; ``weight`` and ``state`` in place."""
+    _check_device(weight)
+    n = slots.numel()
+    if n == 0:
+        return
+    code = _SPARSE_MODES[mode]
+    acc = weight if state is None else state  # SGD reads no state; any pointer does
+    block = 1024
+    grid = (triton.cdiv(n, block),)
+    slots, grads = slots.contiguous(), grads.contiguous()
+    if code == 2:
+        _robe_rowwise_accumulate[grid](acc, slots, grads, n, 1.0 / row, ROW=row, BLOCK=block)
+    _robe_sparse_update[grid](weight, acc, slots, grads, n, lr, eps, MODE=code, ROW=row, BLOCK=block)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from gpu_ops.robe.cpu import robe_backward_cpu, robe_forward_cpu, robe_sgd_update_cpu
 from gpu_ops.robe.hashing import P
+from gpu_ops.robe.sparse import robe_slot_gradients
 
 
 def _num_bags(values: Tensor, offsets: Optional[Tensor]) -> int:
@@ -97,6 +98,29 @@ def _backward(ctx, grad, _grad_starts):
 
 
 _robe_lookup_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _RobeLookupSparseGrad(torch.autograd.Function):
+    """The lookup whose array gradient is a sparse COO tensor: the distinct slots the batch
+    read and their summed gradients (``robe_slot_gradients``), never a ``(num_floats,)`` tensor."""
+
+    @staticmethod
+    def forward(ctx, weight, values, offsets, table_offsets, dim, block, a, b, c):
+        out, starts = _robe_lookup_op(weight, values, offsets, table_offsets, dim, block, a, b, c)
+        ctx.save_for_backward(values, offsets, table_offsets, starts)
+        ctx.args = (weight.numel(), dim, block, a, b, c)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, offsets, table_offsets, starts = ctx.saved_tensors
+        num_floats = ctx.args[0]
+        slots, grads = robe_slot_gradients(
+            grad.contiguous(), values, offsets, table_offsets, *ctx.args, starts=starts
+        )  # (S,), (S,)
+        gw = torch.sparse_coo_tensor(slots.unsqueeze(0), grads, (num_floats,), is_coalesced=True,
+                                     check_invariants=False)
+        return gw, None, None, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -232,6 +256,7 @@ def robe_lookup(
     offsets: Tensor | None = None,
     table_sizes: Sequence[int] | Tensor | None = None,
     validate: bool = True,
+    sparse_grad: bool = False,
 ) -> Tensor:
     """ROBE-Z embeddings of one id per table, or summed bags, as ``(B, T, dim)``.
 
@@ -251,6 +276,10 @@ def robe_lookup(
         validate: run the data checks (ids in range, offsets well formed) with one device
             sync. Pass False in a training loop whose ids are known to be in range. Data
             checks are skipped while ``torch.compile`` traces; the static checks always run.
+        sparse_grad: give ``weight`` a sparse COO gradient (the distinct slots read and
+            their summed gradients) instead of a dense ``(num_floats,)`` one; apply it with
+            ``SparseRobeOptimizer`` (or ``torch.optim.SGD``/``Adagrad``, which take sparse
+            gradients). Not traceable by ``torch.compile``.
 
     Returns:
         ``(B, T, dim)`` in ``weight.dtype``; differentiable with respect to ``weight``.
@@ -265,10 +294,12 @@ def robe_lookup(
     num_tables = table_offsets.numel()
     a, b, c = (int(x) for x in hash_abc)
     values = ids.reshape(-1) if offsets is None else ids
-    out, _ = _robe_lookup_op(
-        weight, values.contiguous(), None if offsets is None else offsets.contiguous(),
-        table_offsets.contiguous(), dim, block, a, b, c,
-    )  # (B*T, dim); the block starts are kept by autograd for the backward
+    args = (weight, values.contiguous(), None if offsets is None else offsets.contiguous(),
+            table_offsets.contiguous(), dim, block, a, b, c)
+    if sparse_grad and weight.requires_grad and torch.is_grad_enabled():
+        out = _RobeLookupSparseGrad.apply(*args)  # (B*T, dim)
+    else:
+        out, _ = _robe_lookup_op(*args)  # (B*T, dim); autograd keeps the block starts
     return out.view(-1, num_tables, dim)
 
 

@@ -92,19 +92,50 @@ def test_kernel_wide_rows_and_many_bags(device):
     torch.testing.assert_close(gw.cpu(), ref_w.grad)
 
 
+@pytest.mark.parametrize("mode", ["sgd", "adagrad", "rowwise_adagrad"])
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_sparse_update_kernel_matches_the_cpu_update(device, mode):
+    """The fused Triton optimizer step on distinct slots against the PyTorch CPU step, on the
+    slot gradients of a real batch (windows overlapping on a small array), two steps."""
+    from gpu_ops.robe.optim import robe_sparse_update_
+    from gpu_ops.robe.sparse import robe_slot_gradients
+
+    gen = torch.Generator().manual_seed(1)
+    table_offsets = torch.tensor([0, 50, 2**35])
+    num_floats, dim, block, abc = 700, 24, 8, (99991, 12345, 678)
+    dev = torch.device(device)
+    weight = torch.randn(num_floats, generator=gen)
+    row = 5
+    state = torch.rand(num_floats if mode == "adagrad" else -(-num_floats // row), generator=gen)
+    w_cpu, s_cpu = weight.clone(), state.clone()
+    w_dev, s_dev = weight.clone().to(dev), state.clone().to(dev)
+    for _ in range(2):
+        values = (torch.rand(3 * 64, generator=gen) * torch.tensor([50, 9, 2**33]).repeat(64)).long()
+        grad = torch.randn(3 * 64, dim, generator=gen)
+        slots, grads = robe_slot_gradients(grad, values, None, table_offsets, num_floats, dim, block, *abc)
+        assert slots.numel() < 3 * 64 * dim  # windows overlap, so slots are shared
+        robe_sparse_update_(w_cpu, slots, grads, lr=0.2, mode=mode, state=s_cpu, row=row, use_triton=False)
+        robe_sparse_update_(w_dev, slots.to(dev), grads.to(dev), lr=0.2, mode=mode, state=s_dev, row=row,
+                            use_triton=True)
+    assert not torch.equal(w_cpu, weight)
+    torch.testing.assert_close(w_dev.cpu(), w_cpu, rtol=1e-6, atol=1e-6)
+    if mode != "sgd":
+        torch.testing.assert_close(s_dev.cpu(), s_cpu, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.skipif(INTERPRETING, reason="this process is the interpreter run")
 def test_kernels_in_triton_interpreter():
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-x",
-           "-p", "no:cacheprovider", "-k", "test_kernels_match_reference or test_kernel_wide_rows"]
+           "-p", "no:cacheprovider", "-k", "test_kernels_match_reference or test_kernel_wide_rows or test_sparse_update_kernel"]
     try:
         res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=True,
                              timeout=300)
     except subprocess.CalledProcessError as err:
         pytest.fail(f"interpreter run failed:\n{err.stdout}\n{err.stderr}")
-    # all three cpu cases (2 dtypes + wide rows) really ran in the subprocess, none skipped
-    assert "3 passed" in res.stdout and "skipped" not in res.stdout, res.stdout
+    # all six cpu cases (2 dtypes, wide rows, 3 sparse updates) ran in the subprocess, none skipped
+    assert "6 passed" in res.stdout and "skipped" not in res.stdout, res.stdout
 
 
 @pytest.mark.skipif(INTERPRETING, reason="the interpreter does not lower kernels")
@@ -130,3 +161,26 @@ def test_kernels_lower_to_cuda_code(dim, block, dtype):
         ptx[name] = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
     assert "ld.global" in ptx["fwd"] and "st.global" in ptx["fwd"]
     assert "red.global" in ptx["bwd"] or "atom.global" in ptx["bwd"]  # the atomic scatter
+
+
+@pytest.mark.skipif(INTERPRETING, reason="the interpreter does not lower kernels")
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_fused_sparse_step_lowers_to_cuda_code(mode):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from gpu_ops.robe.kernel import _robe_rowwise_accumulate, _robe_sparse_update
+
+    sig = {"W": "*fp32", "S": "*fp32", "slots": "*i64", "grads": "*fp32", "n": "i32", "lr": "fp32",
+           "eps": "fp32", "MODE": "constexpr", "ROW": "constexpr", "BLOCK": "constexpr"}
+    src = ASTSource(fn=_robe_sparse_update, signature=sig,
+                    constexprs={"MODE": mode, "ROW": 16, "BLOCK": 1024})
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    assert "st.global" in ptx
+    if mode == 2:
+        sig = {"S": "*fp32", "slots": "*i64", "grads": "*fp32", "n": "i32", "inv_row": "fp32",
+               "ROW": "constexpr", "BLOCK": "constexpr"}
+        src = ASTSource(fn=_robe_rowwise_accumulate, signature=sig, constexprs={"ROW": 16, "BLOCK": 1024})
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        assert "red.global" in ptx or "atom.global" in ptx
