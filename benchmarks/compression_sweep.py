@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.params import load_config
+from contract.params import load_config
 from dlrm.bundle import predict
 from dlrm.configs import TrainConfig
-from dlrm.data import read_split, read_spec
+from contract.model_input import read_split, read_spec
 from dlrm.metrics import auc
 from dlrm.train import train_model
-from features.spec import ModelInput
+from contract.spec import ModelInput
 
 
 def oracle_auc(frame: pd.DataFrame, labels: np.ndarray, truth_dir: Path) -> float | None:

@@ -20,7 +20,7 @@ os.environ.setdefault("FEAST_USAGE", "False")
 
 def main() -> None:
     from components.features import FeaturesConfig, read_validated
-    from components.params import as_dict
+    from contract.params import as_dict
     from features.compute import StatsParams, compute_feature_tables
     from features.repo import (apply_repo, historical_rows, install_repo, materialize_latest,
                                write_offline_tables)

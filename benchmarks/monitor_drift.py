@@ -1,7 +1,7 @@
 """How often `robeflow monitor` flags drift, on generated data with and without a shift.
 
 For every seed and drift strength: generate transactions, build the model-ready windows in
-memory (components.drift.model_ready_windows, no Feast repo), run the monitor's core (no
+memory (features.windows.model_ready_windows, no Feast repo), run the monitor's core (no
 model: data drift only) and print the verdict, the share of drifted features and their
 names; then the flag rate per drift strength (at drift 0 that is the false-alarm rate).
 
@@ -33,11 +33,12 @@ SCALES = {
 
 
 def windows(scale: str, seed: int, drift: float, out: Path) -> Path:
-    from components.drift import model_ready_windows
+    from features.windows import model_ready_windows
     from components.features import TableSizes
-    from components.generate import GenerateConfig, build_world, generate_chunk
-    from components.params import as_dict
-    from components.schema import COLUMNS
+    from generator.config import GenerateConfig
+    from generator.events import build_world, generate_chunk
+    from contract.params import as_dict
+    from contract.schema import COLUMNS
     from features.compute import StatsParams
     from features.transform import feature_spec
 

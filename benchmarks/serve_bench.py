@@ -55,7 +55,7 @@ def build_repo(work: Path, rows: int, users: int, items: int, days: int = 10) ->
     import pandas as pd
 
     from components.features import FeaturesConfig, features
-    from components.schema import COLUMNS, COUNTRIES, DEVICES
+    from contract.schema import COLUMNS, COUNTRIES, DEVICES
 
     repo = work / "features"
     if (repo / "feature_store.yaml").is_file() and (work / "model_input" / "feature_spec.json").is_file():
@@ -91,12 +91,12 @@ def make_bundles(work: Path, spec, scale: int, compression: float,
     """A ROBE and a full-table bundle of the same DLRM, each pushed to its own registry."""
     import torch
 
-    from components.params import load_config
+    from contract.params import load_config
     from components.push import PushConfig, push
     from dlrm.bundle import save_model
     from dlrm.configs import TrainConfig
     from dlrm.model import DLRM
-    from features.spec import FeatureSpec
+    from contract.spec import FeatureSpec
 
     big = FeatureSpec.from_dict({**json.loads(spec.to_json()), "sparse": [
         {"name": s.name, "table_size": s.table_size * scale, "multi_hot": s.multi_hot} for s in spec.sparse]})
@@ -149,7 +149,7 @@ def rss_bytes(pid: int) -> int:
 def start_server(registry: Path, repo: Path, port: int, log: Path, overrides: list[str]) -> subprocess.Popen:
     import httpx
 
-    cmd = [sys.executable, "-c", "import sys; from components.cli import main; sys.exit(main())",
+    cmd = [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main())",
            "serve", "--registry", str(registry), "--features", str(repo), "--host", "127.0.0.1",
            "--port", str(port), "--params", str(REPO_ROOT / "params.yaml"),
            *[a for o in overrides for a in ("-S", o)]]
@@ -275,11 +275,13 @@ def breakdown(registry: Path, repo: Path, bodies: list[dict], n: int, batch: int
 
     from dlrm.bundle import predict
     from features.transform import model_columns
-    from serving.predictor import RobeflowModel, model_input
+    from contract.spec import ModelInput
+    from serving.config import ServeConfig
+    from serving.predictor import RobeflowModel
     from serving.requests import parse_v1
 
     torch.set_num_threads(1)
-    model = RobeflowModel("robeflow", registry, repo)
+    model = RobeflowModel(ServeConfig(), registry, repo)
     model.load()
     online, spec = model.ranker.features, model.ranker.spec
     t = {"online_read_cold": 0.0, "online_read": 0.0, "transform": 0.0, "model": 0.0, "whole_predict": 0.0}
@@ -290,7 +292,7 @@ def breakdown(registry: Path, repo: Path, bodies: list[dict], n: int, batch: int
         t1 = time.perf_counter()
         cols = online.columns(inst["user_id"], inst["item_ids"], inst["context"])
         t2 = time.perf_counter()
-        mi = model_input(model_columns(cols, len(inst["item_ids"]), spec), spec)
+        mi = ModelInput.from_columns(model_columns(cols, len(inst["item_ids"]), spec), spec)
         t3 = time.perf_counter()
         predict(model.ranker.model, mi, batch_size=len(inst["item_ids"]))
         t4 = time.perf_counter()
@@ -335,7 +337,7 @@ def main() -> None:
 
     import httpx
 
-    from features.spec import FeatureSpec
+    from contract.spec import FeatureSpec
 
     args.work.mkdir(parents=True, exist_ok=True)
     repo = args.features or build_repo(args.work, args.rows, args.users, args.items)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common import StepError, atomic_dir, log, write_json
-from components.params import add_params_args, load_config
-from components.train import torch_threads
+from contract.io import StepError, atomic_dir, log, write_json
+from contract.params import add_params_args, load_config
+from dlrm.threads import torch_threads
 from dlrm.configs import EvaluateConfig
 
 STEP = "evaluate"
@@ -92,15 +92,15 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
     import numpy as np
     import pandas as pd
 
+    from contract.model_input import SPEC_FILE, read_frame
+    from contract.spec import FeatureSpec, ModelInput
     from dlrm.bundle import load_model, predict
-    from dlrm.data import criteo_model_frame
     from dlrm.metrics import classification_metrics, roc_curve
-    from features.spec import FeatureSpec, ModelInput
 
     model, doc = load_model(model_dir)
     spec = FeatureSpec.from_dict(doc["feature_spec"])
     if criteo is not None:
-        from features.criteo import read_criteo
+        from features.criteo import criteo_model_frame, read_criteo
 
         if not Path(criteo).exists():
             raise FileNotFoundError(f"Criteo file {criteo} does not exist")
@@ -108,14 +108,13 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
     else:
         if input_dir is None:
             raise ValueError("give the model-ready dir (--input) or a Criteo file (--criteo)")
-        path = Path(input_dir) / "test.parquet"
-        if not path.exists():
-            raise FileNotFoundError(f"test window {path} does not exist")
-        frame = pd.read_parquet(path)
-        spec_path = Path(input_dir) / "feature_spec.json"
+        frame = read_frame(input_dir, "test")
+        spec_path = Path(input_dir) / SPEC_FILE
         data_spec = FeatureSpec.load(spec_path) if spec_path.exists() else spec
-    if (data_spec.dense, data_spec.sparse) != (spec.dense, spec.sparse):
-        raise ValueError(f"the test data's feature spec differs from the one {model_dir} was trained on")
+    try:
+        spec.check_compatible(data_spec, "the test data")
+    except ValueError as err:
+        raise ValueError(f"{err} ({model_dir} was trained on another feature spec)") from None
     if spec.label not in frame.columns:
         raise ValueError(f"the test window has no label column {spec.label!r}")
     if len(frame) == 0:

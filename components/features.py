@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from components.common import StepError, atomic_dir, log
-from components.params import add_params_args, as_dict, load_config
+from contract.io import StepError, atomic_dir, log
+from features.windows import split_days
+from contract.params import add_params_args, as_dict, load_config
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,7 +77,7 @@ def read_validated(input_dir: Path) -> "pd.DataFrame":
     """The validated transactions (Parquet partitioned by day=...), sorted by time."""
     import pandas as pd
 
-    from components.schema import COLUMNS
+    from contract.schema import COLUMNS
 
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
@@ -95,21 +96,6 @@ def read_validated(input_dir: Path) -> "pd.DataFrame":
     if events["purchased"].isna().any():
         raise StepError(f"transactions in {input_dir} hold missing labels (purchased); validate them first")
     return events.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(drop=True)
-
-
-def split_days(days: "pd.Series", test_days: int, valid_days: int) -> dict[str, list]:
-    """Distinct days -> {split: days}: the last ``test_days`` are test, the ``valid_days``
-    before them validation, all earlier days training."""
-    if test_days < 1 or valid_days < 1:
-        raise ValueError(f"features.test_days and features.valid_days must be >= 1, "
-                         f"got {test_days} and {valid_days}")
-    uniq = sorted(days.unique())
-    if len(uniq) < test_days + valid_days + 1:
-        raise StepError(f"the data spans {len(uniq)} day(s); test_days={test_days} and "
-                        f"valid_days={valid_days} need at least {test_days + valid_days + 1}")
-    return {"train": uniq[: -(test_days + valid_days)],
-            "valid": uniq[-(test_days + valid_days): -test_days],
-            "test": uniq[-test_days:]}
 
 
 def _stamp(day: int) -> str:
@@ -132,7 +118,7 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
     import numpy as np
     import pandas as pd
 
-    from components.schema import TIMESTAMP
+    from contract.schema import TIMESTAMP
     from features.compute import StatsParams, compute_feature_tables, event_days
     from features.repo import (apply_repo, check_tables_match_views, historical_rows, install_repo,
                                materialize_latest, write_offline_tables)

@@ -4,7 +4,7 @@ Input: one file or a directory of part files (``.parquet``, ``.csv``; files whos
 starts with ``_`` or ``.`` are skipped), or Criteo files (headerless ``.tsv``/``.txt``, or
 a CSV with header ``label,I1,...``).
 
-Transactions are cast to the canonical dtypes of :mod:`components.schema` (timestamps to
+Transactions are cast to the canonical dtypes of :mod:`contract.schema` (timestamps to
 UTC; naive timestamps are taken as UTC) and written to
 ``<out>/day=YYYY-MM-DD/part-<source>-<batch>.parquet``. A value that cannot be cast (an
 unparseable timestamp, ``"abc"`` as a price, ``1.5`` as a position) becomes null and the
@@ -35,9 +35,9 @@ from typing import Iterator, Literal
 import numpy as np
 import pandas as pd
 
-from components.common import atomic_dir, log, write_json
-from components.params import add_params_args, load_config
-from components.schema import COLUMNS, PARTITION, UNKNOWN_DAY, arrow_schema, with_canonical_dtypes
+from contract.io import atomic_dir, log, write_json
+from contract.params import add_params_args, load_config
+from contract.schema import COLUMNS, PARTITION, UNKNOWN_DAY, arrow_schema
 
 MANIFEST = "_ingest.json"
 STRING_COLUMNS = tuple(c for c, t in COLUMNS.items() if t == "string")
@@ -342,38 +342,6 @@ def _keep_other_sources(out_dir: Path, tmp: Path, new_sources: set[str]) -> set[
 
 
 # ---------------------------------------------------------------------------- reading back
-
-
-def partitions(dataset: Path) -> list[tuple[str, list[Path]]]:
-    """(day, part files) of a day-partitioned dataset, days and files sorted.
-
-    The order is the dataset's canonical row order (used for "first occurrence").
-    """
-    dataset = Path(dataset)
-    if not dataset.is_dir():
-        raise FileNotFoundError(f"dataset {dataset} does not exist or is not a directory")
-    out = []
-    for d in sorted(p for p in dataset.iterdir() if p.is_dir() and p.name.startswith(f"{PARTITION}=")):
-        files = sorted(d.glob("*.parquet"))
-        if files:
-            out.append((d.name.split("=", 1)[1], files))
-    return out
-
-
-def read_dataset(dataset: Path, days: list[str] | None = None) -> pd.DataFrame:
-    """Reads a day-partitioned transactions dataset (ingested/validated) into canonical dtypes.
-
-    Args:
-        dataset: the dataset directory (e.g. ``data/validated``).
-        days: only these ``YYYY-MM-DD`` partitions (default: all).
-
-    Returns:
-        One frame with the canonical columns in dataset order (no ``day`` column).
-    """
-    frames = [pd.read_parquet(f) for d, files in partitions(dataset) if days is None or d in days for f in files]
-    if not frames:
-        return with_canonical_dtypes(pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()}))
-    return with_canonical_dtypes(pd.concat(frames, ignore_index=True))
 
 
 # ---------------------------------------------------------------------------- CLI

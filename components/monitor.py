@@ -5,7 +5,7 @@ Compares the **current window** (the model-ready test window: the newest days) w
 just before the current window that the model did not train on; ``train`` compares with
 the training window) using an Evidently report of
 
-- data drift of every model input (tests per feature kind: see :mod:`components.drift`),
+- data drift of every model input (tests per feature kind: see :mod:`drift.columns`),
   with the share of drifted features against ``monitor.max_drift_share``;
 - prediction drift: the production model's purchase probabilities on both windows
   (distribution test and mean);
@@ -38,22 +38,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from components.common import StepError, log, write_json
-from components.params import add_params_args, as_dict, load_config
+from contract.io import StepError, atomic_file, log, write_json
+from contract.params import add_params_args, as_dict, load_config
+from drift.workspace import PREDICTION, add_run, serve_dashboard
 
 STEP = "monitor"
 DRIFT_EXIT = 4
-PREDICTION = "prediction"
 # Up to this many reference rows Evidently tests categories with a chi-squared goodness of fit
 # against the reference's counts, as if the reference had no sampling noise of its own; on a
 # few hundred rows that flags unshifted hours, countries and positions. The monitor then uses
@@ -134,7 +131,7 @@ def _days(frame) -> list[str]:
 def _quality(labels, probs) -> dict[str, Any]:
     import numpy as np
 
-    from components.drift import json_float
+    from drift.columns import json_float
     from dlrm.metrics import auc, log_loss
 
     labels = np.asarray(labels, dtype=np.float64)
@@ -187,8 +184,8 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
     import numpy as np
     import pandas as pd
 
-    from components.drift import json_float, column_drift, metric_value, monitored_tables
-    from features.spec import FeatureSpec
+    from drift.columns import json_float, column_drift, metric_value, monitored_tables
+    from contract.spec import FeatureSpec
 
     t0 = time.perf_counter()
     input_dir = Path(input_dir)
@@ -224,7 +221,7 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
     quality: dict[str, Any] | None = None
     if model is not None:
         from dlrm.bundle import predict
-        from features.spec import ModelInput
+        from contract.spec import ModelInput
 
         ref_pred = predict(model, ModelInput.from_frame(ref_rows, spec), batch_size=cfg.batch_size)
         cur_pred = predict(model, ModelInput.from_frame(cur_rows, spec), batch_size=cfg.batch_size)
@@ -351,94 +348,8 @@ def _run_report(cfg: MonitorConfig, ref_table, cur_table, cols, label: str | Non
 
 def _save(snapshot, path: Path, method: str) -> None:
     """Writes an Evidently output atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_file(path) as tmp:
         getattr(snapshot, method)(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------- workspace
-
-
-def dashboard_panels() -> list:
-    """The project dashboard: drift share, prediction mean and quality over runs."""
-    from evidently.sdk.models import PanelMetric
-    from evidently.sdk.panels import counter_panel, line_plot_panel
-
-    share = PanelMetric(metric="DriftedColumnsCount", metric_labels={"value_type": "share"},
-                        legend="share of drifted features")
-    pred_mean = PanelMetric(metric="MeanValue", metric_labels={"column": PREDICTION},
-                            legend="mean purchase probability")
-    # no counter of the drift share: the UI shows "no value" when the last value is 0
-    return [
-        counter_panel("ROC AUC (last run)", [PanelMetric(metric="RocAuc", legend="AUC")], size="half"),
-        counter_panel("Prediction mean (last run)", [pred_mean], size="half"),
-        line_plot_panel("Share of drifted features", [share],
-                        description="DataDriftPreset over the model inputs; drift at >= monitor.max_drift_share"),
-        line_plot_panel("Prediction mean", [pred_mean], size="half"),
-        line_plot_panel("ROC AUC", [PanelMetric(metric="RocAuc", legend="AUC")], size="half"),
-        line_plot_panel("Log loss", [PanelMetric(metric="LogLoss", legend="log loss")], size="half"),
-        line_plot_panel("Purchase rate", [PanelMetric(metric="MeanValue", metric_labels={"column": "purchased"},
-                                                      legend="share purchased")], size="half"),
-    ]
-
-
-def open_project(workspace: Path, name: str):
-    """(workspace, project): the project called ``name``, created with its dashboard if absent."""
-    from evidently.ui.workspace import Workspace
-
-    workspace.mkdir(parents=True, exist_ok=True)
-    ws = Workspace(str(workspace))
-    found = ws.search_project(name)
-    if len(found) > 1:
-        raise StepError(f"the workspace {workspace} holds {len(found)} projects named {name!r}; expected one")
-    if found:
-        return ws, found[0]
-    project = ws.create_project(name, description="robeflow drift monitoring: one snapshot per monitor run")
-    for panel in dashboard_panels():
-        project.dashboard.add_panel(panel, tab="Monitoring")
-    project.save()
-    return ws, project
-
-
-def add_run(workspace: Path, project_name: str, snapshot) -> str:
-    """Adds ``snapshot`` to the workspace project; returns its snapshot id."""
-    ws, project = open_project(Path(workspace), project_name)
-    ref = ws.add_run(project.id, snapshot, include_data=False)
-    return str(ref.id)
-
-
-def list_runs(workspace: Path, project_name: str) -> list[str]:
-    """The snapshot ids of the project's runs ([] when the workspace or project does not exist)."""
-    from evidently.ui.workspace import Workspace
-
-    if not Path(workspace).is_dir():
-        return []
-    ws = Workspace(str(workspace))
-    found = ws.search_project(project_name)
-    return [str(s) for p in found for s in ws.list_runs(p.id)]
-
-
-def serve_dashboard(workspace: Path, port: int = 8000) -> int:
-    """Serves Evidently's UI over ``workspace`` on 127.0.0.1:``port`` until interrupted."""
-    if not Path(workspace).is_dir():
-        raise FileNotFoundError(f"workspace {workspace} does not exist; run `robeflow monitor` first")
-    log(STEP, f"Evidently UI over {workspace} at http://127.0.0.1:{port} (Ctrl-C stops it)")
-    env = {**os.environ, "DO_NOT_TRACK": "1"}
-    try:
-        # `evidently ui` of the running interpreter's environment, bound to loopback only
-        subprocess.run([sys.executable, "-m", "evidently.cli", "ui", "--workspace", str(workspace),
-                        "--host", "127.0.0.1", "--port", str(port)], check=True, env=env)
-    except subprocess.CalledProcessError as err:
-        if err.returncode < 0:   # stopped by a signal: the way a server ends
-            log(STEP, f"Evidently UI stopped (signal {-err.returncode})")
-            return 0
-        raise StepError(f"the Evidently UI over {workspace} exited with status {err.returncode} "
-                        f"(is port {port} in use?)") from None
-    return 0
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -478,7 +389,7 @@ def _main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="robeflow-monitor-") as tmp:
         model_dir, model_name = args.model, None
         if args.registry is not None:
-            from serving.registry import Registry
+            from model_registry.registry import Registry
 
             version, model_dir = Registry(args.registry).fetch(None, Path(tmp) / "model")
             model_name = f"{args.registry} production ({version})"

@@ -5,7 +5,7 @@ failed gate is reported, changes nothing, and exits 0 so the local DVC pipeline 
 (monitoring still runs); with ``push.fail_on_gate: true`` it exits 3, as
 ``robeflow evaluate`` does, so an automated pipeline stops there.
 
-The bundle it publishes (see :mod:`serving.registry` for the layout):
+The bundle it publishes (see :mod:`model_registry.registry` for the layout):
 
 - ``model.safetensors``: the ROBE array and the MLP weights (no pickle);
 - ``config.json``: the training bundle's config (model config, hash constants, feature
@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from components.common import StepError, log, write_json
-from components.params import add_params_args, load_config
+from contract.io import StepError, log, write_json
+from contract.params import add_params_args, load_config
 
 STEP = "push"
 GATE_FAILED_EXIT = 3
@@ -172,7 +172,7 @@ def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path
         failed or the model already is the production one.
     """
     from dlrm.bundle import CONFIG, WEIGHTS
-    from serving.registry import Registry
+    from model_registry.registry import Registry
 
     url = registry or cfg.registry
     model_dir, metrics_path = Path(model_dir), Path(metrics_path)
@@ -228,7 +228,7 @@ def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path
 
 def rollback(cfg: PushConfig, registry: str | None = None) -> PushResult:
     """Moves the registry's ``production`` pointer back to the version before it."""
-    from serving.registry import Registry
+    from model_registry.registry import Registry
 
     url = registry or cfg.registry
     old, new = Registry(url).rollback()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from components.common import StepError, atomic_dir, log, write_json
-from components.params import add_params_args, as_dict, load_config
+from dlrm.threads import torch_threads
+from contract.io import StepError, atomic_dir, log, write_json
+from contract.params import add_params_args, as_dict, load_config
 from dlrm.configs import TrainConfig
 
 STEP = "train"
@@ -45,12 +45,12 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
         resume: continue from the newest checkpoint in ``checkpoints``.
     """
     from dlrm.bundle import save_model
-    from dlrm.data import criteo_model_frame, read_split, read_spec
+    from contract.model_input import read_split, read_spec, split_path
+    from contract.spec import ModelInput
     from dlrm.train import train_model
-    from features.spec import ModelInput
 
     if criteo is not None:
-        from features.criteo import read_criteo
+        from features.criteo import criteo_model_frame, read_criteo
 
         if not Path(criteo).exists():
             raise FileNotFoundError(f"Criteo file {criteo} does not exist")
@@ -68,8 +68,7 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
             raise ValueError("give the model-ready dir (--input) or a Criteo file (--criteo)")
         spec = read_spec(input_dir)
         train_in = read_split(input_dir, "train", spec)[1]
-        valid_path = Path(input_dir) / "valid.parquet"
-        valid_in = read_split(input_dir, "valid", spec)[1] if valid_path.exists() else None
+        valid_in = read_split(input_dir, "valid", spec)[1] if split_path(input_dir, "valid").exists() else None
         source = str(input_dir)
     log(STEP, f"{train_in.num_rows} training rows, {valid_in.num_rows if valid_in else 0} validation rows "
               f"from {source}; backend {cfg.model.embedding.backend}")
@@ -94,23 +93,6 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
               f"-> {model_out}")
     return TrainStepResult(model_dir=Path(model_out), metrics=metrics, history=result.history)
 
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Runs the block with ``n`` torch CPU threads (0 = leave torch's setting), then
-    restores the previous count. On a busy machine one thread per process beats threads
-    that wait on each other."""
-    if n < 0:
-        raise ValueError(f"threads = {n}; expected 0 (torch's default) or a positive count")
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _main(args: argparse.Namespace) -> int:

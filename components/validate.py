@@ -1,6 +1,6 @@
 """`robeflow validate`: a Great Expectations suite over the ingested transactions.
 
-The suite is derived from :mod:`components.schema` (see :func:`build_expectations`):
+The suite is derived from :mod:`contract.schema` (see :func:`build_expectations`):
 non-null values in every column but ``query``, unique ``event_id``, ``price >= 0``,
 ``position >= 1``, ``purchased`` in {0, 1}, known devices and countries, and
 ``event_timestamp`` inside the data window ``[window_start, window_end)`` (UTC). The
@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.common import StepError, atomic_dir, log, write_json
-from components.params import add_params_args, as_dict, load_config
-from components.schema import (
+from contract.io import StepError, atomic_dir, log, write_json
+from contract.params import add_params_args, as_dict, load_config
+from contract.schema import (
     COLUMNS, COUNTRIES, DEVICES, LABEL, NON_NULL_COLUMNS, PARTITION, arrow_schema, with_canonical_dtypes,
 )
 
@@ -189,7 +189,7 @@ def _check_file(path: Path) -> int:
 
 def _batches(dataset: Path, batch_rows: int):
     """Yields (frame, day per row) batches of about ``batch_rows`` rows in dataset order."""
-    from components.ingest import partitions
+    from contract.transactions import partitions
 
     frames, days, n = [], [], 0
     for day, files in partitions(dataset):
@@ -218,7 +218,7 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from components.ingest import partitions
+    from contract.transactions import partitions
 
     t0 = time.perf_counter()
     parts = partitions(input_dir)

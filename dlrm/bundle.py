@@ -4,8 +4,6 @@ batch prediction. This is the API serving and monitoring use."""
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -14,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract.io import atomic_file
 from dlrm.configs import EmbeddingConfig, ModelConfig
 from dlrm.data import TensorData
 from dlrm.model import DLRM
-from features.spec import FeatureSpec, ModelInput
+from contract.spec import FeatureSpec, ModelInput
 
 BUNDLE_FORMAT = "robeflow.dlrm.v1"
 WEIGHTS = "model.safetensors"
@@ -89,12 +88,11 @@ def save_model(model: nn.Module, out_dir: Path, *, spec: FeatureSpec, config: di
         "metrics": plain(metrics or {}),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tag = uuid.uuid4().hex[:8]
-    tmp_w, tmp_c = out_dir / f".{WEIGHTS}.{tag}", out_dir / f".{CONFIG}.{tag}"
-    save_file(state, str(tmp_w), metadata={"format": BUNDLE_FORMAT})
-    tmp_c.write_text(json.dumps(doc, indent=2, default=float) + "\n")
-    os.replace(tmp_w, out_dir / WEIGHTS)
-    os.replace(tmp_c, out_dir / CONFIG)
+    # weights first: a bundle whose config.json exists is whole
+    with atomic_file(out_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": BUNDLE_FORMAT})
+    with atomic_file(out_dir / CONFIG) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")
 
 
 def load_model(model_dir: Path) -> tuple[nn.Module, dict]:

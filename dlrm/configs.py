@@ -1,7 +1,7 @@
 """Config dataclasses of the model, training and evaluation (dataclasses only).
 
 ``params.yaml`` sections ``train`` and ``evaluate`` are read into :class:`TrainConfig`
-and :class:`EvaluateConfig` with :func:`components.params.load_config`.
+and :class:`EvaluateConfig` with :func:`contract.params.load_config`.
 """
 
 from __future__ import annotations

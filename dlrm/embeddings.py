@@ -1,7 +1,7 @@
 """Embedding backends: full tables, the hashing trick, QR embeddings and the ROBE-Z array.
 
 Every backend maps T sparse features to one vector each per sample, from the jagged
-sample-major input of :class:`features.spec.ModelInput`:
+sample-major input of :class:`contract.spec.ModelInput`:
 
     values  (nnz,)     int64 ids local to their table (0 <= id < table_size)
     offsets (B*T + 1,) int64; bag j = b*T + t holds values[offsets[j]:offsets[j+1]]

@@ -1,7 +1,7 @@
 """Binary-classification metrics of click/purchase models: AUC, log loss, NE, calibration.
 
-All take numpy arrays (labels in {0, 1}, scores or probabilities) and run in
-O(N log N) vectorised numpy, so they stay fast on millions of rows.
+All take numpy arrays (labels in {0, 1}, scores or probabilities); AUC, ROC and log loss
+are scikit-learn's, behind checks that name what is wrong with the input.
 """
 
 from __future__ import annotations
@@ -28,42 +28,30 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC by the rank-sum (Mann-Whitney) formula; tied scores get their mean rank.
+    """Exact ROC AUC (scikit-learn's ``roc_auc_score``); NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
 
-    Returns NaN when only one class is present.
-    """
     y, s = _check(labels, scores)
-    n_pos = float(y.sum())
-    n_neg = float(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
+    if y.size == 0 or y.min() == y.max():
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    s_sorted = s[order]
-    # Ranks 1..N; a run of equal scores shares the mean of its ranks.
-    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])   # (G,) first index per tie group
-    ends = np.r_[starts[1:], s.size]                                        # (G,) one past the last
-    mean_rank = (starts + ends + 1) / 2.0                                   # (G,) mean of ranks starts+1..ends
-    ranks = np.repeat(mean_rank, ends - starts)                             # (N,) in sorted order
-    rank_sum = float(ranks[y[order] == 1].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return float(roc_auc_score(y, s))
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray,
               max_points: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) at every distinct threshold, thinned to about ``max_points`` points.
+    """(fpr, tpr, thresholds) of scikit-learn's ``roc_curve`` at every distinct threshold,
+    thinned to about ``max_points`` points (first and last kept).
 
-    As in scikit-learn, point k counts a score as positive when it is >= thresholds[k];
-    the first point (0, 0) has threshold +inf.
+    Point k counts a score as positive when it is >= thresholds[k]; the first point (0, 0)
+    has threshold +inf.
     """
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     y, s = _check(labels, scores)
-    order = np.argsort(-s, kind="mergesort")
-    y, s = y[order], s[order]
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]   # last index of each tie group
-    tps = np.cumsum(y)[last]
-    fps = (last + 1) - tps
-    tpr = np.r_[0.0, tps / max(tps[-1], 1.0)] if s.size else np.zeros(1)
-    fpr = np.r_[0.0, fps / max(fps[-1], 1.0)] if s.size else np.zeros(1)
-    thresholds = np.r_[np.inf, s[last]] if s.size else np.full(1, np.inf)
+    if y.size == 0 or y.min() == y.max():
+        # one class: scikit-learn warns and returns NaN rates; keep the (0, 0) start only
+        return np.zeros(1), np.zeros(1), np.full(1, np.inf)
+    fpr, tpr, thresholds = sk_roc_curve(y, s, drop_intermediate=False)
     if fpr.size > max_points:
         keep = np.unique(np.r_[np.linspace(0, fpr.size - 1, max_points).astype(np.int64), fpr.size - 1])
         fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
@@ -71,10 +59,14 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray,
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean binary cross-entropy (natural log), probabilities clipped to [1e-7, 1 - 1e-7]."""
+    """Mean binary cross-entropy (natural log, scikit-learn's ``log_loss``), probabilities
+    clipped to [1e-7, 1 - 1e-7]."""
+    from sklearn.metrics import log_loss as sk_log_loss
+
     y, p = _check(labels, probs)
-    p = np.clip(p, _EPS, 1 - _EPS)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    if y.size == 0:
+        return float("nan")
+    return float(sk_log_loss(y, np.clip(p, _EPS, 1 - _EPS), labels=[0.0, 1.0]))
 
 
 def normalized_entropy(labels: np.ndarray, probs: np.ndarray) -> float:

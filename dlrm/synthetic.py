@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.spec import DenseFeature, FeatureSpec, SparseFeature
+from contract.spec import DenseFeature, FeatureSpec, SparseFeature
 
 PLANTED_SPEC = FeatureSpec(
     dense=(DenseFeature("price", "log1p"), DenseFeature("position")),

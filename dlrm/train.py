@@ -28,7 +28,7 @@ from dlrm.configs import OptimConfig, TrainConfig
 from dlrm.data import TensorData
 from dlrm.metrics import auc as auc_score
 from dlrm.model import DLRM
-from features.spec import FeatureSpec, ModelInput
+from contract.spec import FeatureSpec, ModelInput
 
 CHECKPOINT_FORMAT = "robeflow.dlrm.checkpoint.v1"
 # Config keys that may change between a checkpoint and its resumption (they do not

@@ -2,7 +2,7 @@
 
 from features.categorize import hash_bags, hash_ids
 from features.online import OnlineFeatures, online_model_input
-from features.spec import DenseFeature, FeatureSpec, ModelInput, SparseFeature
+from contract.spec import DenseFeature, FeatureSpec, ModelInput, SparseFeature
 from features.transform import build_model_frame, feature_spec
 
 __all__ = ["DenseFeature", "FeatureSpec", "ModelInput", "OnlineFeatures", "SparseFeature",

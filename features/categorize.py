@@ -12,11 +12,10 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-from typing import Iterable
-
 import numpy as np
 import pandas as pd
+
+from contract.hashing import hash64, stable_hash64
 
 MISSING = "<missing>"  # the value hashed for a missing categorical value
 SMALL_INPUT = 65_536    # inputs up to this many values take the cached path (serving batches)
@@ -25,15 +24,6 @@ CACHE_SIZE = 1 << 18    # hashes remembered per feature; the cache is emptied wh
 
 # feature -> {value: 64-bit hash}: hot values (devices, hours, popular items) are hashed once
 _HASHES: dict[str, dict[str, int]] = {}
-
-
-def stable_hash64(strings: Iterable[str]) -> np.ndarray:
-    """(n,) uint64: the first 8 bytes of blake2b of each UTF-8 string, little-endian."""
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest(), "little")
-         for s in strings),
-        dtype=np.uint64,
-    )
 
 
 def _hash_cached(feature: str, texts: list[str]) -> np.ndarray:
@@ -45,8 +35,7 @@ def _hash_cached(feature: str, texts: list[str]) -> np.ndarray:
     for i, h in enumerate(hashes):
         if h is None:
             t = texts[i]
-            h = int.from_bytes(hashlib.blake2b(f"{feature}={t}".encode("utf-8"), digest_size=8).digest(),
-                               "little")
+            h = hash64(f"{feature}={t}")
             if len(cache) >= CACHE_SIZE:
                 cache.clear()
             cache[t] = hashes[i] = h

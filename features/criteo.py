@@ -3,11 +3,12 @@
 One row per impression: ``label`` (0/1), 13 integer features ``I1..I13`` and 26
 categorical features ``C1..C26`` (32-bit hashes written as 8 hex digits). The original
 files are tab-separated without a header and an empty field is a missing value; the
-Kaggle sample in ``/work/shared/data`` is comma-separated with a header. :func:`read_criteo`
-accepts both.
+Kaggle sample (``tests/data/criteo_sample_200.csv``) is comma-separated with a header.
+:func:`read_criteo` accepts both; :func:`criteo_model_frame` turns the rows into a
+model-ready table and its FeatureSpec (the transform training and evaluation share).
 
 Example:
-    >>> df = read_criteo("/work/shared/data/criteo_sample_200.csv")
+    >>> df = read_criteo("tests/data/criteo_sample_200.csv")
     >>> write_criteo(df, "day_0.tsv")
 """
 
@@ -19,6 +20,9 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+
+from contract.hashing import stable_hash64
+from contract.spec import DenseFeature, FeatureSpec, SparseFeature
 
 LABEL = "label"
 INT_COLUMNS: tuple[str, ...] = tuple(f"I{i}" for i in range(1, 14))
@@ -125,3 +129,47 @@ def write_criteo(df: pd.DataFrame, path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(path, sep="\t", header=False, index=False, quoting=csv.QUOTE_NONE, lineterminator="\n")
     return path
+
+
+# --------------------------------------------------------------------------- model-ready transform
+
+def criteo_spec(table_size: int) -> FeatureSpec:
+    """The FeatureSpec of Criteo data: I1..I13 (log1p), C1..C26 hashed into ``table_size`` rows."""
+    if table_size < 1:
+        raise ValueError(f"criteo.table_size must be >= 1, got {table_size}")
+    return FeatureSpec(
+        dense=tuple(DenseFeature(c, "log1p") for c in INT_COLUMNS),
+        sparse=tuple(SparseFeature(c, table_size) for c in CAT_COLUMNS),
+        label="label", version="criteo_v1",
+    )
+
+
+def criteo_model_frame(raw: pd.DataFrame, table_size: int) -> tuple[pd.DataFrame, FeatureSpec]:
+    """Criteo rows (``label, I1..I13, C1..C26`` as ``read_criteo`` gives them) -> a
+    model-ready frame and its FeatureSpec.
+
+    Dense: log1p(max(x, 0)), missing as 0. Categoricals: stable 64-bit hash of the hex
+    string mod ``table_size`` (a missing value hashes as the empty string).
+    """
+    missing = [c for c in ("label", *INT_COLUMNS, *CAT_COLUMNS) if c not in raw.columns]
+    if missing:
+        raise ValueError(f"Criteo data lacks column(s) {missing}")
+    spec = criteo_spec(table_size)
+    out = {"label": raw["label"].to_numpy(dtype=np.float32)}
+    for c in INT_COLUMNS:
+        x = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        out[c] = np.log1p(np.maximum(np.nan_to_num(x, nan=0.0), 0.0)).astype(np.float32)
+    for c in CAT_COLUMNS:
+        codes, uniques = pd.factorize(raw[c].fillna(""), sort=False)
+        # hash each distinct string once, then broadcast through the codes
+        ids = (stable_hash64(map(str, uniques)) % np.uint64(table_size)).astype(np.int64)
+        out[c] = ids[codes] if len(uniques) else np.zeros(len(raw), np.int64)
+    return pd.DataFrame(out), spec
+
+
+def read_criteo_frame(path: Path, table_size: int) -> tuple[pd.DataFrame, FeatureSpec]:
+    """A Criteo file (TSV, or the CSV sample) -> model-ready frame + FeatureSpec."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Criteo file {path} does not exist")
+    return criteo_model_frame(read_criteo(path), table_size)

@@ -9,14 +9,15 @@ Example (a server opens the store once, then calls per request)::
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ContextManager, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from features.spec import FeatureSpec, ModelInput
+from contract.spec import FeatureSpec, ModelInput
 from features.transform import build_model_frame
 
 CONTEXT_KEYS = frozenset({"query", "device", "country", "timestamp", "event_timestamp",
@@ -29,14 +30,32 @@ class OnlineFeatures:
     Args:
         repo_dir: the directory ``robeflow features --out`` wrote (holds feature_store.yaml).
         spec: the feature spec the model was trained with (``feature_spec.json``).
+        reader: ``feast`` reads through ``FeatureStore.get_online_features``; ``lean``
+            through :class:`features.lean_store.LeanStore` (same values, less time per
+            request, hot entity rows kept in memory until the store changes).
+        max_age_s: lean reader: the most seconds an entity row is served from memory
+            (0: every call reads the store).
     """
 
-    def __init__(self, repo_dir: Path | str, spec: FeatureSpec):
+    def __init__(self, repo_dir: Path | str, spec: FeatureSpec, *, reader: str = "feast",
+                 max_age_s: float = 60.0):
         from features.repo import open_store
 
+        if reader not in ("lean", "feast"):
+            raise ValueError(f"online reader = {reader!r}; expected 'lean' or 'feast'")
         self.spec = spec
         self.store = open_store(Path(repo_dir))
         self.service = self.store.get_feature_service(spec.extra.get("feature_service", spec.version))
+        self.lean = None
+        if reader == "lean":
+            from features.lean_store import LeanStore
+
+            self.lean = LeanStore(self.store, self.service, max_age_s=max_age_s)
+
+    def prefetched(self, entity_rows: Sequence[Mapping[str, Any]]) -> ContextManager[None]:
+        """A block in which :meth:`columns` of any of ``entity_rows`` is answered from one
+        read per feature view (lean reader; the feast reader reads per call)."""
+        return self.lean.prefetched(entity_rows) if self.lean is not None else nullcontext()
 
     def columns(self, user_id: str, item_ids: Sequence[str],
                 context: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -75,7 +94,7 @@ class OnlineFeatures:
                 columns[key] = [value] * n
         if n == 0:
             return columns
-        response = self.store.get_online_features(
+        response = (self.lean or self.store).get_online_features(
             features=self.service,
             entity_rows=[{"user_id": str(user_id), "item_id": i} for i in items],
         )

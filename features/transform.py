@@ -4,8 +4,8 @@
 event_timestamp, query, device, country, and optionally position, price, purchased,
 event_id) next to the ``dlrm_v1`` feature values, whether they came from the offline
 point-in-time join (training) or from the online store (serving), and returns the
-model-ready table that :meth:`features.spec.ModelInput.from_frame` reads. Everything it
-needs (table sizes, fill values) is in the :class:`~features.spec.FeatureSpec`, so a server
+model-ready table that :meth:`contract.spec.ModelInput.from_frame` reads. Everything it
+needs (table sizes, fill values) is in the :class:`~contract.spec.FeatureSpec`, so a server
 needs only ``feature_spec.json``.
 
 Missing feature values (an entity the store has never seen, an item on its first day)
@@ -22,7 +22,7 @@ import pandas as pd
 
 from features.categorize import MISSING, SMALL_INPUT, bag_ids, hash_ids
 from features.compute import StatsParams
-from features.spec import DenseFeature, FeatureSpec, SparseFeature
+from contract.spec import DenseFeature, FeatureSpec, SparseFeature
 
 PASS_THROUGH = ("event_id", "event_timestamp", "user_id", "item_id")
 NO_QUERY = "<empty>"       # the single term of an empty query (browsing, not searching)

@@ -12,7 +12,7 @@ Importing or compiling this module runs nothing.
 from kfp import dsl
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from components.kfp_components import (
+from pipelines.ops import (
     evaluate_op,
     features_op,
     generate_op,

@@ -1,15 +1,14 @@
-"""The KServe predictor, its registry and its manifests.
+"""Serving: the ranker (bundle + features -> scores), the batcher, the thin KServe adapter.
 
-Names resolve on first use, so ``import serving.registry`` (push does) imports neither
-kserve nor torch.
+Names resolve on first use, so importing ``serving`` imports neither kserve nor torch.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
-    "Registry": "serving.registry", "load_production": "serving.predictor",
-    "RobeflowModel": "serving.predictor", "Ranker": "serving.predictor",
-    "ScoreRequest": "serving.requests", "lean_online_features": "serving.online",
+    "Ranker": "serving.ranker", "load_production": "serving.ranker", "Batcher": "serving.batcher",
+    "RobeflowModel": "serving.predictor", "ServeConfig": "serving.config",
+    "ScoreRequest": "serving.requests",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,10 +1,11 @@
+from pathlib import Path
 import json
 
 import pandas as pd
 import pytest
 import yaml
 
-from components.cli import main
+from pipelines.cli import main
 from dlrm.metrics import auc
 from dlrm.synthetic import write_planted_dir
 
@@ -86,7 +87,7 @@ def test_oracle_gap_without_truth_is_a_clear_error(trained, capsys):
 
 
 def test_evaluate_a_criteo_model_on_a_criteo_file(tmp_path):
-    sample = "/work/shared/data/criteo_sample_200.csv"
+    sample = str(Path(__file__).parents[1] / "data" / "criteo_sample_200.csv")
     params = {"train": {**PARAMS["train"], "batch_size": 32, "criteo": {"table_size": 500}},
               "evaluate": {"gate": "mlperf_dlrm_criteo_1tb", "threads": 1}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

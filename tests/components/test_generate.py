@@ -6,9 +6,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from components.cli import main
+from pipelines.cli import main
 from components.generate import CORRUPTIONS, GenerateConfig, generate
-from components.schema import COLUMNS, COUNTRIES, DEVICES
+from contract.schema import COLUMNS, COUNTRIES, DEVICES
 from features.criteo import COLUMNS as CRITEO_COLUMNS, read_criteo
 
 

@@ -4,10 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.cli import main
+from pipelines.cli import main
 from components.generate import GenerateConfig, generate
-from components.ingest import IngestConfig, ingest, partitions, read_dataset
-from components.schema import COLUMNS, UNKNOWN_DAY
+from components.ingest import IngestConfig, ingest
+from contract.transactions import partitions, read_dataset
+from contract.schema import COLUMNS, UNKNOWN_DAY
 from features.criteo import COLUMNS as CRITEO_COLUMNS
 
 CFG = IngestConfig()
@@ -110,7 +111,7 @@ def test_criteo_tsv_and_sample_csv(tmp_path, make_config):
     assert list(df.columns) == list(CRITEO_COLUMNS) and len(df) == 500
     assert not any(p.is_dir() for p in (tmp_path / "out").iterdir())  # no day partitions
 
-    res = ingest(CFG, Path("/work/shared/data/criteo_sample_200.csv"), tmp_path / "sample")
+    res = ingest(CFG, Path(__file__).parents[1] / "data" / "criteo_sample_200.csv", tmp_path / "sample")
     df = pd.read_parquet(tmp_path / "sample")
     assert res.rows == 200 and list(df.columns) == list(CRITEO_COLUMNS)
     assert df["I1"].isna().any() and df["label"].dtype == np.int64

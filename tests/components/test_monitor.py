@@ -19,11 +19,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.cli import main
+from pipelines.cli import main
 from components.features import TableSizes
-from components.generate import GenerateConfig, build_world, generate_chunk
-from components.params import as_dict
-from components.schema import COLUMNS
+from generator.config import GenerateConfig
+from generator.events import build_world, generate_chunk
+from contract.params import as_dict
+from contract.schema import COLUMNS
 
 GEN = dict(rows=45_000, users=2_000, items=500, days=40, drift_days=3, corrupt_fraction=0.0,
            chunk_rows=45_000)
@@ -56,7 +57,7 @@ MUST_DRIFT = {"price", "category_l1", "item"}
 
 def write_windows(root: Path, seed: int, drift: float) -> Path:
     """Generated transactions -> model-ready train/valid/test + feature_spec.json under ``root``."""
-    from components.drift import model_ready_windows
+    from features.windows import model_ready_windows
     from features.compute import StatsParams
     from features.transform import feature_spec
 
@@ -120,8 +121,8 @@ def drifted(project):
 def steady(project, drifted):
     """The monitor on the unshifted data of the same world, into the same workspace (after
     ``drifted``), with the model taken from a registry's production pointer."""
-    from components.monitor import list_runs
-    from serving.registry import Registry
+    from drift.workspace import list_runs
+    from model_registry.registry import Registry
 
     registry = Registry(project / "registry")
     registry.set_production(registry.publish(project / "model"))
@@ -210,7 +211,7 @@ def test_summary_matches_the_html_and_json_reports(project, drifted):
 
 
 def test_workspace_gains_one_snapshot_per_run_and_has_the_dashboard(project, steady):
-    from components.monitor import list_runs, open_project
+    from drift.workspace import list_runs, open_project
 
     _, _, s, x, before = steady
     after = list_runs(project / "workspace", "robeflow")

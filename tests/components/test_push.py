@@ -11,15 +11,15 @@ import pytest
 import torch
 import yaml
 
-from components.cli import main
+from pipelines.cli import main
 from components.push import BUNDLE_FILES, PushConfig, dvc_versions, push, rollback
 from dlrm.bundle import load_model, predict, save_model
 from dlrm.configs import EmbeddingConfig, ModelConfig
 from dlrm.model import DLRM
 from dlrm.synthetic import PLANTED_SPEC, planted_frame
-from features.spec import ModelInput
-from serving.predictor import load_production
-from serving.registry import POINTER, Registry
+from contract.spec import ModelInput
+from serving.ranker import load_production
+from model_registry.registry import POINTER, Registry
 
 METRICS_PASSED = {"auc": 0.81, "target_auc": 0.75, "gate": "target_auc", "passed": True, "backend": "robe",
                   "logloss": 0.4, "ne": 0.9, "oracle_auc": 0.83}

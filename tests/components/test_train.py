@@ -1,15 +1,16 @@
+from pathlib import Path
 import csv
 import json
 
 import pytest
 import yaml
 
-from components.cli import main
+from pipelines.cli import main
 from dlrm import load_model
 from dlrm.synthetic import write_planted_dir
-from features.spec import FeatureSpec
+from contract.spec import FeatureSpec
 
-CRITEO_SAMPLE = "/work/shared/data/criteo_sample_200.csv"
+CRITEO_SAMPLE = str(Path(__file__).parents[1] / "data" / "criteo_sample_200.csv")
 
 TRAIN = {
     "model": {"embedding": {"backend": "robe", "dim": 8, "compression": 4, "block": 4},

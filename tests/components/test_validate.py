@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.cli import main
-from components.ingest import IngestConfig, ingest, read_dataset
-from components.schema import COUNTRIES, DEVICES
+from pipelines.cli import main
+from components.ingest import IngestConfig, ingest
+from contract.transactions import read_dataset
+from contract.schema import COUNTRIES, DEVICES
 from components.validate import FAILED_COLUMN, UNIQUE, ValidateConfig, validate
 
 KIND_TO_EXPECTATION = {

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dlrm.synthetic import PLANTED_SPEC, planted_frame
-from features.spec import FeatureSpec
+from contract.spec import FeatureSpec
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dlrm import DLRM, EmbeddingConfig, ModelConfig, load_model, predict, save_model
-from features.spec import FeatureSpec, ModelInput
+from contract.spec import FeatureSpec, ModelInput
 
 
 @pytest.mark.parametrize("backend,interaction", [("robe", "dot"), ("full", "dcn"), ("qr", "dot"),

@@ -7,7 +7,7 @@ from dlrm.configs import EmbeddingConfig, ModelConfig, OptimConfig, TrainConfig
 from dlrm.data import TensorData
 from dlrm.metrics import auc
 from dlrm.train import epoch_permutation, latest_checkpoint, lr_factor, train_model
-from features.spec import ModelInput
+from contract.spec import ModelInput
 
 
 def small_cfg(backend: str = "robe", **kw) -> TrainConfig:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.schema import COLUMNS, COUNTRIES, DEVICES
+from contract.schema import COLUMNS, COUNTRIES, DEVICES
 
 L1 = ("beauty", "garden", "books", "toys")
 TERMS = ("shampoo", "men", "red", "kids", "gift", "organic", "sale", "large")

@@ -6,7 +6,7 @@ import pytest
 
 from features.criteo import CAT_COLUMNS, COLUMNS, INT_COLUMNS, iter_criteo, read_criteo, sniff_criteo, write_criteo
 
-SAMPLE = Path("/work/shared/data/criteo_sample_200.csv")
+SAMPLE = Path(__file__).parents[1] / "data" / "criteo_sample_200.csv"
 
 
 @pytest.fixture

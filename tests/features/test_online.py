@@ -9,7 +9,7 @@ import pytest
 from features.categorize import hash_ids
 from features.online import OnlineFeatures, online_model_input
 from features.repo import historical_rows, open_store
-from features.spec import FeatureSpec, ModelInput
+from contract.spec import FeatureSpec, ModelInput
 from features.transform import build_model_frame
 
 CONTEXT = {"query": "red gift", "device": "app_ios", "country": "FR", "position": 3}

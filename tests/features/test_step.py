@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.cli import main
-from features.spec import FeatureSpec, ModelInput
+from pipelines.cli import main
+from contract.spec import FeatureSpec, ModelInput
 
 DAY = pd.Timedelta(days=1)
 

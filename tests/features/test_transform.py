@@ -8,7 +8,7 @@ import pytest
 
 from features.categorize import MISSING, hash_ids
 from features.compute import StatsParams
-from features.spec import FeatureSpec, ModelInput
+from contract.spec import FeatureSpec, ModelInput
 from features.transform import (NO_QUERY, SPARSE_SOURCES, build_model_frame, feature_spec,
                                 position_bucket, query_terms)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.pipeline import COMPILED, compile_pipeline
+from pipelines.commands import COMPILED, compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +76,7 @@ def test_image_name_comes_from_the_environment(tmp_path):
     import subprocess
     import sys
 
-    code = ("from components.pipeline import compile_pipeline; import sys; "
+    code = ("from pipelines.commands import compile_pipeline; import sys; "
             "compile_pipeline(__import__('pathlib').Path(sys.argv[1]))")
     env = {**__import__("os").environ, "ROBEFLOW_IMAGE": "example.org/rf:test"}
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.yaml")], check=True, env=env, cwd=ROOT)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.schema import COLUMNS, COUNTRIES, DEVICES
+from contract.schema import COLUMNS, COUNTRIES, DEVICES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TERMS = ("shampoo", "men", "red", "kids", "gift", "organic")
@@ -88,7 +88,7 @@ def site(tmp_path_factory):
     Namespace: ``events``, ``repo``, ``spec``, ``registry`` (paths), ``snapshot``.
     """
     from components.features import FeaturesConfig, features
-    from features.spec import FeatureSpec
+    from contract.spec import FeatureSpec
 
     root = tmp_path_factory.mktemp("serving")
     events = make_events()
@@ -118,7 +118,7 @@ def server(site, tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "FEAST_USAGE": "False", "DO_NOT_TRACK": "1", "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-c", "import sys; from components.cli import main; sys.exit(main())",
+    cmd = [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main())",
            "serve", "--registry", str(site.registry), "--features", str(site.repo),
            "--host", "127.0.0.1", "--port", str(port), "--params", str(site.root / "params.yaml")]
     (site.root / "params.yaml").write_text("serve:\n  max_candidates: 50\n")
@@ -151,8 +151,9 @@ def server(site, tmp_path_factory):
 @pytest.fixture(scope="session")
 def ranker(site):
     """The in-process Ranker on the same registry and store (for comparing with HTTP answers)."""
+    from serving.config import ServeConfig
     from serving.predictor import RobeflowModel
 
-    model = RobeflowModel("robeflow", site.registry, site.repo)
+    model = RobeflowModel(ServeConfig(), site.registry, site.repo)
     model.load()
     return model.ranker

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from components.params import load_config
-from components.serve import ServeConfig
+from contract.params import load_config
+from serving.config import ServeConfig
 
 MANIFEST = Path(__file__).resolve().parents[2] / "serving" / "manifests" / "inference_service.yaml"
 

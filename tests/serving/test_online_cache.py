@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from features.online import OnlineFeatures
-from serving.online import LeanStore, lean_online_features
+from features.lean_store import LeanStore
 
 CONTEXT = {"hour": 5, "timestamp": "2026-10-09T00:00:00Z"}
 
@@ -27,15 +27,15 @@ def latest_user_row(repo, user: str) -> pd.DataFrame:
 
 
 def test_cached_reads_follow_writes_to_the_online_store(site, repo_copy):
-    lean = lean_online_features(repo_copy, site.spec)
+    lean = OnlineFeatures(repo_copy, site.spec, reader="lean")
     feast_reader = OnlineFeatures(repo_copy, site.spec)   # another process's store, in effect
     user = str(site.events["user_id"].iloc[0])
     items = ["i1", "i2", "unknown-item"]
     first = lean.rows(user, items, CONTEXT)
     before = first["user_offers_30d"].iloc[0]
     provider_reads = []
-    real = lean.store._provider.online_read
-    lean.store._provider.online_read = lambda **kw: provider_reads.append(len(kw["entity_keys"])) or real(**kw)
+    real = lean.lean._provider.online_read
+    lean.lean._provider.online_read = lambda **kw: provider_reads.append(len(kw["entity_keys"])) or real(**kw)
     pd.testing.assert_frame_equal(lean.rows(user, items, CONTEXT), first)
     assert provider_reads == []  # every row (the unknown item too) came from the cache
 
@@ -53,12 +53,12 @@ def test_cached_reads_follow_writes_to_the_online_store(site, repo_copy):
 
 
 def test_without_cache_every_call_reads_and_bad_settings_are_refused(site):
-    lean = lean_online_features(site.repo, site.spec, max_age_s=0)
+    lean = OnlineFeatures(site.repo, site.spec, reader="lean", max_age_s=0)
     reads = []
-    real = lean.store._provider.online_read
-    lean.store._provider.online_read = lambda **kw: reads.append(1) or real(**kw)
+    real = lean.lean._provider.online_read
+    lean.lean._provider.online_read = lambda **kw: reads.append(1) or real(**kw)
     for _ in range(2):
         lean.rows("u1", ["i1"], {})
-    assert len(reads) == 2 * len(lean.store._views)
+    assert len(reads) == 2 * len(lean.lean._views)
     with pytest.raises(ValueError, match="max_age_s"):
-        LeanStore(lean.store._store, lean.service, max_age_s=-1)
+        LeanStore(lean.store, lean.service, max_age_s=-1)

@@ -10,11 +10,14 @@ import pytest
 
 from dlrm.bundle import predict
 from features.repo import historical_rows, open_store
-from features.spec import ModelInput
+from contract.spec import ModelInput
 from features.transform import build_model_frame
 from kserve.errors import InvalidInput
 
-from serving.predictor import Batcher, RobeflowModel, load_production
+from serving.batcher import Batcher
+from serving.config import ServeConfig
+from serving.predictor import RobeflowModel
+from serving.ranker import load_production
 from serving.requests import ScoreRequest
 
 
@@ -71,12 +74,12 @@ def test_unknown_users_and_items_are_served_with_filled_features(site, ranker):
 
 
 def test_readiness_reflects_whether_a_model_is_loaded(site, tmp_path):
-    empty = RobeflowModel("robeflow", tmp_path / "no-registry", site.repo)
+    empty = RobeflowModel(ServeConfig(), tmp_path / "no-registry", site.repo)
     assert empty.ready is False
     with pytest.raises(FileNotFoundError, match="no production model"):
         empty.load()
     assert empty.ready is False
-    model = RobeflowModel("robeflow", site.registry, site.repo)
+    model = RobeflowModel(ServeConfig(), site.registry, site.repo)
     assert model.ready is False
     assert model.load() is True and model.ready is True
     assert model.version == "v1"
@@ -85,7 +88,7 @@ def test_readiness_reflects_whether_a_model_is_loaded(site, tmp_path):
 def test_v1_and_v2_payloads_give_the_same_ranking(site):
     from kserve.protocol.infer_type import InferInput, InferRequest
 
-    model = RobeflowModel("robeflow", site.registry, site.repo)
+    model = RobeflowModel(ServeConfig(), site.registry, site.repo)
     model.load()
     items = ["i3", "i5", "i8", "nope"]
     v1 = asyncio.run(model.predict({"instances": [{"user_id": "u2", "item_ids": items, "context": {"hour": 10}}]}))
@@ -104,10 +107,9 @@ def test_v1_and_v2_payloads_give_the_same_ranking(site):
 
 def test_lean_online_read_gives_the_rows_feast_gives(site, requests):
     from features.online import OnlineFeatures
-    from serving.online import lean_online_features
 
     feast_reader = OnlineFeatures(site.repo, site.spec)
-    lean = lean_online_features(site.repo, site.spec)
+    lean = OnlineFeatures(site.repo, site.spec, reader="lean")
     extra = ScoreRequest("nobody", ("i1", "no-such-item", "i2"),
                          {"device": "mobile", "hour": 3, "timestamp": site.snapshot.isoformat()})
     for req in [*requests, extra]:
@@ -117,7 +119,7 @@ def test_lean_online_read_gives_the_rows_feast_gives(site, requests):
         pd.testing.assert_frame_equal(got[want.columns], want)
     # and from one read of every request's candidates at once
     everything = [{"user_id": r.user_id, "item_id": i} for r in [*requests, extra] for i in r.item_ids]
-    with lean.store.prefetched(everything):
+    with lean.prefetched(everything):
         for req in [*requests, extra]:
             want = feast_reader.rows(req.user_id, list(req.item_ids), req.context)
             got = lean.rows(req.user_id, list(req.item_ids), req.context)

@@ -15,10 +15,10 @@ import pytest
 from features import categorize
 from features.categorize import MISSING, _as_text, stable_hash64
 from features.compute import StatsParams
-from features.spec import ModelInput
+from contract.spec import ModelInput
 from features.transform import (PASS_THROUGH, SPARSE_SOURCES, build_model_frame, feature_spec,
                                 model_columns, query_terms)
-from serving.predictor import model_input
+
 
 SIZES = {name: 500 + 37 * i for i, name in enumerate(SPARSE_SOURCES)}
 STATS = StatsParams(rate_prior=0.03, rate_prior_weight=10.0, days_since_cap=365)
@@ -177,9 +177,9 @@ def test_cached_hashes_equal_fresh_ones_and_the_cache_is_bounded(monkeypatch):
 def test_serving_columns_give_the_model_input_of_the_training_transform(site):
     """Online columns -> model_columns -> ModelInput equals online rows -> build_model_frame
     -> ModelInput.from_frame (the training path), for known and unknown entities."""
-    from serving.online import lean_online_features
+    from features.online import OnlineFeatures
 
-    online = lean_online_features(site.repo, site.spec)
+    online = OnlineFeatures(site.repo, site.spec, reader="lean")
     users = [*site.events["user_id"].unique()[:3].tolist(), "nobody"]
     items = [*site.events["item_id"].unique()[:9].tolist(), "no-such-item"]
     contexts = [{"query": "Red gift red", "device": "mobile", "hour": 23}, {},
@@ -187,7 +187,7 @@ def test_serving_columns_give_the_model_input_of_the_training_transform(site):
                 {"query": "", "position": [1, 2, 30, 70, 200, None, 4, 5, 6, 7]}]
     for user, context in zip(users, contexts):
         cols = online.columns(user, items, context)
-        got = model_input(model_columns(cols, len(items), site.spec), site.spec)
+        got = ModelInput.from_columns(model_columns(cols, len(items), site.spec), site.spec)
         want = ModelInput.from_frame(build_model_frame(online.rows(user, items, context), site.spec), site.spec)
         for field in ("dense", "sparse_values", "sparse_offsets"):
             np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
@@ -201,7 +201,7 @@ def test_model_input_from_columns_equals_from_frame(seed):
         frame = build_model_frame(rows, SPEC)
         columns = {c: rows[c].to_numpy() for c in rows.columns if c != "event_timestamp"}
         columns["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True).to_numpy(dtype="datetime64[ns]")
-        got = model_input(model_columns(columns, n, SPEC), SPEC)
+        got = ModelInput.from_columns(model_columns(columns, n, SPEC), SPEC)
         want = ModelInput.from_frame(frame, SPEC)
         for field in ("dense", "sparse_values", "sparse_offsets", "labels"):
             np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)

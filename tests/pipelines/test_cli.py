@@ -1,6 +1,6 @@
 import pytest
 
-from components.cli import build_parser, main
+from pipelines.cli import build_parser, main
 
 
 def test_every_step_is_a_subcommand():

@@ -1,6 +1,7 @@
 import pytest
 
-from components.serve import ServeConfig, serve
+from serving.cli import serve
+from serving.config import ServeConfig
 
 
 @pytest.fixture

@@ -14,31 +14,13 @@ Example::
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from components.common import StepError, log
-from components.params import add_params_args, load_config
+from contract.io import StepError, log
+from contract.params import add_params_args, load_config
+from serving.config import ServeConfig
 
 STEP = "serve"
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """The ``serve`` section of params.yaml."""
-
-    model_name: str = "robeflow"   # the NAME in /v1/models/NAME:predict
-    host: str = "0.0.0.0"          # listen address (127.0.0.1: this machine only)
-    http_port: int = 8080          # KServe's default
-    grpc_port: int = 0             # 0 = no gRPC server
-    workers: int = 1               # one process (more is refused: replicas scale out)
-    max_candidates: int = 1000     # most items per request (more is a 400)
-    torch_threads: int = 1         # intra-op threads; 1 suits per-request batches of ~100 rows
-    online_reader: Literal["lean", "feast"] = "lean"  # lean: direct online-store read, same values
-    max_batch_requests: int = 32   # concurrent requests scored in one batch (1 = none)
-    batch_wait_ms: float = 1.0     # an idle server waits this long for requests to batch
-    online_cache_s: float = 60.0   # lean reader: seconds an entity row may be served from memory (0 = no cache)
 
 
 def serve(cfg: ServeConfig, registry: str, features_repo: Path) -> None:
@@ -57,10 +39,7 @@ def serve(cfg: ServeConfig, registry: str, features_repo: Path) -> None:
         raise ValueError(f"serve.online_cache_s = {cfg.online_cache_s}; expected >= 0")
     if cfg.max_candidates < 1:
         raise ValueError(f"serve.max_candidates = {cfg.max_candidates}; expected >= 1")
-    model = RobeflowModel(cfg.model_name, registry, features_repo, max_candidates=cfg.max_candidates,
-                          torch_threads=cfg.torch_threads, online_reader=cfg.online_reader,
-                          max_batch_requests=cfg.max_batch_requests, batch_wait_ms=cfg.batch_wait_ms,
-                          online_cache_s=cfg.online_cache_s)
+    model = RobeflowModel(cfg, registry, features_repo)
     model.load()
     log(STEP, f"model {cfg.model_name} = {model.version} of {registry}; listening on "
               f"http://{cfg.host}:{cfg.http_port}")

@@ -4,9 +4,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from components.cli import main
-from components.common import StepError
-from components.pipeline import check_host, kfp_cron
+from pipelines.cli import main
+from contract.io import StepError
+from pipelines.commands import check_host, kfp_cron
 
 
 @pytest.mark.parametrize("expr, expected", [
@@ -80,7 +80,7 @@ def test_submit_to_unreachable_host_fails_cleanly(capsys):
 
 
 def test_pipeline_arguments_mirror_params_yaml(tmp_path):
-    from components.pipeline import pipeline_arguments
+    from pipelines.commands import pipeline_arguments
 
     params = tmp_path / "params.yaml"
     params.write_text("pipeline:\n  device: cpu\ngenerate:\n  rows: 10\ntrain:\n  target_auc: null\n")

@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from components.params import apply_overrides, as_dict, from_dict, load_config
+from contract.params import apply_overrides, as_dict, from_dict, load_config
 
 
 @dataclass(frozen=True)

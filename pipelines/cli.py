@@ -1,8 +1,8 @@
-"""The `robeflow` command: one subcommand per pipeline step.
+"""The `robeflow` command: one subcommand per pipeline step, plus serve, pipeline, summary.
 
-Each module in ``components/`` that defines ``register(subparsers)`` adds its step; the
-step's handler returns the process exit code. Errors a user can cause (``ValueError``,
-``FileNotFoundError``, :class:`components.common.StepError`) become one line on stderr.
+Each module in ``components/`` (the steps) and each of :data:`COMMANDS` defines
+``register(subparsers)``; a handler returns the process exit code. Errors a user can cause (``ValueError``,
+``FileNotFoundError``, :class:`contract.io.StepError`) become one line on stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ import sys
 
 import components
 
+# Commands that are not pipeline steps: the model server, the Kubeflow pipeline's
+# compile/submit/schedule/run-local, and the summary of a local run.
+COMMANDS: tuple[str, ...] = ("serving.cli", "pipelines.commands", "pipelines.summary")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -22,19 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="step", metavar="STEP")
     sub.required = True
-    for info in sorted(pkgutil.iter_modules(components.__path__), key=lambda m: m.name):
-        # kfp_components imports kfp at import time; the CLI never needs it to start.
-        if info.name.startswith("_") or info.name in ("cli", "kfp_components"):
-            continue
-        module = importlib.import_module(f"components.{info.name}")
-        register = getattr(module, "register", None)
+    steps = [f"components.{m.name}" for m in pkgutil.iter_modules(components.__path__)
+             if not m.name.startswith("_")]
+    for name in sorted(steps + list(COMMANDS), key=lambda n: n.rsplit(".", 1)[1]):
+        register = getattr(importlib.import_module(name), "register", None)
         if register is not None:
             register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.common import StepError
+    from contract.io import StepError
 
     args = build_parser().parse_args(argv)
     try:

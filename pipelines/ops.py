@@ -30,7 +30,7 @@ def generate_op(params: dict, raw: Output[Dataset], truth: Output[Dataset]):
     from pathlib import Path
 
     from components.generate import GenerateConfig, generate
-    from components.params import from_dict
+    from contract.params import from_dict
 
     res = generate(from_dict(GenerateConfig, params, "generate"), Path(raw.path), Path(truth.path))
     raw.metadata.update({"rows": res.rows, "positive_rate": res.positive_rate,
@@ -44,7 +44,7 @@ def ingest_op(params: dict, raw: Input[Dataset], ingested: Output[Dataset]):
     from pathlib import Path
 
     from components.ingest import IngestConfig, ingest
-    from components.params import from_dict
+    from contract.params import from_dict
 
     res = ingest(from_dict(IngestConfig, params, "ingest"), Path(raw.path), Path(ingested.path))
     ingested.metadata.update({"rows": res.rows, "format": res.format, "days": len(res.days),
@@ -59,8 +59,8 @@ def validate_op(params: dict, ingested: Input[Dataset], validated: Output[Datase
     import tempfile
     from pathlib import Path
 
-    from components.common import StepError
-    from components.params import from_dict
+    from contract.io import StepError
+    from contract.params import from_dict
     from components.validate import ValidateConfig, validate
 
     cfg = from_dict(ValidateConfig, params, "validate")
@@ -83,7 +83,7 @@ def features_op(params: dict, validated: Input[Dataset], feature_repo: Output[Da
     from pathlib import Path
 
     from components.features import FeaturesConfig, features
-    from components.params import from_dict
+    from contract.params import from_dict
 
     res = features(from_dict(FeaturesConfig, params, "features"), Path(validated.path),
                    Path(feature_repo.path), Path(model_input.path))
@@ -99,7 +99,7 @@ def train_op(params: dict, device: str, model_input: Input[Dataset], model: Outp
     import tempfile
     from pathlib import Path
 
-    from components.params import from_dict
+    from contract.params import from_dict
     from components.train import train
     from dlrm.configs import TrainConfig
 
@@ -128,7 +128,7 @@ def evaluate_op(params: dict, model: Input[Model], model_input: Input[Dataset], 
     from pathlib import Path
 
     from components.evaluate import evaluate
-    from components.params import from_dict
+    from contract.params import from_dict
     from dlrm.configs import EvaluateConfig
 
     cfg = from_dict(EvaluateConfig, {**params, "fail_on_gate": False}, "evaluate")
@@ -156,7 +156,7 @@ def push_op(params: dict, model: Input[Model], metrics: Input[Metrics], bundle: 
     import json
     from pathlib import Path
 
-    from components.params import from_dict
+    from contract.params import from_dict
     from components.push import PushConfig, push
 
     res = push(from_dict(PushConfig, params, "push"), Path(model.path), Path(metrics.path))
@@ -174,9 +174,9 @@ def monitor_op(params: dict, model_input: Input[Dataset], model: Input[Model], r
     import tempfile
     from pathlib import Path
 
-    from components.common import StepError
+    from contract.io import StepError
     from components.monitor import MonitorConfig, monitor
-    from components.params import from_dict
+    from contract.params import from_dict
 
     cfg = from_dict(MonitorConfig, params, "monitor")
     scratch = Path(tempfile.mkdtemp(prefix="monitor-"))

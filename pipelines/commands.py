@@ -20,8 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from components.common import StepError, log
-from components.params import add_params_args, apply_overrides, read_params
+from contract.io import StepError, log
+from contract.params import add_params_args, apply_overrides, read_params
 
 COMPILED = Path("pipelines/compiled/robe_dlrm_pipeline.yaml")
 PIPELINE_NAME = "robe-dlrm"

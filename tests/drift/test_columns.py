@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.drift import (BUCKETS, RARE, UNSEEN, column_drift, id_keys, metric_value, monitored_tables,
+from drift.columns import (BUCKETS, RARE, UNSEEN, column_drift, id_keys, metric_value, monitored_tables,
                               pool_rare, popularity_buckets, sample_rows)
-from features.spec import DenseFeature, FeatureSpec, SparseFeature
+from contract.spec import DenseFeature, FeatureSpec, SparseFeature
 
 
 def zipf_ids(rng: np.random.Generator, n: int, ids: np.ndarray, a: float = 1.0) -> pd.Series:
@@ -157,7 +157,7 @@ def test_config_refuses_bad_values(field, value):
 
 
 def test_cli_refuses_missing_paths_and_a_missing_dashboard_workspace(tmp_path, capsys):
-    from components.cli import main
+    from pipelines.cli import main
 
     assert main(["monitor", "--input", str(tmp_path)]) == 2
     assert "--html, --summary" in capsys.readouterr().err
@@ -174,11 +174,12 @@ def test_cli_refuses_missing_paths_and_a_missing_dashboard_workspace(tmp_path, c
 def test_model_ready_windows_equal_the_features_steps_tables(tmp_path):
     """The in-memory windows (what the monitor tests and benchmark build) are the features
     step's model-ready tables, value for value, without its Feast point-in-time join."""
-    from components.drift import model_ready_windows
+    from features.windows import model_ready_windows
     from components.features import FeaturesConfig, features
-    from components.generate import GenerateConfig, build_world, generate_chunk
-    from components.params import as_dict
-    from components.schema import COLUMNS
+    from generator.config import GenerateConfig
+    from generator.events import build_world, generate_chunk
+    from contract.params import as_dict
+    from contract.schema import COLUMNS
     from features.compute import StatsParams
     from features.transform import feature_spec
 

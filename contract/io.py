@@ -50,14 +50,31 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 
 
-def write_json(path: Path | str, data: Any) -> Path:
-    """Writes ``data`` as indented JSON atomically (write to a temporary file, then rename)."""
+@contextmanager
+def atomic_file(path: Path | str) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; what the block writes there replaces
+    ``path`` by a rename when the block succeeds, and is removed when it fails, so a
+    reader sees the old file or the whole new one, never a part.
+
+    Example:
+        >>> with atomic_file("reports/drift.html") as tmp:       # doctest: +SKIP
+        ...     snapshot.save_html(str(tmp))
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
-    return path
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path | str, data: Any) -> Path:
+    """Writes ``data`` as indented JSON atomically (see :func:`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return Path(path)
 
 
 def _json_default(x: Any) -> Any:

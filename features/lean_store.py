@@ -1,4 +1,4 @@
-"""A lean online-store read for serving: one store read per feature view, no response objects.
+"""A lean online-store read: one store read per feature view, no response objects.
 
 ``FeatureStore.get_online_features`` builds a protobuf response and converts it back to
 Python for every request, which costs more than the store read itself. :class:`LeanStore`
@@ -16,9 +16,8 @@ is emptied as soon as it does: for the SQLite store the check is exact and costs
 commits, or the file is replaced); for any store the cache is also emptied after
 ``max_age_s`` seconds.
 
-:func:`lean_online_features` wraps it into the features package's
-:class:`~features.online.OnlineFeatures`, so the context handling and the transform stay
-the ones training uses.
+:class:`~features.online.OnlineFeatures` reads through it with ``reader="lean"`` (what the
+server uses), so the context handling and the transform stay the ones training uses.
 """
 
 from __future__ import annotations
@@ -40,8 +39,8 @@ class _Columns:
 
 
 class LeanStore:
-    """Proxy of a Feast ``FeatureStore`` whose ``get_online_features`` reads the online
-    store directly (every other attribute is the store's own).
+    """Answers a Feast ``FeatureStore``'s ``get_online_features`` for one feature service
+    by reading the online store directly.
 
     Args:
         store: an open FeatureStore (a materialised repo).
@@ -60,9 +59,7 @@ class LeanStore:
         self._store, self._service = store, service
         self._EntityKey, self._Value = EntityKey, Value
         self._to_python = feast_value_type_to_python_type
-        # the store's provider reads the online store (Provider.online_read is public API;
-        # FeatureStore only hands the provider out through _get_provider)
-        self._provider = store._get_provider()
+        self._provider = store.provider  # its online_read reads the online store
         if max_age_s < 0 or max_entries < 1:
             raise ValueError(f"max_age_s must be >= 0 and max_entries >= 1, got {max_age_s}, {max_entries}")
         self.max_age_s, self.max_entries = float(max_age_s), int(max_entries)
@@ -81,9 +78,6 @@ class LeanStore:
                 raise ValueError(f"feature view {proj.name} has join keys {keys}; the lean reader "
                                  "handles views keyed by one entity")
             self._views.append((view, keys[0], [f.name for f in proj.features]))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     def _key(self, join_key: str, value: str) -> Any:
         return self._EntityKey(join_keys=[join_key], entity_values=[self._Value(string_val=value)])
@@ -177,14 +171,3 @@ def _sqlite_path(store: Any) -> str | None:
         return None
     path = Path(config.online_store.path)
     return str(path if path.is_absolute() or not config.repo_path else Path(config.repo_path) / path)
-
-
-def lean_online_features(repo_dir: Path | str, spec: Any, max_age_s: float = 60.0) -> Any:
-    """An :class:`~features.online.OnlineFeatures` on ``repo_dir`` that reads through
-    :class:`LeanStore` (same rows, model input and errors; less time per request).
-    ``max_age_s``: see :class:`LeanStore` (0: no cache)."""
-    from features.online import OnlineFeatures
-
-    online = OnlineFeatures(repo_dir, spec)
-    online.store = LeanStore(online.store, online.service, max_age_s=max_age_s)
-    return online

@@ -1,4 +1,4 @@
-"""The tables the monitor step tests for drift, and the compact summary of an Evidently run.
+"""The tables the monitor tests for drift, and the compact summary of an Evidently run.
 
 Monitored columns are the model's inputs, named as in the feature spec:
 
@@ -36,7 +36,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from features.spec import FeatureSpec
+    from contract.spec import FeatureSpec
 
 UNSEEN = "unseen"
 RARE = "rare"              # categories pooled because the reference sample has too few rows of them
@@ -235,39 +235,3 @@ def metric_value(snapshot: dict, type_suffix: str, **config: Any) -> Any:
         if cfg.get("type", "").endswith(f":{type_suffix}") and all(cfg.get(k) == v for k, v in config.items()):
             return m["value"]
     return None
-
-
-def model_ready_windows(events: "pd.DataFrame", spec: "FeatureSpec", stats: "Any",
-                        test_days: int, valid_days: int) -> dict[str, "pd.DataFrame"]:
-    """Validated transactions -> model-ready ``{train, valid, test}`` tables, without a Feast repo.
-
-    Joins every event with the feature tables' rows stamped at the start of its day (the
-    tables hold a row per entity and event day, computed from strictly earlier days), which
-    is what the features step's point-in-time join returns; then applies the shared
-    transform and splits by day as the features step does. For monitoring transactions that
-    have not been through the features step, and for tests and benchmarks on small data.
-
-    Args:
-        events: transactions in the canonical schema (tz-aware ``event_timestamp``).
-        spec: the feature spec (``feature_spec.json`` of the features step).
-        stats: the :class:`features.compute.StatsParams` the spec's fill values come from.
-        test_days, valid_days: the split (``features.test_days``, ``features.valid_days``).
-    """
-    import pandas as pd
-
-    from components.features import split_days
-    from features.compute import compute_feature_tables, event_days
-    from features.transform import build_model_frame
-
-    tables = compute_feature_tables(events, stats)
-    rows = events.reset_index(drop=True).copy()
-    rows["_day"] = pd.to_datetime(rows["event_timestamp"], utc=True).dt.floor("D")
-    for name, table in tables.items():
-        key = "user_id" if name.startswith("user") else "item_id"
-        table = table.rename(columns={"event_timestamp": "_day"})
-        table["_day"] = table["_day"].astype(rows["_day"].dtype)
-        rows = rows.merge(table, on=[key, "_day"], how="left", validate="many_to_one")
-    frame = build_model_frame(rows.drop(columns="_day"), spec)
-    day = event_days(frame["event_timestamp"])
-    splits = split_days(pd.Series(day), test_days, valid_days)
-    return {name: frame[np.isin(day, days)].reset_index(drop=True) for name, days in splits.items()}

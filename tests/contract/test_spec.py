@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.spec import DenseFeature, FeatureSpec, ModelInput, SparseFeature
+from contract.spec import DenseFeature, FeatureSpec, ModelInput, SparseFeature
 
 SPEC = FeatureSpec(
     dense=(DenseFeature("price", "log1p"), DenseFeature("rate")),

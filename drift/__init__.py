@@ -1,0 +1,2 @@
+"""Drift of model inputs and predictions: the monitored tables (Evidently), the workspace
+and its dashboard."""

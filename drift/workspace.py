@@ -1,0 +1,92 @@
+"""The Evidently workspace of the monitor: one snapshot per run, the project dashboard,
+and Evidently's UI over it (``robeflow monitor --dashboard``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from contract.io import StepError, log
+
+PREDICTION = "prediction"  # the column holding the model's purchase probability
+
+
+
+def dashboard_panels() -> list:
+    """The project dashboard: drift share, prediction mean and quality over runs."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import counter_panel, line_plot_panel
+
+    share = PanelMetric(metric="DriftedColumnsCount", metric_labels={"value_type": "share"},
+                        legend="share of drifted features")
+    pred_mean = PanelMetric(metric="MeanValue", metric_labels={"column": PREDICTION},
+                            legend="mean purchase probability")
+    # no counter of the drift share: the UI shows "no value" when the last value is 0
+    return [
+        counter_panel("ROC AUC (last run)", [PanelMetric(metric="RocAuc", legend="AUC")], size="half"),
+        counter_panel("Prediction mean (last run)", [pred_mean], size="half"),
+        line_plot_panel("Share of drifted features", [share],
+                        description="DataDriftPreset over the model inputs; drift at >= monitor.max_drift_share"),
+        line_plot_panel("Prediction mean", [pred_mean], size="half"),
+        line_plot_panel("ROC AUC", [PanelMetric(metric="RocAuc", legend="AUC")], size="half"),
+        line_plot_panel("Log loss", [PanelMetric(metric="LogLoss", legend="log loss")], size="half"),
+        line_plot_panel("Purchase rate", [PanelMetric(metric="MeanValue", metric_labels={"column": "purchased"},
+                                                      legend="share purchased")], size="half"),
+    ]
+
+
+def open_project(workspace: Path, name: str):
+    """(workspace, project): the project called ``name``, created with its dashboard if absent."""
+    from evidently.ui.workspace import Workspace
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    ws = Workspace(str(workspace))
+    found = ws.search_project(name)
+    if len(found) > 1:
+        raise StepError(f"the workspace {workspace} holds {len(found)} projects named {name!r}; expected one")
+    if found:
+        return ws, found[0]
+    project = ws.create_project(name, description="robeflow drift monitoring: one snapshot per monitor run")
+    for panel in dashboard_panels():
+        project.dashboard.add_panel(panel, tab="Monitoring")
+    project.save()
+    return ws, project
+
+
+def add_run(workspace: Path, project_name: str, snapshot) -> str:
+    """Adds ``snapshot`` to the workspace project; returns its snapshot id."""
+    ws, project = open_project(Path(workspace), project_name)
+    ref = ws.add_run(project.id, snapshot, include_data=False)
+    return str(ref.id)
+
+
+def list_runs(workspace: Path, project_name: str) -> list[str]:
+    """The snapshot ids of the project's runs ([] when the workspace or project does not exist)."""
+    from evidently.ui.workspace import Workspace
+
+    if not Path(workspace).is_dir():
+        return []
+    ws = Workspace(str(workspace))
+    found = ws.search_project(project_name)
+    return [str(s) for p in found for s in ws.list_runs(p.id)]
+
+
+def serve_dashboard(workspace: Path, port: int = 8000) -> int:
+    """Serves Evidently's UI over ``workspace`` on 127.0.0.1:``port`` until interrupted."""
+    if not Path(workspace).is_dir():
+        raise FileNotFoundError(f"workspace {workspace} does not exist; run `robeflow monitor` first")
+    log("monitor", f"Evidently UI over {workspace} at http://127.0.0.1:{port} (Ctrl-C stops it)")
+    env = {**os.environ, "DO_NOT_TRACK": "1"}
+    try:
+        # `evidently ui` of the running interpreter's environment, bound to loopback only
+        subprocess.run([sys.executable, "-m", "evidently.cli", "ui", "--workspace", str(workspace),
+                        "--host", "127.0.0.1", "--port", str(port)], check=True, env=env)
+    except subprocess.CalledProcessError as err:
+        if err.returncode < 0:   # stopped by a signal: the way a server ends
+            log("monitor", f"Evidently UI stopped (signal {-err.returncode})")
+            return 0
+        raise StepError(f"the Evidently UI over {workspace} exited with status {err.returncode} "
+                        f"(is port {port} in use?)") from None
+    return 0

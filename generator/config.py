@@ -1,0 +1,48 @@
+"""The ``generate`` section of params.yaml: the world's size, the planted model's knobs, drift,
+corruption and the output format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    rows: int = 200_000              # transactions (offers) to generate
+    users: int = 20_000
+    items: int = 5_000
+    days: int = 28                   # window: [start_date, start_date + days)
+    start_date: str = "2026-10-01"   # UTC
+    seed: int = 7
+    corrupt_fraction: float = 0.005  # share of rows broken on purpose
+    drift: float = 0.0               # 0..1, strength of the shift on the last drift_days days
+    drift_days: int = 4
+    format: Literal["parquet", "csv", "criteo"] = "parquet"
+    chunk_rows: int = 100_000        # rows per chunk and part file (bounds memory)
+    base_rate: float = 0.03          # mean planted purchase probability
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "users", "items", "days", "chunk_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"generate.{name} = {getattr(self, name)}; expected >= 1")
+        if not 0.0 <= self.corrupt_fraction <= 0.5:
+            raise ValueError(f"generate.corrupt_fraction = {self.corrupt_fraction}; expected 0..0.5")
+        if not 0.0 <= self.drift <= 1.0:
+            raise ValueError(f"generate.drift = {self.drift}; expected 0..1")
+        if not 0 <= self.drift_days <= self.days:
+            raise ValueError(f"generate.drift_days = {self.drift_days}; expected 0..days ({self.days})")
+        if not 0.001 <= self.base_rate <= 0.5:
+            raise ValueError(f"generate.base_rate = {self.base_rate}; expected 0.001..0.5")
+        try:
+            pd.Timestamp(self.start_date)
+        except ValueError:
+            raise ValueError(f"generate.start_date = {self.start_date!r}; expected a date like 2026-10-01") from None
+
+    @property
+    def window(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """The data window [start, end) in UTC."""
+        start = pd.Timestamp(self.start_date, tz="UTC").normalize()
+        return start, start + pd.Timedelta(days=self.days)

@@ -1,0 +1,150 @@
+"""The ranker: a model bundle and an online feature reader -> scores of candidate items.
+
+Per request it reads the user's and the items' features from the online store as plain
+columns (:meth:`features.online.OnlineFeatures.columns`), computes the features with the
+transform's core that training uses too (``features.transform.model_columns``), builds the
+:class:`~contract.spec.ModelInput` with its one builder (``ModelInput.from_columns``), scores
+all candidates in one batch and returns them best first. No pandas object is made per
+request. Users and items the store does not know are still scored: their ids hash into
+the embedding array and their missing features are filled as in training.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from kserve.errors import InvalidInput
+
+from contract.spec import ModelInput
+from serving.requests import ScoreRequest
+
+
+@dataclass
+class LoadedBundle:
+    """A bundle loaded from the registry."""
+
+    model: Any            # dlrm.model.DLRM in eval mode, on CPU
+    doc: dict[str, Any]   # its config.json
+    version: str          # registry version, e.g. "v3"
+
+
+def load_production(registry: str | Path, version: str | None = None) -> LoadedBundle:
+    """Loads the registry's production bundle (or ``version``) with safetensors + JSON only.
+
+    A local registry is read in place; a remote one is copied to a temporary dir first.
+    """
+    from dlrm.bundle import load_model
+    from model_registry.registry import Registry
+
+    reg = Registry(registry)
+    version = version or reg.production()
+    if version is None:
+        raise FileNotFoundError(f"registry {registry} has no production model (no 'production' pointer); "
+                                "run `robeflow push` first")
+    local = reg.local_dir(version)
+    if local is not None:
+        reg.files(version)  # checks that the version exists
+        model, doc = load_model(local)
+    else:
+        with tempfile.TemporaryDirectory(prefix="robeflow-bundle-") as tmp:
+            _, path = reg.fetch(version, Path(tmp))
+            model, doc = load_model(path)
+    return LoadedBundle(model=model, doc=doc, version=version)
+
+
+class Ranker:
+    """Scores candidates of :class:`ScoreRequest` s with a model and an online feature reader.
+
+    Args:
+        model: the DLRM (eval mode).
+        spec: the FeatureSpec it was trained on.
+        features: the online feature reader (a :class:`features.online.OnlineFeatures`):
+            ``columns(user_id, item_ids, context)`` and, optionally, ``prefetched(rows)``.
+    """
+
+    def __init__(self, model: Any, spec: Any, features: Any):
+        self.model, self.spec, self.features = model, spec, features
+
+    def _columns(self, request: ScoreRequest) -> dict[str, Any]:
+        try:
+            return self.features.columns(request.user_id, list(request.item_ids), request.context)
+        except ValueError as e:  # a context value the feature reader cannot use
+            raise InvalidInput(f"cannot build features for user {request.user_id!r}: {e}") from None
+
+    def _score_columns(self, parts: Sequence[dict[str, Any]]) -> list[np.ndarray]:
+        """Scores the candidates of several requests in one transform and one model batch."""
+        from dlrm.bundle import predict
+        from features.transform import model_columns
+
+        sizes = [len(p["item_id"]) for p in parts]
+        columns = parts[0] if len(parts) == 1 else {
+            key: (np.concatenate([p[key] for p in parts]) if isinstance(parts[0][key], np.ndarray)
+                  else list(chain.from_iterable(p[key] for p in parts)))
+            for key in parts[0]}
+        # the transform and the model are row-wise, so batching requests changes no row's score
+        inputs = ModelInput.from_columns(model_columns(columns, sum(sizes), self.spec), self.spec)
+        probs = predict(self.model, inputs, batch_size=max(1, inputs.num_rows))   # (sum K,)
+        bounds = np.cumsum([0, *sizes])
+        return [probs[bounds[i]:bounds[i + 1]] for i in range(len(parts))]
+
+    def score_many(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray | InvalidInput]:
+        """Per request: (K,) float32 probabilities in request order, or the InvalidInput
+        that request raised (the others are still scored)."""
+        out: list[np.ndarray | InvalidInput] = [InvalidInput("not scored")] * len(requests)
+        good: list[int] = []
+        parts = []
+        # a reader that can reads the features of all the batch's candidates at once
+        batch_read = (self.features.prefetched([{"user_id": r.user_id, "item_id": i}
+                                                for r in requests for i in r.item_ids])
+                      if len(requests) > 1 and hasattr(self.features, "prefetched") else nullcontext())
+        with batch_read:
+            for i, request in enumerate(requests):
+                try:
+                    parts.append(self._columns(request))
+                    good.append(i)
+                except InvalidInput as e:
+                    out[i] = e
+        if not parts:
+            return out
+        try:
+            scored = self._score_columns(parts)
+        except ValueError:
+            # one request's rows broke the shared transform: score them one by one, so
+            # only that request gets its 400
+            scored = []
+            for part, i in zip(parts, good):
+                try:
+                    scored.append(self._score_columns([part])[0])
+                except ValueError as e:
+                    scored.append(InvalidInput(f"cannot score request for user {requests[i].user_id!r}: {e}"))
+        for i, s in zip(good, scored):
+            out[i] = s
+        return out
+
+    def scores(self, request: ScoreRequest) -> np.ndarray:
+        """(K,) float32 purchase probabilities of the request's items, in request order."""
+        (s,) = self.score_many([request])
+        if isinstance(s, InvalidInput):
+            raise s
+        return s
+
+    @staticmethod
+    def ranked(request: ScoreRequest, scores: np.ndarray) -> tuple[list[str], list[float]]:
+        """The request's items best first, and their scores."""
+        order = np.argsort(-scores, kind="stable")
+        return [request.item_ids[i] for i in order], [float(scores[i]) for i in order]
+
+    def rank(self, request: ScoreRequest) -> tuple[list[str], list[float]]:
+        """The request's items best first, and their scores."""
+        return self.ranked(request, self.scores(request))
+
+    def rank_many(self, requests: Sequence[ScoreRequest]) -> list[tuple[list[str], list[float]] | InvalidInput]:
+        """:meth:`rank` of several requests, scored in one batch."""
+        return [s if isinstance(s, InvalidInput) else self.ranked(r, s)
+                for r, s in zip(requests, self.score_many(requests))]
