@@ -129,21 +129,25 @@ def lsh_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None, *, rotation
         undo = torch.empty_like(sidx).scatter_(-1, sidx, pos.expand_as(sidx))  # token -> sorted
 
     k = shared_keys(qk)
-    sq = _gather_rows(qk, sidx).view(N, H, C, c, d)
+    sq = _gather_rows(qk * (1.0 / math.sqrt(d)), sidx).view(N, H, C, c, d)  # scaled once, on L rows
     sk = _look_one_back(_gather_rows(k, sidx).view(N, H, C, c, d))       # (N, H, C, w, d)
     sv = _look_one_back(_gather_rows(v, sidx).view(N, H, C, c, dv))      # (N, H, C, w, dv)
 
-    s = torch.matmul(sq, sk.transpose(-1, -2)) * (1.0 / math.sqrt(d))    # (N, H, C, c, w)
+    s = torch.matmul(sq, sk.transpose(-1, -2))                            # (N, H, C, c, w)
+    w = sk.shape[3]
+    # a query's own key sits at the same index of its window (the window starts with its chunk)
+    s = s.masked_fill(torch.eye(c, w, dtype=torch.bool, device=dev), SELF_SCORE)
     with torch.no_grad():
         qpos = sidx.view(N, H, C, c)
         kpos = _look_one_back(qpos[..., None]).squeeze(-1)                # (N, H, C, w)
-        kmask = torch.gather(mask[:, None].expand(N, H, Lp), 2, kpos.reshape(N, H, -1)).view_as(kpos)
-        is_self = qpos[..., :, None] == kpos[..., None, :]                  # (N, H, C, c, w)
         log_count = _log_counts(undo // c, qpos, kpos, C) if dedupe and H > 1 else None
-    s = s.masked_fill(is_self, SELF_SCORE)
+        kmask = None
+        if not bool(mask.all()):
+            kmask = torch.gather(mask[:, None].expand(N, H, Lp), 2, kpos.reshape(N, H, -1)).view_as(kpos)
     if log_count is not None:
         s = s - log_count.to(s.dtype)
-    s = s.masked_fill(~kmask[..., None, :], torch.finfo(s.dtype).min)
+    if kmask is not None:
+        s = s.masked_fill(~kmask[..., None, :], torch.finfo(s.dtype).min)
 
     lse = torch.logsumexp(s, dim=-1, keepdim=True)                          # (N, H, C, c, 1)
     o = torch.matmul(torch.exp(s - lse), sv)                                # (N, H, C, c, dv)
@@ -151,8 +155,8 @@ def lsh_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None, *, rotation
     # back to token order, then weigh each round by how much mass it found
     o = torch.gather(o.reshape(N, H, Lp, dv), 2, undo[..., None].expand(N, H, Lp, dv))
     lse = torch.gather(lse.reshape(N, H, Lp), 2, undo)                      # (N, H, Lp)
-    w = torch.softmax(lse, dim=1)                                           # (N, H, Lp)
-    out = (o * w[..., None]).sum(dim=1)                                     # (N, Lp, dv)
+    weight = torch.softmax(lse, dim=1)                                      # (N, H, Lp)
+    out = (o * weight[..., None]).sum(dim=1)                                # (N, Lp, dv)
     out = out * mask[..., None].to(out.dtype)
     return out[:, :L]
 
@@ -165,12 +169,15 @@ def _log_counts(chunk_of: Tensor, qpos: Tensor, kpos: Tensor, C: int) -> Tensor:
     ``(N, H, C, c, w)`` float (>= log 1, since the current round always counts).
     """
     N, H = chunk_of.shape[:2]
+    chunk_of = chunk_of.to(torch.int16 if C < 2**15 else torch.int32)
     count = torch.zeros(*qpos.shape, kpos.shape[-1], dtype=torch.int16, device=qpos.device)
     for r in range(H):
         ch = chunk_of[:, r][:, None].expand(N, H, chunk_of.shape[-1])     # (N, H, Lp) round r's chunks
-        qc = torch.gather(ch, 2, qpos.reshape(N, H, -1)).view_as(qpos)[..., :, None]  # (N, H, C, c, 1)
+        qc = torch.gather(ch, 2, qpos.reshape(N, H, -1)).view_as(qpos)     # (N, H, C, c)
         kc = torch.gather(ch, 2, kpos.reshape(N, H, -1)).view_as(kpos)[..., None, :]  # (N, H, C, 1, w)
-        count += kc == qc
+        # in round r, j is in i's window iff chunk(j) is chunk(i) or the one before it (cyclic);
+        # a single chunk is its own window, once
+        count += kc == qc[..., None]
         if C > 1:
-            count += kc == (qc - 1) % C
+            count += kc == ((qc - 1) % C)[..., None]
     return count.float().log()

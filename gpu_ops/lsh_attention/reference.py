@@ -66,6 +66,7 @@ def full_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     s = s.masked_fill(eye, SELF_SCORE)
     # finfo.min rather than -inf: exp() of it is exactly 0 next to any real score, and a
     # fully padded row stays finite (its output is zeroed below)
-    s = s.masked_fill(~mask[:, None, :], torch.finfo(s.dtype).min)
+    if not bool(mask.all()):
+        s = s.masked_fill(~mask[:, None, :], torch.finfo(s.dtype).min)
     out = torch.matmul(torch.softmax(s, dim=-1), v)                  # (N, L, dv)
     return out * mask[..., None].to(out.dtype)

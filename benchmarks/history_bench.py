@@ -1,0 +1,313 @@
+"""History tower scaling: LSH against full self-attention over L, and memory against depth
+with and without reversible blocks, in the same run.
+
+Part 1 (scaling): the tower of ``dlrm.history`` (ROBE array, ``--depth`` reversible blocks,
+SimHash top-k target attention) on ``--batch`` users with L-event histories, once with LSH
+self-attention (``full_attn_below = 0``) and once with full self-attention; forward +
+backward time (median of ``--iters`` steps after one warm-up step) and the peak memory
+of the first step after the warm-up. Full attention is skipped where its measured memory, scaled by L^2
+from the largest L that ran, would pass ``--max-gb`` (the projection is printed).
+
+Part 2 (depth): peak memory of the LSH tower at L = ``--depth-len`` with 2, 4 and 8 blocks,
+reversible against ordinary autograd.
+
+Each configuration runs in a fresh process, so one configuration's allocations do not
+hide another's peak. Peak memory: on CPU the growth of the process's peak resident set
+(VmHWM, reset before the step via /proc/self/clear_refs) over its resident set before the
+step; on CUDA ``torch.cuda.max_memory_allocated`` over the allocation before the step.
+
+Outputs: the tables on stdout, ``history_bench.json`` and ``history_bench.png`` under
+``--out`` (default benchmarks/results/). Timings on a shared machine are noisy: compare
+figures of one run with each other (the ratios), not across runs.
+
+    .venv/bin/python benchmarks/history_bench.py                       # L = 256 .. 65536
+    .venv/bin/python benchmarks/history_bench.py --lengths 256,1024 --iters 2 --depth-len 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------
+# One configuration (child process)
+# ----------------------------------------------------------------------------------------
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_now_and_peak() -> tuple[int, int]:
+    now = peak = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            now = int(line.split()[1]) * 1024
+        elif line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) * 1024
+    return now, peak
+
+
+def run_one(cfg: dict) -> dict:
+    """Build the tower of ``cfg``, time forward + backward, measure its peak memory."""
+    import gc
+    import statistics
+
+    import torch
+
+    from dlrm.embeddings import RobeArray
+    from dlrm.history import HistoryConfig, HistoryTower
+
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    dev = torch.device(cfg["device"])
+    B, L, D = cfg["batch"], cfg["length"], cfg["dim"]
+    torch.manual_seed(0)
+    backend = RobeArray([1_000_000], D, size=1 << 20, block=D, seed=0).to(dev)
+    hcfg = HistoryConfig(max_len=L, table_size=200_000, depth=cfg["depth"], heads=cfg["heads"],
+                         bucket_size=cfg["bucket_size"], n_hashes=cfg["n_hashes"],
+                         full_attn_below=0 if cfg["mode"] == "lsh" else L + 1,
+                         reversible=cfg["reversible"], target="simhash", topk=64)
+    tower = HistoryTower(hcfg, D, backend).to(dev).train()
+    g = torch.Generator().manual_seed(1)
+    hist = torch.randint(0, 200_000, (B, L), generator=g).to(dev)
+    lengths = torch.full((B,), L, dtype=torch.int64).to(dev)
+    cand = torch.randint(0, 200_000, (B,), generator=g).to(dev)
+
+    def step() -> None:
+        tower.zero_grad(set_to_none=True)
+        backend.weight.grad = None
+        tower(hist, lengths, cand).square().sum().backward()
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    step()   # warm-up: first-call initialisation is neither timed nor counted as peak memory
+    sync()
+    first = time.perf_counter() - t0
+    gc.collect()
+    if dev.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times = [time.perf_counter() - t0]
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        exact = _reset_peak()
+        base, _ = _rss_now_and_peak()
+        t0 = time.perf_counter()
+        step()
+        times = [time.perf_counter() - t0]
+        _, hwm = _rss_now_and_peak()
+        peak = hwm - base if exact else -1
+    for _ in range(cfg["iters"] - 1):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return {**cfg, "time_s": statistics.median(times), "first_s": first,
+            "peak_bytes": int(peak)}
+
+
+# ----------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------
+
+def _spawn(cfg: dict, timeout: float) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], env=env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {**cfg, "error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        return {**cfg, "error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _mb(b: float) -> str:
+    return "n/a" if b < 0 else f"{b / 2**20:,.0f}"
+
+
+def scaling(args, base: dict) -> list[dict]:
+    rows: list[dict] = []
+    print(f"\n== Scaling: tower fwd+bwd, B={args.batch}, D={args.dim}, depth={args.depth}, "
+          f"heads={args.heads}, bucket={args.bucket_size}, hashes={args.n_hashes}, reversible ==")
+    print(f"{'L':>7} {'mode':>5} {'ms':>10} {'peak MB':>9} {'x time / prev L':>16} {'x mem / prev L':>15}")
+    last_ok: dict[str, dict] = {}
+    for L in args.lengths:
+        for mode in ("lsh", "full"):
+            cfg = {**base, "mode": mode, "length": L, "depth": args.depth, "reversible": True}
+            prev = last_ok.get(mode)
+            if mode == "full" and prev is not None and prev["peak_bytes"] > 0:
+                projected = prev["peak_bytes"] * (L / prev["length"]) ** 2
+                if projected > args.max_gb * 2**30:
+                    row = {**cfg, "skipped": f"projected {projected / 2**30:.1f} GB (L^2 from "
+                                              f"L={prev['length']}) > --max-gb {args.max_gb}"}
+                    rows.append(row)
+                    print(f"{L:>7} {mode:>5}   skipped: {row['skipped']}")
+                    continue
+            row = _spawn(cfg, args.timeout)
+            rows.append(row)
+            if "error" in row:
+                print(f"{L:>7} {mode:>5}   failed: {row['error']}")
+                continue
+            gt = gm = ""
+            if prev is not None:
+                gt = f"{row['time_s'] / prev['time_s']:.2f} (L x{L // prev['length']})"
+                if prev["peak_bytes"] > 0:
+                    gm = f"{row['peak_bytes'] / prev['peak_bytes']:.2f}"
+            print(f"{L:>7} {mode:>5} {row['time_s'] * 1e3:>10,.1f} {_mb(row['peak_bytes']):>9} "
+                  f"{gt:>16} {gm:>15}", flush=True)
+            last_ok[mode] = row
+    both = {}
+    for r in rows:
+        if "time_s" in r:
+            both.setdefault(r["length"], {})[r["mode"]] = r
+    print("\nLSH / full at the same L (time, memory):")
+    cross = None
+    for L in sorted(both):
+        if {"lsh", "full"} <= both[L].keys():
+            lsh, full = both[L]["lsh"], both[L]["full"]
+            print(f"  L={L:>6}: time {lsh['time_s'] / full['time_s']:.2f}x, "
+                  f"memory {lsh['peak_bytes'] / max(full['peak_bytes'], 1):.2f}x")
+            if cross is None and lsh["time_s"] < full["time_s"]:
+                cross = L
+    measured = sorted(L for L in both if {"lsh", "full"} <= both[L].keys())
+    if cross is not None:
+        below = [L for L in measured if L < cross]
+        print(f"Crossover: LSH is faster from L = {cross}"
+              + (f" (full attention was faster at L = {below[-1]})" if below else " (the smallest L measured)"))
+    else:
+        print("Crossover: full attention was faster at every L where both ran"
+              + (f" (up to L = {measured[-1]})" if measured else ""))
+    return rows
+
+
+def depth_sweep(args, base: dict) -> list[dict]:
+    rows: list[dict] = []
+    print(f"\n== Depth: LSH tower at L={args.depth_len}, B={args.batch}: peak memory of fwd+bwd ==")
+    print(f"{'depth':>6} {'reversible MB':>14} {'plain MB':>9} {'plain / reversible':>19} "
+          f"{'rev ms':>9} {'plain ms':>9}")
+    for depth in args.depths:
+        pair = {}
+        for reversible in (True, False):
+            cfg = {**base, "mode": "lsh", "length": args.depth_len, "depth": depth, "reversible": reversible}
+            pair[reversible] = _spawn(cfg, args.timeout)
+            rows.append(pair[reversible])
+        if any("error" in r for r in pair.values()):
+            print(f"{depth:>6}   failed: {[r.get('error') for r in pair.values()]}")
+            continue
+        r, p = pair[True], pair[False]
+        print(f"{depth:>6} {_mb(r['peak_bytes']):>14} {_mb(p['peak_bytes']):>9} "
+              f"{p['peak_bytes'] / max(r['peak_bytes'], 1):>19.2f} {r['time_s'] * 1e3:>9,.0f} "
+              f"{p['time_s'] * 1e3:>9,.0f}", flush=True)
+    return rows
+
+
+def plot(scale: list[dict], depth: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    for mode, style in (("lsh", "o-"), ("full", "s--")):
+        pts = sorted((r["length"], r["time_s"], r["peak_bytes"]) for r in scale
+                     if r.get("mode") == mode and "time_s" in r)
+        if pts:
+            ax[0].plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], style, label=mode)
+            ax[1].plot([p[0] for p in pts], [p[2] / 2**20 for p in pts], style, label=mode)
+    for a, title, unit in ((ax[0], "fwd+bwd time", "ms"), (ax[1], "peak memory", "MB")):
+        a.set_xscale("log", base=2)
+        a.set_yscale("log")
+        a.set_xlabel("history length L")
+        a.set_ylabel(unit)
+        a.set_title(title)
+        a.legend()
+        a.grid(True, which="both", alpha=0.3)
+    for rev, style in ((True, "o-"), (False, "s--")):
+        pts = sorted((r["depth"], r["peak_bytes"]) for r in depth if r.get("reversible") == rev
+                     and "peak_bytes" in r)
+        if pts:
+            ax[2].plot([p[0] for p in pts], [p[1] / 2**20 for p in pts], style,
+                       label="reversible" if rev else "plain autograd")
+    ax[2].set_xlabel("blocks")
+    ax[2].set_ylabel("MB")
+    ax[2].set_title("peak memory vs depth (LSH)")
+    ax[2].legend()
+    ax[2].grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--lengths", type=_ints, default=[256, 1024, 4096, 16384, 65536])
+    ap.add_argument("--batch", type=int, default=1, help="users per step")
+    ap.add_argument("--dim", type=int, default=16, help="embedding dim D")
+    ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--depth", type=int, default=2, help="blocks in the scaling part")
+    ap.add_argument("--bucket-size", type=int, default=64)
+    ap.add_argument("--n-hashes", type=int, default=4)
+    ap.add_argument("--depths", type=_ints, default=[2, 4, 8])
+    ap.add_argument("--depth-len", type=int, default=4096, help="L of the depth part")
+    ap.add_argument("--iters", type=int, default=3, help="timed steps after one warm-up (>= 1)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (0 = torch's default); 1 keeps a shared machine's figures steady")
+    ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ap.add_argument("--max-gb", type=float, default=4.0, help="skip full attention projected above this")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    if args.iters < 1:
+        raise ValueError(f"--iters must be >= 1, got {args.iters}")
+    if args.child:
+        print(json.dumps(run_one(json.loads(args.child))))
+        return
+    base = {"batch": args.batch, "dim": args.dim, "heads": args.heads, "bucket_size": args.bucket_size,
+            "n_hashes": args.n_hashes, "iters": args.iters, "threads": args.threads, "device": args.device}
+    print(f"history_bench on {args.device}, torch threads {args.threads or 'default'}, "
+          f"{os.cpu_count()} CPUs (shared machines: compare ratios within one run)")
+    t0 = time.perf_counter()
+    scale = scaling(args, base)
+    depth = depth_sweep(args, base) if args.depths else []
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "history_bench.json").write_text(json.dumps({"scaling": scale, "depth": depth}, indent=1))
+    plot(scale, depth, args.out / "history_bench.png")
+    print(f"\nwrote {args.out / 'history_bench.json'} and {args.out / 'history_bench.png'} "
+          f"({time.perf_counter() - t0:.0f} s)")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()
