@@ -21,7 +21,8 @@ class LSHConfig:
     bucket_size: int = 64         # neuron ids kept per bucket (older ones replaced)
     policy: Literal["fifo", "reservoir"] = "fifo"  # which id a full bucket gives up
     bin_size: int = 8             # dwta: coordinates per winner-take-all bin (a power of 2)
-    mips: bool = True             # hash the weights through the MIPS-to-cosine transform
+    mips: bool = False            # hash the weights through the MIPS-to-cosine transform
+    hash_bias: bool = True        # hash rows as [w, b] and queries as [h, 1] (the whole logit)
     max_active: int = 0           # per-sample budget of active neurons, most table hits first; 0 = all
     random_negatives: int = 16    # uniform random neurons added to every sample's set
     optimizer: Literal["adagrad", "adam"] = "adagrad"

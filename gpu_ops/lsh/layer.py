@@ -111,7 +111,7 @@ class LSHSoftmax(nn.Module):
         self.steps = 0
         self.rehashes = 0
         self._pending: tuple[Tensor, Tensor, Tensor] | None = None  # rows, weight leaf, bias leaf
-        self.index.build(self.weight)
+        self.index.build(self.weight, self.bias)
 
     # -- sets ------------------------------------------------------------------------------
 
@@ -188,9 +188,9 @@ class LSHSoftmax(nn.Module):
         """Re-hashes all neurons (drawing new hash functions every ``redraw_every`` rehashes)."""
         self.rehashes += 1
         if self.cfg.redraw_every and self.rehashes % self.cfg.redraw_every == 0:
-            self.index.redraw(self.weight)
+            self.index.redraw(self.weight, self.bias)
         else:
-            self.index.build(self.weight)
+            self.index.build(self.weight, self.bias)
 
     # -- inference --------------------------------------------------------------------------
 

@@ -134,38 +134,48 @@ class LSHIndex:
     """Hashes the rows of a ``(N, d)`` weight matrix into tables; answers which rows a query hits.
 
     ``build`` (SLIDE's rehash) re-hashes every row with the current hash functions;
-    ``redraw`` draws fresh functions first (SLIDE's rebuild).
+    ``redraw`` draws fresh functions first (SLIDE's rebuild). With ``cfg.hash_bias`` a row
+    is hashed as ``[w, b]`` and a query as ``[h, 1]``, so the tables follow the full logit
+    ``h.w + b`` rather than ``h.w`` alone.
     """
 
     def __init__(self, dim: int, num_items: int, cfg: LSHConfig):
         if num_items < 1:
             raise ValueError(f"num_items={num_items}: expected an int >= 1")
         self.cfg, self.dim, self.num_items = cfg, int(dim), int(num_items)
+        self.hash_dim = self.dim + int(cfg.hash_bias) + int(cfg.mips)
         self.draws = 0
-        self.hash: HashFamily = make_hash(cfg, self.dim + int(cfg.mips), seed=cfg.seed)
+        self.hash: HashFamily = make_hash(cfg, self.hash_dim, seed=cfg.seed)
         self.tables = BucketTables(cfg.tables, cfg.bits, cfg.bucket_size, cfg.policy, seed=cfg.seed)
         self.built = False
 
-    def _rows(self, weight: Tensor) -> Tensor:
-        return mips_augment(weight)[0] if self.cfg.mips else weight
-
-    def build(self, weight: Tensor) -> None:
-        """Empties the tables and inserts every row of ``weight`` ``(N, d)`` (ids in row order)."""
+    def item_codes(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``(N, L)`` codes of the rows ``weight`` ``(N, d)`` (and ``bias`` ``(N,)``)."""
         if weight.shape != (self.num_items, self.dim):
             raise ValueError(f"weight of shape {tuple(weight.shape)}: expected ({self.num_items}, {self.dim})")
+        rows = weight.detach().float().cpu()
+        if self.cfg.hash_bias:
+            b = torch.zeros(self.num_items) if bias is None else bias.detach().float().cpu()
+            rows = torch.cat([rows, b.view(-1, 1)], dim=1)
+        if self.cfg.mips:
+            rows = mips_augment(rows)[0]
+        return self.hash.codes(rows)
+
+    def build(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        """Empties the tables and inserts every row of ``weight`` ``(N, d)`` (ids in row order)."""
         with torch.no_grad():
-            codes = self.hash.codes(self._rows(weight.detach().float().cpu()))  # (N, L)
+            codes = self.item_codes(weight, bias)                          # (N, L)
             self.tables.clear()
             # A random insertion order, so FIFO keeps a random sample of a crowded bucket, not the last ids.
             order = torch.randperm(self.num_items, generator=self.tables.generator)
             self.tables.insert(order, codes[order])
         self.built = True
 
-    def redraw(self, weight: Tensor) -> None:
+    def redraw(self, weight: Tensor, bias: Tensor | None = None) -> None:
         """Draws new hash functions, then :meth:`build`."""
         self.draws += 1
-        self.hash = make_hash(self.cfg, self.dim + int(self.cfg.mips), seed=self.cfg.seed + 7919 * self.draws)
-        self.build(weight)
+        self.hash = make_hash(self.cfg, self.hash_dim, seed=self.cfg.seed + 7919 * self.draws)
+        self.build(weight, bias)
 
     def query(self, hidden: Tensor, budget: int = 0) -> Tensor:
         """``(B, d)`` queries -> ``(B, M)`` ids of rows sharing a bucket with them (-1 padded).
@@ -178,5 +188,8 @@ class LSHIndex:
             raise ValueError(f"queries of shape {tuple(hidden.shape)}: expected (B, {self.dim})")
         with torch.no_grad():
             q = hidden.detach().float().cpu()
-            codes = self.hash.codes(query_augment(q) if self.cfg.mips else q)  # (B, L)
-            return dedup_by_votes(self.tables.lookup(codes), self.num_items, budget)
+            if self.cfg.hash_bias:
+                q = torch.cat([q, torch.ones(q.shape[0], 1)], dim=1)
+            if self.cfg.mips:
+                q = query_augment(q)
+            return dedup_by_votes(self.tables.lookup(self.hash.codes(q)), self.num_items, budget)

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from gpu_ops.lsh import LSHConfig, LSHSoftmax, RehashSchedule, merge_sets, mips_augment
+from gpu_ops.lsh import LSHConfig, LSHSoftmax, RehashSchedule, merge_sets
 
 
 def planted_layer(planted, **kw) -> LSHSoftmax:
     n, d = planted.weight.shape
-    layer = LSHSoftmax(d, n, LSHConfig(random_negatives=0, rehash_first=10 ** 6, **kw))
+    layer = LSHSoftmax(d, n, LSHConfig(random_negatives=0, rehash_first=10 ** 6, hash_bias=False, **kw))
     layer.weight.copy_(planted.weight)
     layer.rehash()
     return layer
@@ -115,7 +115,7 @@ def test_sparse_adam_equals_dense_adam_restricted_to_the_set() -> None:
 
 def stale_rows(layer: LSHSoftmax) -> int:
     """Neurons missing from the bucket their current weights hash to, in some table."""
-    codes = layer.index.hash.codes(mips_augment(layer.weight)[0])          # (N, L)
+    codes = layer.index.item_codes(layer.weight, layer.bias)              # (N, L)
     tab = layer.index.tables
     hit = tab.buckets[torch.arange(tab.tables), codes] == torch.arange(layer.num_classes).view(-1, 1, 1)
     return int((~hit.any(dim=2)).any(dim=1).sum())

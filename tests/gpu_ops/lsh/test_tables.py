@@ -75,7 +75,7 @@ def test_dedup_by_votes_matches_counting(rows: list[list[int]], budget: int) -> 
 
 def test_index_finds_identical_rows_and_checks_shapes() -> None:
     w = torch.randn(500, 16)
-    idx = LSHIndex(16, 500, LSHConfig(bits=10, tables=8, bucket_size=32, mips=False))
+    idx = LSHIndex(16, 500, LSHConfig(bits=10, tables=8, bucket_size=32, hash_bias=False))
     with pytest.raises(ValueError, match="build"):
         idx.query(w[:2])
     idx.build(w)
@@ -93,3 +93,17 @@ def test_bad_table_parameters(kw: dict, name: str) -> None:
     args = dict(tables=2, bits=3, bucket_size=4, policy="fifo") | kw
     with pytest.raises(ValueError, match=name):
         BucketTables(**args)
+
+
+@pytest.mark.parametrize("mips", [False, True])
+def test_index_hashes_rows_with_their_bias(mips: bool) -> None:
+    w, b = torch.randn(200, 8), torch.randn(200)
+    idx = LSHIndex(8, 200, LSHConfig(bits=6, tables=4, bucket_size=256, mips=mips))
+    idx.build(w, b)
+    rows = torch.cat([w, b.view(-1, 1)], dim=1)
+    want = idx.hash.codes(torch.cat([rows / rows.norm(dim=1).max(),
+                                     (1 - (rows.norm(dim=1) / rows.norm(dim=1).max()) ** 2).clamp_min(0).sqrt()
+                                     .view(-1, 1)], dim=1) if mips else rows)
+    torch.testing.assert_close(idx.item_codes(w, b), want)
+    for i in range(200):                                           # no evictions: every row where it hashes
+        assert all(i in idx.tables.buckets[t, want[i, t]].tolist() for t in range(4))
