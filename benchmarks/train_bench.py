@@ -8,11 +8,17 @@ by a multiplicative hash, as hashed categorical ids are.
 
     .venv/bin/python benchmarks/train_bench.py                 # defaults: 30 timed steps
     .venv/bin/python benchmarks/train_bench.py --steps 100 --threads 2
+    .venv/bin/python benchmarks/train_bench.py --compression 100 --robe-floats 250000 25000000 \
+        --embedding-optimizer adagrad --threads 1
 
-Prints one line per backend (training and inference samples/s, ms per training step, ms
+Prints one line per model (training and inference samples/s, ms per training step, ms
 of the embedding part alone: lookup + backward + embedding optimizer step) and the
-ROBE/full ratios (target on CPU: >= 3x training). The backends run interleaved in rounds,
-so load from other processes affects both alike.
+ROBE/full ratios. ``--robe-floats N ...`` adds ROBE models with arrays of exactly N floats
+(250000 = 1 MB, 25000000 = 100 MB) and prints the step time of the largest against the
+smallest: with sparse updates a step costs what the batch reads, not what the array holds
+(target: within 1.1x). ``--dense-robe`` adds the same ROBE models trained the old way (a
+dense ``(num_floats,)`` gradient and a dense optimizer step) for comparison. The models run
+interleaved in rounds, so load from other processes affects all alike.
 """
 
 from __future__ import annotations
@@ -48,14 +54,20 @@ def skewed_batches(num: int, batch: int, tables: list[int], seed: int, alpha: fl
 class Runner:
     """One backend's model and optimizers, with timed training and inference steps."""
 
-    def __init__(self, backend: str, args: argparse.Namespace):
+    def __init__(self, backend: str, args: argparse.Namespace, size: int = 0, dense_robe: bool = False):
         torch.manual_seed(0)
         cfg = ModelConfig(
-            embedding=EmbeddingConfig(backend=backend, dim=16, compression=args.compression, block=args.block),
+            embedding=EmbeddingConfig(backend=backend, dim=16, compression=args.compression, block=args.block,
+                                      size=size),
             bottom_mlp=(512, 256, 64), top_mlp=(512, 256), interaction="dot")
         self.model = DLRM(cfg, 13, KAGGLE_TABLES)
-        self.opts = build_optimizers(self.model, OptimConfig(dense="adam", embedding=args.embedding_optimizer,
-                                                             embedding_lr=0.01))
+        optim = OptimConfig(dense="adam", embedding=args.embedding_optimizer, embedding_lr=0.01)
+        self.opts = build_optimizers(self.model, optim)
+        if dense_robe:  # the dense path: a (num_floats,) gradient and a torch optimizer over it
+            self.model.embedding.sparse_grad = False
+            emb = list(self.model.embedding.parameters())
+            self.opts[1] = (torch.optim.SGD(emb, lr=0.01) if args.embedding_optimizer == "sgd"
+                            else torch.optim.Adagrad(emb, lr=0.01))
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
         self.train_s = self.infer_s = self.emb_s = 0.0
         self.train_n = self.infer_n = self.emb_n = 0
@@ -102,18 +114,30 @@ def main() -> None:
     p.add_argument("--compression", type=float, default=1000.0, help="ROBE compression")
     p.add_argument("--block", type=int, default=32, help="ROBE Z")
     p.add_argument("--alpha", type=float, default=4.0, help="id skew: rank = n * u^alpha")
-    p.add_argument("--embedding-optimizer", choices=("sgd", "adagrad"), default="sgd")
+    p.add_argument("--embedding-optimizer", choices=("sgd", "adagrad", "rowwise_adagrad"), default="sgd")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--backends", default="full,robe")
+    p.add_argument("--robe-floats", type=int, nargs="*", default=[],
+                   help="also ROBE models with arrays of exactly these many floats")
+    p.add_argument("--dense-robe", action="store_true",
+                   help="also each ROBE model trained with a dense array gradient (the old path)")
     args = p.parse_args()
+    if args.embedding_optimizer == "rowwise_adagrad" and "full" in args.backends.split(","):
+        p.error("rowwise_adagrad is a ROBE optimizer; run it with --backends robe")
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = skewed_batches(min(args.steps + args.warmup, 20), args.batch, KAGGLE_TABLES, 0, args.alpha)
     print(f"# Criteo-Kaggle DLRM, batch {args.batch}, {args.steps} steps, {torch.get_num_threads()} threads, "
           f"embedding optimizer {args.embedding_optimizer}, torch {torch.__version__}")
-    print(f"{'backend':<8} {'emb MB':>10} {'compr':>8} {'train samples/s':>16} {'infer samples/s':>16} "
+    print(f"{'model':<22} {'emb MB':>10} {'compr':>8} {'train samples/s':>16} {'infer samples/s':>16} "
           f"{'step ms':>12} {'emb part ms':>12}")
     runners = {b: Runner(b, args) for b in args.backends.split(",")}
+    for n in args.robe_floats:
+        runners[f"robe[{n}]"] = Runner("robe", args, size=n)
+    if args.dense_robe:
+        for name in [k for k in runners if k.startswith("robe")]:
+            size = int(name[5:-1]) if "[" in name else 0
+            runners[f"{name}-dense"] = Runner("robe", args, size=size, dense_robe=True)
     for r in runners.values():
         r.train_steps(batches[:args.warmup], timed=False)
         r.infer_steps(batches[:args.warmup], timed=False)
@@ -128,15 +152,23 @@ def main() -> None:
     res = {}
     for backend, r in runners.items():
         m = r.model
-        res[backend] = {"train": r.train_n / r.train_s, "infer": r.infer_n / r.infer_s}
         step_ms = 1000 * r.train_s / (r.train_n / args.batch)
         emb_ms = 1000 * r.emb_s / r.emb_n
-        print(f"{backend:<8} {m.embedding_bytes / 1e6:>10.1f} {m.compression:>8.0f} "
+        res[backend] = {"train": r.train_n / r.train_s, "infer": r.infer_n / r.infer_s, "step_ms": step_ms,
+                        "emb_ms": emb_ms}
+        print(f"{backend:<22} {m.embedding_bytes / 1e6:>10.1f} {m.compression:>8.0f} "
               f"{res[backend]['train']:>16.0f} {res[backend]['infer']:>16.0f} {step_ms:>12.1f} {emb_ms:>12.1f}",
               flush=True)
     if "full" in res and "robe" in res:
-        print(f"robe/full: training {res['robe']['train'] / res['full']['train']:.2f}x, "
+        print(f"robe ({args.compression:g}x)/full: training {res['robe']['train'] / res['full']['train']:.2f}x, "
               f"inference {res['robe']['infer'] / res['full']['infer']:.2f}x")
+    for suffix in ("", "-dense"):
+        sized = sorted((n, res[f"robe[{n}]{suffix}"]) for n in args.robe_floats if f"robe[{n}]{suffix}" in res)
+        if len(sized) >= 2:
+            (n0, small), (n1, large) = sized[0], sized[-1]
+            print(f"robe{suffix or ' (sparse)'} {n1 * 4 / 1e6:g} MB vs {n0 * 4 / 1e6:g} MB array: step time "
+                  f"{large['step_ms'] / small['step_ms']:.2f}x, embedding part "
+                  f"{large['emb_ms'] / small['emb_ms']:.2f}x (target <= 1.1x)")
 
 
 if __name__ == "__main__":

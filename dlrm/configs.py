@@ -43,7 +43,8 @@ class OptimConfig:
 
     dense: Literal["adam", "adagrad", "sgd"] = "adam"
     dense_lr: float = 1e-3
-    embedding: Literal["sgd", "adagrad"] = "adagrad"
+    # rowwise_adagrad (ROBE only): one accumulator per aligned run of `dim` floats of the array
+    embedding: Literal["sgd", "adagrad", "rowwise_adagrad"] = "adagrad"
     embedding_lr: float = 0.05
     warmup_steps: int = 0        # linear warm-up from 0 to the LRs over this many steps
     decay_start_step: int = 0    # polynomial (power 2) decay to 0 starts here ...
@@ -72,7 +73,9 @@ class TrainConfig:
     batch_size: int = 2048
     epochs: int = 1
     eval_every: int = 0          # steps between validation AUCs; 0 = once per epoch
-    eval_rows: int = 0           # validation rows used per evaluation; 0 = all
+    # validation rows scored by each periodic evaluation (a fixed random sample); 0 = all.
+    # A run that ends also scores the whole validation window once.
+    eval_rows: int = 65536
     target_auc: float | None = None  # stop as soon as the validation AUC reaches this (MLPerf style)
     checkpoint_every: int = 0    # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 2    # newest checkpoints kept on disk

@@ -213,7 +213,14 @@ class QREmbedding(EmbeddingBackend):
 
 
 class RobeArray(EmbeddingBackend):
-    """All tables in one learned 1-D array of ``size`` floats, read in blocks of Z (ROBE-Z)."""
+    """All tables in one learned 1-D array of ``size`` floats, read in blocks of Z (ROBE-Z).
+
+    The array's gradient is sparse (the distinct slots a batch read and their summed
+    gradients); ``gpu_ops.SparseRobeOptimizer`` applies it touching only those slots, so a
+    training step costs the same whatever the array's size.
+    """
+
+    sparse_grad = True
 
     def __init__(self, table_sizes: list[int], dim: int, *, size: int = 0,
                  compression: float = 1000.0, block: int = 32, seed: int = 0):
@@ -243,7 +250,7 @@ class RobeArray(EmbeddingBackend):
     def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         B = self._check(values, offsets)
         kw = dict(table_offsets=self.table_offsets, dim=self.dim, block=self.block, hash_abc=self.hash_abc,
-                  validate=self.validate_ids)
+                  validate=self.validate_ids, sparse_grad=self.sparse_grad)
         if values.numel() == B * self.num_tables and bool((offsets[1:] - offsets[:-1] == 1).all()):
             # single-hot: the (B, T) grid form skips the bag bookkeeping
             return robe_lookup(self.weight, values.view(B, self.num_tables), **kw)

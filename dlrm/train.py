@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,9 +26,12 @@ from torch import nn
 from dlrm.bundle import plain
 from dlrm.configs import OptimConfig, TrainConfig
 from dlrm.data import TensorData
+from dlrm.embeddings import RobeArray
 from dlrm.metrics import auc as auc_score
 from dlrm.model import DLRM
 from contract.spec import FeatureSpec, ModelInput
+from gpu_ops.robe.optim import MODES as ROBE_MODES
+from gpu_ops.robe.optim import SparseRobeOptimizer
 
 CHECKPOINT_FORMAT = "robeflow.dlrm.checkpoint.v1"
 # Config keys that may change between a checkpoint and its resumption (they do not
@@ -54,22 +57,42 @@ class TrainResult:
     best_auc: float | None
     history: list[dict[str, float]] = field(default_factory=list)  # one row per evaluation
     interrupted: bool = False          # stopped by ``stop_at_step`` before the end
+    full_auc: float | None = None      # AUC on the whole validation window at the end
+    eval_s: float = 0.0                # time in periodic evaluations
+    valid_rows: int = 0                # rows of the validation window
+    sample_rows: int = 0               # validation rows scored by each periodic evaluation
+    rows_used: list[int] = field(default_factory=list)  # distinct training ids per sparse feature
 
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.train_s if self.train_s > 0 else float("nan")
 
     def metrics(self) -> dict[str, Any]:
-        """A JSON-ready summary (no history)."""
+        """A JSON-ready summary (no history).
+
+        ``valid_auc`` is the whole validation window's AUC at the end (the last periodic
+        one, on the sample, when the run has no final evaluation). Compression is given
+        against the nominal tables (``compression``: every row of every table, as the
+        feature spec sizes them) and against the rows training used
+        (``compression_vs_used_rows``: the distinct ids seen in the training window).
+        """
         m = self.model
+        row_bytes = m.embedding.dim * 4
+        used = sum(self.rows_used)
         return {
             "steps": self.steps, "samples": self.samples, "epochs": self.epochs_completed,
             "reached_target": self.reached_target, "time_to_target_s": self.time_to_target_s,
             "samples_to_target": self.samples_to_target, "wall_s": self.wall_s,
-            "train_s": self.train_s, "train_samples_per_s": self.samples_per_s,
-            "valid_auc": self.last_auc, "best_valid_auc": self.best_auc,
+            "train_s": self.train_s, "train_samples_per_s": self.samples_per_s, "eval_s": self.eval_s,
+            "valid_auc": self.full_auc if self.full_auc is not None else self.last_auc,
+            "valid_sample_auc": self.last_auc, "best_valid_auc": self.best_auc,
+            "valid_rows_per_eval": self.sample_rows, "valid_rows": self.valid_rows,
             "backend": m.config.embedding.backend, "embedding_bytes": m.embedding_bytes,
             "full_embedding_bytes": m.embedding.full_bytes, "compression": m.compression,
+            "table_rows": sum(m.embedding.table_sizes), "rows_used": used,
+            "rows_used_per_feature": list(self.rows_used),
+            "used_embedding_bytes": used * row_bytes,
+            "compression_vs_used_rows": used * row_bytes / m.embedding_bytes if used else None,
             "dense_parameters": sum(p.numel() for p in m.dense_parameters()),
         }
 
@@ -88,12 +111,19 @@ def build_optimizers(model: DLRM, cfg: OptimConfig) -> list[torch.optim.Optimize
     else:
         raise ValueError(f"optim.dense = {cfg.dense!r}; expected adam, adagrad or sgd")
     emb = list(model.embedding.parameters())
-    if cfg.embedding == "sgd":
-        opt_e: torch.optim.Optimizer = torch.optim.SGD(emb, lr=cfg.embedding_lr)
+    if isinstance(model.embedding, RobeArray):
+        # sparse gradients of the array, applied to the slots each batch read
+        if cfg.embedding not in ROBE_MODES:
+            raise ValueError(f"optim.embedding = {cfg.embedding!r}; expected one of {ROBE_MODES}")
+        opt_e: torch.optim.Optimizer = SparseRobeOptimizer(emb, lr=cfg.embedding_lr, mode=cfg.embedding,
+                                                           row=model.embedding.dim)
+    elif cfg.embedding == "sgd":
+        opt_e = torch.optim.SGD(emb, lr=cfg.embedding_lr)
     elif cfg.embedding == "adagrad":
         opt_e = torch.optim.Adagrad(emb, lr=cfg.embedding_lr)
     else:
-        raise ValueError(f"optim.embedding = {cfg.embedding!r}; expected sgd or adagrad")
+        raise ValueError(f"optim.embedding = {cfg.embedding!r}; expected sgd or adagrad "
+                         f"(rowwise_adagrad is for the robe backend)")
     for opt in (opt_d, opt_e):
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]
@@ -185,6 +215,167 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, spec: FeatureSpec) -> dict[st
     return state
 
 
+# --------------------------------------------------------------------------- run state
+
+@dataclass
+class TrainState:
+    """Where a run stands. Every checkpoint stores these fields (as top-level keys, next to
+    the model, optimizer and RNG states); a resumed run continues from them."""
+
+    step: int = 0                      # global steps done
+    epoch: int = 0                     # epochs completed
+    pos: int = 0                       # batches done inside the current epoch
+    samples: int = 0                   # training rows seen
+    wall_s: float = 0.0                # wall time so far, evaluations included
+    train_s: float = 0.0               # time in training steps only
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per evaluation
+    time_to_target_s: float | None = None
+    samples_to_target: int | None = None
+    loss_sum: float = 0.0              # training loss summed since the last evaluation ...
+    loss_n: int = 0                    # ... over this many steps
+    eval_s: float = 0.0                # time in periodic evaluations
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> "TrainState":
+        """The state stored in a checkpoint (fields it lacks keep their defaults)."""
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+
+@dataclass
+class _Run:
+    """What the loop's helpers share: the config, the model and its optimizers, the data."""
+
+    cfg: TrainConfig
+    spec: FeatureSpec
+    model: DLRM
+    optimizers: list[torch.optim.Optimizer]
+    device: torch.device
+    bf16: bool
+    data: TensorData
+    sample: TensorData | None          # the fixed validation sample of periodic evaluations
+    valid: TensorData | None           # the whole validation window (final evaluation)
+    checkpoint_dir: Path | None
+    say: Callable[[str], None]
+    loss_fn: nn.Module = field(default_factory=nn.BCEWithLogitsLoss)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.data.num_rows / self.cfg.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+    @property
+    def eval_every(self) -> int:
+        return self.cfg.eval_every or self.steps_per_epoch
+
+
+def _check_inputs(cfg: TrainConfig, spec: FeatureSpec, train: ModelInput, valid: ModelInput | None) -> None:
+    if cfg.batch_size < 1 or cfg.epochs < 1:
+        raise ValueError(f"train.batch_size and train.epochs must be >= 1, got {cfg.batch_size}, {cfg.epochs}")
+    if cfg.eval_rows < 0:
+        raise ValueError(f"train.eval_rows = {cfg.eval_rows}; expected 0 (all) or a positive row count")
+    if train.num_rows == 0:
+        raise ValueError("the training window has no rows")
+    if train.labels is None:
+        raise ValueError(f"the training window has no label column {spec.label!r}")
+    if cfg.target_auc is not None and (valid is None or valid.num_rows == 0):
+        raise ValueError(f"train.target_auc = {cfg.target_auc} needs a validation window with rows")
+
+
+def _validation_sample(cfg: TrainConfig, valid: ModelInput, vdata: TensorData, num_tables: int) -> TensorData:
+    """A fixed random subset of ``eval_rows`` validation rows (in window order), the same at
+    every periodic evaluation; the whole window when ``eval_rows`` is 0 or covers it."""
+    if not cfg.eval_rows or cfg.eval_rows >= vdata.num_rows:
+        return vdata
+    g = torch.Generator().manual_seed(cfg.seed)
+    keep = torch.randperm(vdata.num_rows, generator=g)[:cfg.eval_rows]
+    return TensorData(_take(valid, keep.sort().values.numpy(), num_tables), num_tables)
+
+
+def _start(run: _Run, resume: bool) -> TrainState:
+    """A fresh state, or the newest checkpoint's (model, optimizers and RNG restored)."""
+    ckpt_dir = run.checkpoint_dir
+    path = latest_checkpoint(ckpt_dir) if resume and ckpt_dir is not None else None
+    if path is not None:
+        saved = _load_checkpoint(path, run.cfg, run.spec)
+        run.model.load_state_dict(saved["model"])
+        for opt, sd in zip(run.optimizers, saved["optimizers"]):
+            opt.load_state_dict(sd)
+        torch.set_rng_state(saved["rng_torch"])
+        if run.device.type == "cuda" and saved.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(saved["rng_cuda"])
+        state = TrainState.from_checkpoint(saved)
+        run.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.pos})")
+        return state
+    if resume:
+        run.say(f"no checkpoint in {ckpt_dir}; starting from scratch")
+    elif ckpt_dir is not None:
+        for old in Path(ckpt_dir).glob("step-*.pt"):  # a fresh run starts a fresh series
+            old.unlink()
+    return TrainState()
+
+
+def _checkpoint(run: _Run, state: TrainState) -> None:
+    """Writes ``step-<n>.pt`` (nothing when the run has no checkpoint dir)."""
+    if run.checkpoint_dir is None:
+        return
+    _save_checkpoint(Path(run.checkpoint_dir), {
+        "format": CHECKPOINT_FORMAT, "config": _config_dict(run.cfg), "feature_spec": plain(asdict(run.spec)),
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizers": [opt.state_dict() for opt in run.optimizers],
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state() if run.device.type == "cuda" else None,
+        **asdict(state),
+    }, run.cfg.keep_checkpoints)
+
+
+def _train_step(run: _Run, rows: torch.Tensor, step: int) -> torch.Tensor:
+    """One optimizer step on the training rows ``rows``; returns the (device) loss."""
+    b = run.data.batch(rows).to(run.device)
+    factor = lr_factor(step, run.cfg.optim)
+    for opt in run.optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+        logits = run.model(b.dense, b.values, b.offsets)
+    loss = run.loss_fn(logits.float(), b.labels)
+    for opt in run.optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in run.optimizers:
+        opt.step()
+    return loss.detach()
+
+
+def _auc(run: _Run, data: TensorData) -> float:
+    probs = score(run.model, data, batch_size=max(run.cfg.batch_size, 8192), device=run.device, bf16=run.bf16)
+    return auc_score(data.labels.cpu().numpy(), probs)
+
+
+def _evaluate(run: _Run, state: TrainState, t_start: float) -> float:
+    """A periodic evaluation on the validation sample, recorded in the history with the
+    mean training loss since the previous one."""
+    t0 = time.perf_counter()
+    value = _auc(run, run.sample)
+    state.eval_s += time.perf_counter() - t0
+    state.wall_s = time.perf_counter() - t_start
+    state.history.append({"step": state.step, "samples": state.samples, "wall_s": state.wall_s,
+                          "auc": value, "loss": state.loss_sum / max(state.loss_n, 1)})
+    state.loss_sum, state.loss_n = 0.0, 0
+    return value
+
+
+def _reached_target(run: _Run, state: TrainState, value: float) -> bool:
+    """True (and the time/samples to target recorded) once the AUC reaches the target."""
+    if run.cfg.target_auc is None or value < run.cfg.target_auc:
+        return False
+    state.time_to_target_s, state.samples_to_target = state.wall_s, state.samples
+    run.say(f"target AUC {run.cfg.target_auc} reached at step {state.step}: {value:.5f}")
+    return True
+
+
 # --------------------------------------------------------------------------- the loop
 
 def train_model(
@@ -200,6 +391,10 @@ def train_model(
 ) -> TrainResult:
     """Trains a DLRM on ``train``, evaluating the validation AUC on ``valid``.
 
+    Periodic evaluations (every ``cfg.eval_every`` steps) score a fixed random sample of
+    ``cfg.eval_rows`` validation rows; a run that ends (not interrupted) then scores the
+    whole validation window once (``TrainResult.full_auc``).
+
     Args:
         cfg: the train config (model, optimizers, batch size, epochs, target, ...).
         spec: the feature spec of ``train`` and ``valid``.
@@ -214,160 +409,106 @@ def train_model(
     Returns:
         A TrainResult (the model is in eval mode, on the training device).
     """
-    say = log or (lambda _msg: None)
-    if cfg.batch_size < 1 or cfg.epochs < 1:
-        raise ValueError(f"train.batch_size and train.epochs must be >= 1, got {cfg.batch_size}, {cfg.epochs}")
-    if train.num_rows == 0:
-        raise ValueError("the training window has no rows")
-    if train.labels is None:
-        raise ValueError(f"the training window has no label column {spec.label!r}")
-    if cfg.target_auc is not None and (valid is None or valid.num_rows == 0):
-        raise ValueError(f"train.target_auc = {cfg.target_auc} needs a validation window with rows")
+    _check_inputs(cfg, spec, train, valid)
     device = resolve_device(cfg.device)
-    use_bf16 = cfg.bf16 and device.type == "cuda"
     T = len(spec.sparse)
-
     torch.manual_seed(cfg.seed)
     model = DLRM(cfg.model, len(spec.dense), spec.table_sizes).to(device)
-    optimizers = build_optimizers(model, cfg.optim)
     data = TensorData(train, T)
     vdata = TensorData(valid, T) if valid is not None and valid.num_rows else None
-    if vdata is not None and cfg.eval_rows and cfg.eval_rows < vdata.num_rows:
-        # a fixed random subset of the validation window, the same at every evaluation
-        keep = torch.randperm(vdata.num_rows, generator=torch.Generator().manual_seed(cfg.seed))[:cfg.eval_rows]
-        vdata = TensorData(_take(valid, keep.sort().values.numpy(), T), T)
+    sample = _validation_sample(cfg, valid, vdata, T) if vdata is not None else None
     if device.type == "cuda":
-        data.to(device)
-        if vdata is not None:
-            vdata.to(device)
-    steps_per_epoch = math.ceil(data.num_rows / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    eval_every = cfg.eval_every or steps_per_epoch
-
-    st: dict[str, Any] = {"step": 0, "epoch": 0, "pos": 0, "samples": 0, "wall_s": 0.0, "train_s": 0.0,
-                          "history": [], "time_to_target_s": None, "samples_to_target": None,
-                          "loss_sum": 0.0, "loss_n": 0}
-    if resume and checkpoint_dir is not None and (path := latest_checkpoint(checkpoint_dir)) is not None:
-        saved = _load_checkpoint(path, cfg, spec)
-        model.load_state_dict(saved["model"])
-        for opt, sd in zip(optimizers, saved["optimizers"]):
-            opt.load_state_dict(sd)
-        torch.set_rng_state(saved["rng_torch"])
-        if device.type == "cuda" and saved.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(saved["rng_cuda"])
-        st.update({k: saved[k] for k in st})
-        say(f"resumed from {path} at step {st['step']} (epoch {st['epoch']}, batch {st['pos']})")
-    elif resume:
-        say(f"no checkpoint in {checkpoint_dir}; starting from scratch")
-    elif checkpoint_dir is not None:
-        for old in Path(checkpoint_dir).glob("step-*.pt"):  # a fresh run starts a fresh series
-            old.unlink()
-
-    def checkpoint() -> None:
-        if checkpoint_dir is None:
-            return
-        _save_checkpoint(Path(checkpoint_dir), {
-            "format": CHECKPOINT_FORMAT, "config": _config_dict(cfg), "feature_spec": plain(asdict(spec)),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizers": [opt.state_dict() for opt in optimizers],
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-            **st,
-        }, cfg.keep_checkpoints)
-
-    def evaluate_now() -> float:
-        assert vdata is not None
-        probs = score(model, vdata, batch_size=max(cfg.batch_size, 8192), device=device, bf16=use_bf16)
-        return auc_score(vdata.labels.cpu().numpy(), probs)
+        for d in {id(x): x for x in (data, vdata, sample) if x is not None}.values():
+            d.to(device)
+    run = _Run(cfg, spec, model, build_optimizers(model, cfg.optim), device, cfg.bf16 and device.type == "cuda",
+               data, sample, vdata, checkpoint_dir, log or (lambda _msg: None))
+    state = _start(run, resume)
+    rows_used = distinct_rows(data)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=st["step"], disable=not cfg.progress, file=sys.stderr,
+    bar = tqdm(total=run.total_steps, initial=state.step, disable=not cfg.progress, file=sys.stderr,
                unit="step", dynamic_ncols=True, mininterval=0.5)
     model.train()
-    loss_fn = nn.BCEWithLogitsLoss()
     interrupted = done = False
-    t_start = time.perf_counter() - st["wall_s"]  # wall time carries over a resume
+    t_start = time.perf_counter() - state.wall_s  # wall time carries over a resume
     loss_acc = torch.zeros((), device=device)      # summed on device: no sync per step
     try:
-        while st["epoch"] < cfg.epochs and not done and not interrupted:
-            perm = epoch_permutation(data.num_rows, cfg.seed, st["epoch"]).to(data.dense.device)
-            while st["pos"] < steps_per_epoch:
+        while state.epoch < cfg.epochs and not done and not interrupted:
+            perm = epoch_permutation(data.num_rows, cfg.seed, state.epoch).to(data.dense.device)
+            while state.pos < run.steps_per_epoch:
                 t0 = time.perf_counter()
-                rows = perm[st["pos"] * cfg.batch_size:(st["pos"] + 1) * cfg.batch_size]
-                b = data.batch(rows).to(device)
-                factor = lr_factor(st["step"], cfg.optim)
-                for opt in optimizers:
-                    for g in opt.param_groups:
-                        g["lr"] = g["base_lr"] * factor
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = model(b.dense, b.values, b.offsets)
-                loss = loss_fn(logits.float(), b.labels)
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for opt in optimizers:
-                    opt.step()
-                loss_acc += loss.detach()
-                st["step"] += 1
-                st["pos"] += 1
-                st["samples"] += rows.numel()
-                st["loss_n"] += 1
+                rows = perm[state.pos * cfg.batch_size:(state.pos + 1) * cfg.batch_size]
+                loss = _train_step(run, rows, state.step)
+                loss_acc += loss
+                state.step += 1
+                state.pos += 1
+                state.samples += rows.numel()
+                state.loss_n += 1
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                st["train_s"] += time.perf_counter() - t0
+                state.train_s += time.perf_counter() - t0
                 bar.update(1)
-                last = st["step"] == total_steps
-                if vdata is not None and (st["step"] % eval_every == 0 or last):
-                    st["loss_sum"] += float(loss_acc)
+                if sample is not None and (state.step % run.eval_every == 0 or state.step == run.total_steps):
+                    state.loss_sum += float(loss_acc)
                     loss_acc.zero_()
-                    value = evaluate_now()
-                    st["wall_s"] = time.perf_counter() - t_start
-                    st["history"].append({"step": st["step"], "samples": st["samples"], "wall_s": st["wall_s"],
-                                          "auc": value, "loss": st["loss_sum"] / max(st["loss_n"], 1)})
-                    st["loss_sum"], st["loss_n"] = 0.0, 0
-                    bar.set_postfix(samples_s=f"{st['samples'] / max(st['train_s'], 1e-9):.0f}",
-                                    loss=f"{st['history'][-1]['loss']:.4f}", auc=f"{value:.4f}")
-                    if cfg.target_auc is not None and value >= cfg.target_auc:
-                        st["time_to_target_s"], st["samples_to_target"] = st["wall_s"], st["samples"]
-                        say(f"target AUC {cfg.target_auc} reached at step {st['step']}: {value:.5f}")
-                        done = True
-                elif st["step"] % 50 == 0 and cfg.progress:
-                    bar.set_postfix(samples_s=f"{st['samples'] / max(st['train_s'], 1e-9):.0f}",
+                    value = _evaluate(run, state, t_start)
+                    bar.set_postfix(samples_s=f"{state.samples / max(state.train_s, 1e-9):.0f}",
+                                    loss=f"{state.history[-1]['loss']:.4f}", auc=f"{value:.4f}")
+                    done = _reached_target(run, state, value)
+                elif state.step % 50 == 0 and cfg.progress:
+                    bar.set_postfix(samples_s=f"{state.samples / max(state.train_s, 1e-9):.0f}",
                                     loss=f"{float(loss):.4f}")
                 if done:
                     break
-                if st["pos"] == steps_per_epoch:
-                    st["epoch"], st["pos"] = st["epoch"] + 1, 0
-                    perm_done = True
-                else:
-                    perm_done = False
-                if cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0:
-                    st["loss_sum"] += float(loss_acc)
+                epoch_done = state.pos == run.steps_per_epoch
+                if epoch_done:
+                    state.epoch, state.pos = state.epoch + 1, 0
+                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                    state.loss_sum += float(loss_acc)
                     loss_acc.zero_()
-                    st["wall_s"] = time.perf_counter() - t_start
-                    checkpoint()
-                if stop_at_step is not None and st["step"] >= stop_at_step:
+                    state.wall_s = time.perf_counter() - t_start
+                    _checkpoint(run, state)
+                if stop_at_step is not None and state.step >= stop_at_step:
                     interrupted = True
                     break
-                if perm_done:
+                if epoch_done:
                     break
     finally:
         bar.close()
-    st["wall_s"] = time.perf_counter() - t_start
+    state.wall_s = time.perf_counter() - t_start
     if not interrupted:
-        checkpoint()
+        _checkpoint(run, state)
+    full_auc = None
+    if not interrupted and vdata is not None:
+        # the whole window once at the end (the periodic AUCs are on the sample)
+        full_auc = state.history[-1]["auc"] if sample is vdata and state.history else _auc(run, vdata)
     model.eval()
-    aucs = [h["auc"] for h in st["history"]]
+    aucs = [h["auc"] for h in state.history]
     return TrainResult(
-        model=model, steps=st["step"], samples=st["samples"],
-        epochs_completed=st["step"] / steps_per_epoch,
-        reached_target=st["time_to_target_s"] is not None,
-        time_to_target_s=st["time_to_target_s"], samples_to_target=st["samples_to_target"],
-        wall_s=st["wall_s"], train_s=st["train_s"],
+        model=model, steps=state.step, samples=state.samples,
+        epochs_completed=state.step / run.steps_per_epoch,
+        reached_target=state.time_to_target_s is not None,
+        time_to_target_s=state.time_to_target_s, samples_to_target=state.samples_to_target,
+        wall_s=state.wall_s, train_s=state.train_s,
         last_auc=aucs[-1] if aucs else None, best_auc=max(aucs) if aucs else None,
-        history=list(st["history"]), interrupted=interrupted,
+        history=list(state.history), interrupted=interrupted, full_auc=full_auc,
+        eval_s=state.eval_s, valid_rows=vdata.num_rows if vdata is not None else 0,
+        sample_rows=sample.num_rows if sample is not None else 0, rows_used=rows_used,
     )
+
+
+def distinct_rows(data: TensorData) -> list[int]:
+    """Distinct ids of each sparse feature in ``data`` (the table rows training can touch)."""
+    T = data.num_tables
+    if data.single_hot:
+        ids = data.values.view(-1, T)
+        return [int(torch.unique(ids[:, t]).numel()) for t in range(T)]
+    table = torch.repeat_interleave(torch.arange(data.lengths.numel(), device=data.values.device) % T,
+                                    data.lengths.reshape(-1), output_size=data.values.numel())  # (nnz,)
+    key = data.values * T + table  # (nnz,) distinct (id, table) pairs
+    uniq = torch.unique(key)
+    return torch.bincount(uniq % T, minlength=T).tolist()
 
 
 def _take(inputs: ModelInput, rows: np.ndarray, num_tables: int) -> ModelInput:

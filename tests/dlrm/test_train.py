@@ -101,3 +101,71 @@ def test_batches_gather_the_right_bags(spec, make_frame):
     assert torch.equal(b.labels, torch.tensor(frame["purchased"].to_numpy()[rows.numpy()], dtype=torch.float32))
     assert not torch.equal(epoch_permutation(50, 0, 0), epoch_permutation(50, 0, 1))
     assert torch.equal(epoch_permutation(50, 0, 1), epoch_permutation(50, 0, 1))
+
+
+def test_periodic_evaluations_use_a_fixed_sample_and_the_end_the_whole_window(spec, windows):
+    train, valid, valid_frame = windows
+    result = train_model(small_cfg(epochs=1, eval_rows=300, eval_every=8), spec, train, valid)
+    m = result.metrics()
+    assert [h["step"] for h in result.history] == [8, 16, 24]
+    assert m["valid_rows_per_eval"] == 300 and m["valid_rows"] == 1500
+    whole = auc(valid_frame["purchased"], predict(result.model, valid))
+    assert result.full_auc == pytest.approx(whole, abs=1e-6) and m["valid_auc"] == result.full_auc
+    # the last periodic AUC scored the same model on 300 rows only: a different figure
+    assert m["valid_sample_auc"] == result.history[-1]["auc"] != pytest.approx(whole, abs=1e-9)
+    again = train_model(small_cfg(epochs=1, eval_rows=300, eval_every=8), spec, train, valid)
+    assert [h["auc"] for h in again.history] == [h["auc"] for h in result.history]  # same sample
+    with pytest.raises(ValueError, match="eval_rows"):
+        train_model(small_cfg(eval_rows=-1), spec, train, valid)
+
+
+def test_metrics_report_compression_against_nominal_and_used_rows(spec, windows):
+    train, valid, _ = windows
+    result = train_model(small_cfg(epochs=1), spec, train, valid)
+    T = len(spec.sparse)
+    seen = [set() for _ in range(T)]
+    for j in range(train.num_rows * T):
+        seen[j % T].update(train.sparse_values[train.sparse_offsets[j]:train.sparse_offsets[j + 1]].tolist())
+    m = result.metrics()
+    assert m["rows_used_per_feature"] == [len(s) for s in seen]
+    assert m["rows_used"] == sum(len(s) for s in seen) < m["table_rows"] == sum(spec.table_sizes)
+    emb = result.model.embedding
+    assert m["compression"] == pytest.approx(sum(spec.table_sizes) * emb.dim * 4 / emb.num_bytes)
+    assert m["compression_vs_used_rows"] == pytest.approx(m["rows_used"] * emb.dim * 4 / emb.num_bytes)
+
+
+def test_robe_arrays_train_with_sparse_updates(spec, windows):
+    from gpu_ops.robe.optim import SparseRobeOptimizer
+
+    from dlrm.model import DLRM
+    from dlrm.train import build_optimizers
+
+    train, valid, valid_frame = windows
+    model = DLRM(small_cfg().model, len(spec.dense), spec.table_sizes)
+    for mode in ("sgd", "adagrad", "rowwise_adagrad"):
+        opt = build_optimizers(model, OptimConfig(embedding=mode))[1]
+        assert isinstance(opt, SparseRobeOptimizer) and opt.param_groups[0]["mode"] == mode
+    b = TensorData(train, len(spec.sparse)).batch(torch.arange(64))
+    model(b.dense, b.values, b.offsets).sum().backward()
+    assert model.embedding.weight.grad.is_sparse  # no (num_floats,) gradient
+    with pytest.raises(ValueError, match="rowwise_adagrad"):
+        build_optimizers(DLRM(small_cfg("full").model, len(spec.dense), spec.table_sizes),
+                         OptimConfig(embedding="rowwise_adagrad"))
+    cfg = small_cfg(optim=OptimConfig(dense_lr=3e-3, embedding="rowwise_adagrad", embedding_lr=0.1))
+    result = train_model(cfg, spec, train, valid)
+    assert auc(valid_frame["purchased"], predict(result.model, valid)) > 0.7
+
+
+def test_checkpoints_hold_the_train_state(tmp_path, spec, windows):
+    from dataclasses import asdict
+
+    from dlrm.train import TrainState
+
+    train, valid, _ = windows
+    result = train_model(small_cfg(epochs=1, checkpoint_every=10), spec, train, valid, checkpoint_dir=tmp_path)
+    saved = torch.load(latest_checkpoint(tmp_path), weights_only=True)
+    state = TrainState.from_checkpoint(saved)
+    assert state.step == result.steps == 24 and state.epoch == 1 and state.pos == 0
+    assert state.samples == 3000 and state.history == result.history
+    assert set(asdict(state)) <= set(saved)
+    assert {"format", "config", "feature_spec", "model", "optimizers", "rng_torch", "rng_cuda"} <= set(saved)
