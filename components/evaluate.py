@@ -104,7 +104,7 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
 
         if not Path(criteo).exists():
             raise FileNotFoundError(f"Criteo file {criteo} does not exist")
-        frame, data_spec = criteo_model_frame(read_criteo(criteo), spec.sparse[0].table_size)
+        frame, data_spec = criteo_model_frame(read_criteo(criteo), [f.table_size for f in spec.sparse])
     else:
         if input_dir is None:
             raise ValueError("give the model-ready dir (--input) or a Criteo file (--criteo)")

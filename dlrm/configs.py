@@ -55,7 +55,9 @@ class OptimConfig:
 class CriteoConfig:
     """How a Criteo TSV becomes a model-ready table (``robeflow train --criteo``)."""
 
-    table_size: int = 1_000_000  # ids = 64-bit hash of the hex string mod this, per feature
+    # ids = 64-bit hash of the hex string mod the feature's table size: one int for all 26
+    # features, a list of 26 (C1..C26), or "auto" (each feature's distinct values in the file)
+    table_size: int | tuple[int, ...] | Literal["auto"] = 1_000_000
     valid_fraction: float = 0.1  # the last rows (in file order) form the validation window
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -133,41 +133,62 @@ def write_criteo(df: pd.DataFrame, path: Path | str) -> Path:
 
 # --------------------------------------------------------------------------- model-ready transform
 
-def criteo_spec(table_size: int) -> FeatureSpec:
-    """The FeatureSpec of Criteo data: I1..I13 (log1p), C1..C26 hashed into ``table_size`` rows."""
-    if table_size < 1:
-        raise ValueError(f"criteo.table_size must be >= 1, got {table_size}")
+def criteo_table_sizes(table_size: int | Sequence[int]) -> list[int]:
+    """One table size per categorical feature from an int (all alike) or a list of 26."""
+    sizes = [table_size] * len(CAT_COLUMNS) if isinstance(table_size, (int, np.integer)) else list(table_size)
+    if len(sizes) != len(CAT_COLUMNS) or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
+                                             for n in sizes):
+        raise ValueError(f"criteo.table_size = {table_size!r}: expected an int >= 1, a list of "
+                         f"{len(CAT_COLUMNS)} of them (C1..C26), or 'auto'")
+    return [int(n) for n in sizes]
+
+
+def criteo_spec(table_size: int | Sequence[int]) -> FeatureSpec:
+    """The FeatureSpec of Criteo data: I1..I13 (log1p), C1..C26 hashed into ``table_size``
+    rows (one size for all, or one per feature)."""
+    sizes = criteo_table_sizes(table_size)
     return FeatureSpec(
         dense=tuple(DenseFeature(c, "log1p") for c in INT_COLUMNS),
-        sparse=tuple(SparseFeature(c, table_size) for c in CAT_COLUMNS),
+        sparse=tuple(SparseFeature(c, n) for c, n in zip(CAT_COLUMNS, sizes)),
         label="label", version="criteo_v1",
     )
 
 
-def criteo_model_frame(raw: pd.DataFrame, table_size: int) -> tuple[pd.DataFrame, FeatureSpec]:
+def criteo_model_frame(
+    raw: pd.DataFrame, table_size: int | Sequence[int] | str
+) -> tuple[pd.DataFrame, FeatureSpec]:
     """Criteo rows (``label, I1..I13, C1..C26`` as ``read_criteo`` gives them) -> a
     model-ready frame and its FeatureSpec.
 
     Dense: log1p(max(x, 0)), missing as 0. Categoricals: stable 64-bit hash of the hex
-    string mod ``table_size`` (a missing value hashes as the empty string).
+    string mod the feature's table size (a missing value hashes as the empty string).
+    ``table_size``: one size for all 26 features, a list of 26, or ``"auto"``: each
+    feature's number of distinct values in ``raw`` (the first pass of counts), so no
+    table is larger than the values it can hold; the spec records the sizes, and data
+    transformed later with ``[f.table_size for f in spec.sparse]`` gets the same ids.
     """
     missing = [c for c in ("label", *INT_COLUMNS, *CAT_COLUMNS) if c not in raw.columns]
     if missing:
         raise ValueError(f"Criteo data lacks column(s) {missing}")
+    factorized = {c: pd.factorize(raw[c].fillna(""), sort=False) for c in CAT_COLUMNS}
+    if isinstance(table_size, str):
+        if table_size != "auto":
+            raise ValueError(f"criteo.table_size = {table_size!r}: expected an int, a list of 26 or 'auto'")
+        table_size = [max(1, len(uniques)) for _, uniques in factorized.values()]
     spec = criteo_spec(table_size)
     out = {"label": raw["label"].to_numpy(dtype=np.float32)}
     for c in INT_COLUMNS:
         x = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         out[c] = np.log1p(np.maximum(np.nan_to_num(x, nan=0.0), 0.0)).astype(np.float32)
-    for c in CAT_COLUMNS:
-        codes, uniques = pd.factorize(raw[c].fillna(""), sort=False)
+    for f in spec.sparse:
+        codes, uniques = factorized[f.name]
         # hash each distinct string once, then broadcast through the codes
-        ids = (stable_hash64(map(str, uniques)) % np.uint64(table_size)).astype(np.int64)
-        out[c] = ids[codes] if len(uniques) else np.zeros(len(raw), np.int64)
+        ids = (stable_hash64(map(str, uniques)) % np.uint64(f.table_size)).astype(np.int64)
+        out[f.name] = ids[codes] if len(uniques) else np.zeros(len(raw), np.int64)
     return pd.DataFrame(out), spec
 
 
-def read_criteo_frame(path: Path, table_size: int) -> tuple[pd.DataFrame, FeatureSpec]:
+def read_criteo_frame(path: Path, table_size: int | Sequence[int] | str) -> tuple[pd.DataFrame, FeatureSpec]:
     """A Criteo file (TSV, or the CSV sample) -> model-ready frame + FeatureSpec."""
     path = Path(path)
     if not path.exists():

@@ -39,3 +39,32 @@ def test_criteo_sample_becomes_a_model_ready_frame():
 def test_criteo_missing_columns_are_named():
     with pytest.raises(ValueError, match="C26"):
         criteo_model_frame(pd.DataFrame({"label": [0]}), 10)
+
+
+def test_criteo_tables_sized_per_feature_or_from_counts():
+    raw = pd.read_csv(CRITEO_SAMPLE, dtype=str, keep_default_na=False).replace("", np.nan)
+    sizes = list(range(100, 126))
+    frame, spec = criteo_model_frame(raw, sizes)
+    assert spec.table_sizes == sizes
+    for c, n in zip(CAT_COLUMNS, sizes):
+        want = [hash64(v) % n for v in raw[c].fillna("")]
+        assert frame[c].tolist() == want
+    auto_frame, auto_spec = criteo_model_frame(raw, "auto")
+    assert auto_spec.table_sizes == [raw[c].fillna("").nunique() for c in CAT_COLUMNS]
+    assert min(auto_spec.table_sizes) >= 1 and max(auto_spec.table_sizes) <= 200
+    # evaluation re-transforms other rows with the sizes the spec recorded: the same ids
+    again, _ = criteo_model_frame(raw.iloc[50:], auto_spec.table_sizes)
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), auto_frame.iloc[50:].reset_index(drop=True))
+    for bad in ([5] * 25, [0] * 26, "big"):
+        with pytest.raises(ValueError, match="table_size"):
+            criteo_model_frame(raw, bad)
+
+
+def test_criteo_table_size_params_take_an_int_a_list_or_auto():
+    from contract.params import load_config
+    from dlrm.configs import TrainConfig
+
+    assert load_config(TrainConfig, "train", None, ["train.criteo.table_size=auto"]).criteo.table_size == "auto"
+    listed = load_config(TrainConfig, "train", None, [f"train.criteo.table_size=[{', '.join(['7'] * 26)}]"])
+    assert listed.criteo.table_size == (7,) * 26
+    assert load_config(TrainConfig, "train", None, ["train.criteo.table_size=9"]).criteo.table_size == 9
