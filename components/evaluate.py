@@ -1,8 +1,9 @@
 """`robeflow evaluate`: metrics of the trained model on the test window, and the quality gate.
 
-Writes ``reports/metrics.json`` (AUC, log loss, NE, calibration, the oracle AUC when the
-planted probabilities are known, the gate's target and ``passed``, the embedding size),
-the ROC curve for a DVC plot, and the test-window predictions for monitoring.
+Writes ``reports/metrics.json`` (AUC with its bootstrap 95% interval ``auc_lo``/``auc_hi``,
+log loss, NE, calibration, the oracle AUC when the planted probabilities are known, the
+gate's target and ``passed``, the embedding size), the ROC curve for a DVC plot, and the
+test-window predictions for monitoring.
 
 The step exits 0 when it ran, whatever the gate says (a failed gate is ``passed: false``
 for the pipeline to act on), unless ``evaluate.fail_on_gate`` is true.
@@ -23,6 +24,7 @@ from dlrm.configs import EvaluateConfig
 
 STEP = "evaluate"
 GATE_FAILED_EXIT = 3
+AUC_BOOTSTRAP = 1000  # resamples of the test AUC's 95% interval (seeded: the same run, the same interval)
 
 
 @dataclass
@@ -95,7 +97,7 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
     from contract.model_input import SPEC_FILE, read_frame
     from contract.spec import FeatureSpec, ModelInput
     from dlrm.bundle import load_model, predict
-    from dlrm.metrics import classification_metrics, roc_curve
+    from dlrm.metrics import bootstrap_auc, classification_metrics, roc_curve
 
     model, doc = load_model(model_dir)
     spec = FeatureSpec.from_dict(doc["feature_spec"])
@@ -124,6 +126,9 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
         probs = predict(model, inputs, batch_size=cfg.batch_size)
     labels = inputs.labels.astype(np.float64)
     m = classification_metrics(labels, probs)
+    # stratified bootstrap 95% interval of the test AUC (None when the window has one class)
+    ci = bootstrap_auc(labels, probs, n_boot=AUC_BOOTSTRAP) if np.isfinite(m["auc"]) else None
+    m["auc_lo"], m["auc_hi"] = (ci["lo"], ci["hi"]) if ci else (None, None)
 
     oracle_auc, oracle_rows = (None, 0)
     if truth_dir is not None and Path(truth_dir).exists():
@@ -163,7 +168,8 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
         pred.to_parquet(tmp / "test.parquet", index=False)
 
     oracle = f", oracle {oracle_auc:.5f}" if oracle_auc is not None else ""
-    log(STEP, f"test AUC {m['auc']:.5f}{oracle}, NE {m['ne']:.4f}, target {target:.5f} ({cfg.gate}): "
+    interval = f" [{m['auc_lo']:.5f}, {m['auc_hi']:.5f}]" if ci else ""
+    log(STEP, f"test AUC {m['auc']:.5f}{interval}{oracle}, NE {m['ne']:.4f}, target {target:.5f} ({cfg.gate}): "
               f"{'passed' if passed else 'FAILED'} -> {metrics_out}")
     return EvaluateResult(metrics)
 

@@ -25,7 +25,7 @@ OUTPUTS: tuple[tuple[str, str], ...] = (
 
 HEADLINES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reports/validation/validation.json", ("rows_in", "rows_valid", "rows_quarantined")),
-    ("reports/metrics.json", ("auc", "target_auc", "passed", "compression", "embedding_bytes")),
+    ("reports/metrics.json", ("auc", "auc_lo", "auc_hi", "target_auc", "passed", "compression", "embedding_bytes")),
     ("reports/drift.json", ("drift_detected", "drift_share")),
 )
 

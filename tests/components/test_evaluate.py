@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from pipelines.cli import main
-from dlrm.metrics import auc
+from dlrm.metrics import auc, bootstrap_auc
 from dlrm.synthetic import write_planted_dir
 
 PARAMS = {
@@ -46,7 +46,7 @@ def run_eval(root, *overrides, truth=True):
 def test_evaluate_writes_metrics_plots_and_predictions(trained):
     code, m = run_eval(trained)
     assert code == 0
-    for key in ("auc", "logloss", "ne", "oracle_auc", "target_auc", "passed", "backend", "embedding_bytes",
+    for key in ("auc", "auc_lo", "auc_hi", "logloss", "ne", "oracle_auc", "target_auc", "passed", "backend", "embedding_bytes",
                 "compression", "train_samples_per_s", "time_to_target_s"):
         assert key in m, key
     test = pd.read_parquet(trained / "data/model_input/test.parquet")
@@ -58,6 +58,9 @@ def test_evaluate_writes_metrics_plots_and_predictions(trained):
     assert list(pred.columns) == ["event_id", "event_timestamp", "score", "label"]
     assert pred["event_id"].tolist() == test["event_id"].tolist()
     assert auc(pred["label"], pred["score"]) == pytest.approx(m["auc"])
+    ci = bootstrap_auc(pred["label"], pred["score"], n_boot=1000)
+    assert m["auc_lo"] == pytest.approx(ci["lo"]) and m["auc_hi"] == pytest.approx(ci["hi"])
+    assert m["auc_lo"] < m["auc"] < m["auc_hi"] and m["auc_hi"] - m["auc_lo"] < 0.2
     roc = pd.read_csv(trained / "reports/plots/roc.csv")
     assert roc["fpr"].iloc[0] == 0 and roc["tpr"].iloc[-1] == 1 and roc["fpr"].is_monotonic_increasing
 
