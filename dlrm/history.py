@@ -185,6 +185,9 @@ class HistoryTower(nn.Module):
         if lengths.shape != (B,) or candidate.shape != (B,):
             raise ValueError(f"lengths {tuple(lengths.shape)} and candidate {tuple(candidate.shape)} "
                              f"must be ({B},)")
+        if B and (int(lengths.min()) < 0 or int(lengths.max()) > L):
+            raise ValueError(f"lengths must lie in [0, {L}] (the history width), got "
+                             f"[{int(lengths.min())}, {int(lengths.max())}]")
         pos = torch.arange(L, device=history.device)
         mask = pos[None, :] < lengths[:, None]                              # (B, L)
         q = self.to_q(self.embed(candidate))                                # (B, D)

@@ -21,6 +21,7 @@ Each batch row is sorted and chunked on its own: no row ever attends to another.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -87,7 +88,8 @@ def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
 
 
 def lsh_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None, *, rotations: Tensor,
-                  chunk_size: int, n_buckets: int | None = None, dedupe: bool = True) -> Tensor:
+                  chunk_size: int, n_buckets: int | None = None, dedupe: bool = True,
+                  backend: Literal["auto", "torch", "triton"] = "auto") -> Tensor:
     """Shared-QK LSH attention.
 
     Args:
@@ -99,11 +101,19 @@ def lsh_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None, *, rotation
         n_buckets: buckets; default ``2 * rotations.shape[2]``; 1 = no hashing.
         dedupe: lower repeated keys' scores by log(count) (exact union softmax); costs
             one integer comparison pass per round.
+        backend: ``torch`` (differentiable), ``triton`` (the forward kernel of ``kernel.py``,
+            no autograd), or ``auto``: triton for CUDA inputs when no gradient is needed.
 
     Returns:
         ``(N, L, dv)``; zeros at padded positions.
     """
     mask = check_qkv(qk, v, mask)
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    needs_grad = torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad)
+    if backend == "triton" and needs_grad:
+        raise ValueError("backend='triton' has no backward; use 'torch' (or 'auto') when a gradient is needed")
+    use_triton = backend == "triton" or (backend == "auto" and qk.is_cuda and not needs_grad)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if n_buckets is None:
@@ -117,7 +127,6 @@ def lsh_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None, *, rotation
         qk = torch.nn.functional.pad(qk, (0, 0, 0, Lp - L))
         v = torch.nn.functional.pad(v, (0, 0, 0, Lp - L))
         mask = torch.nn.functional.pad(mask, (0, Lp - L), value=False)
-    C = Lp // c
     dev = qk.device
 
     with torch.no_grad():
@@ -129,6 +138,29 @@ def lsh_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None, *, rotation
         undo = torch.empty_like(sidx).scatter_(-1, sidx, pos.expand_as(sidx))  # token -> sorted
 
     k = shared_keys(qk)
+    if use_triton:
+        from gpu_ops.lsh_attention.kernel import lsh_chunk_attention_triton
+
+        o, lse = lsh_chunk_attention_triton(qk * (1.0 / math.sqrt(d)), k, v, sidx, undo // c, mask, c,
+                                            SELF_SCORE, dedupe)
+    else:
+        o, lse = _chunk_attention(qk, k, v, mask, sidx, undo, c, dedupe)
+
+    # back to token order, then weigh each round by how much mass it found
+    o = torch.gather(o, 2, undo[..., None].expand(N, H, Lp, dv))            # (N, H, Lp, dv)
+    lse = torch.gather(lse, 2, undo)                                        # (N, H, Lp)
+    weight = torch.softmax(lse, dim=1)                                      # (N, H, Lp)
+    out = (o * weight[..., None]).sum(dim=1)                                # (N, Lp, dv)
+    out = out * mask[..., None].to(out.dtype)
+    return out[:, :L]
+
+
+def _chunk_attention(qk: Tensor, k: Tensor, v: Tensor, mask: Tensor, sidx: Tensor, undo: Tensor,
+                     c: int, dedupe: bool) -> tuple[Tensor, Tensor]:
+    """The PyTorch path: ``o (N, H, Lp, dv)`` and ``lse (N, H, Lp)`` of every round, sorted order."""
+    N, Lp, d = qk.shape
+    dv = v.shape[-1]
+    H, C, dev = sidx.shape[1], Lp // c, qk.device
     sq = _gather_rows(qk * (1.0 / math.sqrt(d)), sidx).view(N, H, C, c, d)  # scaled once, on L rows
     sk = _look_one_back(_gather_rows(k, sidx).view(N, H, C, c, d))       # (N, H, C, w, d)
     sv = _look_one_back(_gather_rows(v, sidx).view(N, H, C, c, dv))      # (N, H, C, w, dv)
@@ -151,14 +183,7 @@ def lsh_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None, *, rotation
 
     lse = torch.logsumexp(s, dim=-1, keepdim=True)                          # (N, H, C, c, 1)
     o = torch.matmul(torch.exp(s - lse), sv)                                # (N, H, C, c, dv)
-
-    # back to token order, then weigh each round by how much mass it found
-    o = torch.gather(o.reshape(N, H, Lp, dv), 2, undo[..., None].expand(N, H, Lp, dv))
-    lse = torch.gather(lse.reshape(N, H, Lp), 2, undo)                      # (N, H, Lp)
-    weight = torch.softmax(lse, dim=1)                                      # (N, H, Lp)
-    out = (o * weight[..., None]).sum(dim=1)                                # (N, Lp, dv)
-    out = out * mask[..., None].to(out.dtype)
-    return out[:, :L]
+    return o.reshape(N, H, Lp, dv), lse.reshape(N, H, Lp)
 
 
 def _log_counts(chunk_of: Tensor, qpos: Tensor, kpos: Tensor, C: int) -> Tensor:

@@ -153,3 +153,6 @@ def test_bad_config_and_inputs_raise():
     hist, lengths, cand = _batch(L=17)
     with pytest.raises(ValueError, match="max_len"):
         tower(hist, lengths, cand)
+    hist, lengths, cand = _batch(L=4)
+    with pytest.raises(ValueError, match="lengths"):
+        tower(hist, lengths + 10, cand)
