@@ -1,9 +1,12 @@
 """`robeflow features`: validated transactions -> Feast feature store and model-ready tables.
 
-Computes the feature views' daily tables, applies the Feast repo, builds the training
-frame with a point-in-time join (every event gets the feature values valid at its
-timestamp), materialises the latest values into the online store, and writes the
-model-ready train / valid / test tables (split by time) with ``feature_spec.json``.
+Computes the feature views' daily tables and the point-in-time join (every event gets
+the feature values valid at its timestamp: the rows stamped at the start of its day) as
+SQL (:mod:`features.sql`) on an out-of-core engine (``features.engine``: DuckDB) reading
+the validated Parquet files; applies the Feast repo and materialises the latest values
+into the online store; and streams the model-ready train / valid / test tables (split by
+time) out in row groups of ``features.batch_rows``, with ``feature_spec.json``. Memory
+is set by ``features.memory_limit`` and the batch size, not by the data.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class TableSizes:
     query: int = 200_000
 
 
+ENGINES = ("duckdb",)
+
+
 @dataclass(frozen=True)
 class FeaturesConfig:
     test_days: int = 3              # the last days of data form the test window
@@ -60,6 +66,18 @@ class FeaturesConfig:
     max_query_terms: int = 8        # distinct query terms kept per event
     default_position: int = 1       # position scored at serving when none is given
     tables: TableSizes = field(default_factory=TableSizes)
+    engine: str = "duckdb"          # the SQL engine of the feature tables and the point-in-time join
+    memory_limit: str = "2GB"       # the engine's working memory; beyond it, it spills to disk
+    threads: int = 0                # engine threads (0 = one per core)
+    batch_rows: int = 131_072       # model-ready rows transformed and written at a time (bounds memory)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"features.engine = {self.engine!r}; expected one of {list(ENGINES)}")
+        if self.batch_rows < 1:
+            raise ValueError(f"features.batch_rows = {self.batch_rows}; expected >= 1")
+        if self.threads < 0:
+            raise ValueError(f"features.threads = {self.threads}; expected >= 0 (0 = one per core)")
 
 
 @dataclass
@@ -105,8 +123,48 @@ def _stamp(day: int) -> str:
     return str(np.datetime64(int(day), "D"))
 
 
+def validated_files(input_dir: Path) -> list[Path]:
+    """The Parquet files of the validated dataset, after checking their footers: every
+    canonical column present (StepError naming the directory otherwise)."""
+    import pyarrow.parquet as pq
+
+    from contract.schema import COLUMNS
+
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise StepError(f"input directory {input_dir} does not exist; run `robeflow validate` first")
+    files = sorted(input_dir.rglob("*.parquet"))
+    if not files:
+        raise StepError(f"input directory {input_dir} holds no Parquet files (expected day=YYYY-MM-DD/*.parquet)")
+    for f in files:
+        names = pq.read_schema(f).names
+        missing = [c for c in COLUMNS if c not in names]
+        if missing:
+            raise StepError(f"transactions in {input_dir} lack column(s) {missing} (in {f})")
+    return files
+
+
+def remove_leftovers(*outputs: Path) -> None:
+    """Removes what a killed run left beside ``outputs``: the temporary and scratch
+    directories (``.NAME.tmp-*``, ``.NAME.old-*``, ``.NAME.work-*``), never the outputs."""
+    import shutil
+
+    for out in outputs:
+        out = Path(out)
+        if not out.parent.is_dir():
+            continue
+        for kind in ("tmp", "old", "work"):
+            for p in out.parent.glob(f".{out.name}.{kind}-*"):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
 def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_dir: Path) -> FeaturesResult:
     """Runs the features step.
+
+    The feature tables and the point-in-time join run as SQL on ``cfg.engine`` over the
+    validated Parquet files; the model-ready rows stream out of it in batches of
+    ``cfg.batch_rows``, are transformed and written as row groups, so memory is set by
+    ``cfg.memory_limit`` and the batch size, not by the data.
 
     Args:
         cfg: the ``features`` section of params.yaml.
@@ -115,66 +173,118 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
         model_input_dir: ``{train,valid,test}.parquet`` and ``feature_spec.json`` (``data/model_input``).
     """
     os.environ.setdefault("FEAST_USAGE", "False")
-    import numpy as np
+    import tempfile
+
     import pandas as pd
 
-    from contract.schema import TIMESTAMP
-    from features.compute import StatsParams, compute_feature_tables, event_days
-    from features.repo import (apply_repo, check_tables_match_views, historical_rows, install_repo,
-                               materialize_latest, write_offline_tables)
-    from features.transform import build_model_frame, feature_spec
+    from features import sql
+    from features.compute import StatsParams, materialize_feature_tables, summarize
+    from features.engine import open_engine
+    from features.transform import feature_spec
 
     t0 = time.perf_counter()
-    events = read_validated(input_dir)
-    day = event_days(events["event_timestamp"])
-    splits = split_days(pd.Series(day), cfg.test_days, cfg.valid_days)
-    log(STEP, f"{len(events):,} events over {len(set(day))} days from {input_dir}")
-
+    files = validated_files(input_dir)
+    out_dir, model_input_dir = Path(out_dir), Path(model_input_dir)
+    remove_leftovers(out_dir, model_input_dir)
+    model_input_dir.parent.mkdir(parents=True, exist_ok=True)
     stats = StatsParams(cfg.rate_prior, cfg.rate_prior_weight, cfg.days_since_cap)
-    tables = compute_feature_tables(events, stats)
-    log(STEP, "feature tables: " + ", ".join(f"{n} {len(t):,} rows" for n, t in tables.items()))
+    with tempfile.TemporaryDirectory(dir=model_input_dir.parent, prefix=f".{model_input_dir.name}.work-") as work, \
+            open_engine(cfg.engine, work, cfg.memory_limit, cfg.threads) as engine:
+        engine.events_from_parquet(files)
+        data = summarize(engine)
+        if data.rows == 0:
+            raise StepError(f"input directory {input_dir} holds no transactions (all files are empty)")
+        if data.unlabelled:
+            raise StepError(f"transactions in {input_dir} hold missing labels (purchased); validate them first")
+        days = [d for (d,) in engine.rows(sql.event_days())]
+        splits = split_days(pd.Series(days), cfg.test_days, cfg.valid_days)
+        log(STEP, f"{data.rows:,} events over {len(days)} days from {input_dir} ({len(files)} files); "
+                  f"engine {cfg.engine}, memory limit {cfg.memory_limit}")
 
-    entity_cols = ["event_id", "event_timestamp", "user_id", "item_id", "query", "device",
-                   "country", "position", "price", "purchased"]
-    with atomic_dir(out_dir) as repo:
-        install_repo(repo)
-        write_offline_tables(tables, repo)
-        store = apply_repo(repo)
-        check_tables_match_views(store, tables)
-        log(STEP, "feast apply done; point-in-time join of every event")
-        # feature rows are daily snapshots, so ask Feast once per (entity, day)
-        rows = historical_rows(store, events[entity_cols], as_of_floor="D")
-        materialize_latest(store, tables)
-        log(STEP, f"materialised the values as of {tables.snapshot} into the online store")
-        del store
+        materialize_feature_tables(engine, data, stats)
+        counts = engine.rows(sql.entity_counts())[0]
+        feature_rows = dict(zip(sql.TABLES, map(int, counts[:3])))
+        log(STEP, "feature tables: " + ", ".join(f"{n} {r:,} rows" for n, r in feature_rows.items())
+            + f" ({time.perf_counter() - t0:.1f}s)")
 
-    spec = feature_spec(as_dict(cfg.tables), stats, cfg.max_query_terms, cfg.default_position,
-                        extra={"splits": {s: [_stamp(d[0]), _stamp(d[-1])] for s, d in splits.items()},
-                               "snapshot": str(tables.snapshot)})
-    frame = build_model_frame(rows, spec)
-    frame_day = event_days(frame[TIMESTAMP])
-    split_rows = {}
-    with atomic_dir(model_input_dir) as mdir:
-        for name in SPLITS:
-            part = frame[np.isin(frame_day, splits[name])].reset_index(drop=True)
-            part.to_parquet(mdir / f"{name}.parquet", index=False)
-            split_rows[name] = len(part)
-        spec.save(mdir / "feature_spec.json")
-    if sum(split_rows.values()) != len(events):
-        raise StepError(f"splits hold {sum(split_rows.values())} rows for {len(events)} events")
+        with atomic_dir(out_dir) as repo:
+            _feast_repo(engine, repo, data.snapshot, cfg.batch_rows)
+        log(STEP, f"feast apply done; materialised the values as of {data.snapshot} into the online store")
+
+        extra = {"splits": {s: [_stamp(d[0]), _stamp(d[-1])] for s, d in splits.items()},
+                 "snapshot": str(data.snapshot)}
+        spec = feature_spec(as_dict(cfg.tables), stats, cfg.max_query_terms, cfg.default_position, extra=extra)
+        split_rows = {}
+        with atomic_dir(model_input_dir) as mdir:
+            for name in SPLITS:
+                select = sql.model_rows(splits[name][0], splits[name][-1])
+                split_rows[name] = write_model_table(engine.batches(select, cfg.batch_rows), spec,
+                                                     mdir / f"{name}.parquet")
+            spec.save(mdir / "feature_spec.json")
+            if sum(split_rows.values()) != data.rows:
+                raise StepError(f"splits hold {sum(split_rows.values())} rows for {data.rows} events")
     seconds = time.perf_counter() - t0
     log(STEP, "model input: " + ", ".join(f"{k} {v:,}" for k, v in split_rows.items())
-        + f" rows in {model_input_dir} ({len(events) / seconds:,.0f} events/s)")
+        + f" rows in {model_input_dir} ({data.rows / seconds:,.0f} events/s)")
     return FeaturesResult(
-        rows=len(events),
+        rows=data.rows,
         split_rows=split_rows,
         split_days={s: [_stamp(d[0]), _stamp(d[-1])] for s, d in splits.items()},
-        feature_rows={n: len(t) for n, t in tables.items()},
-        online_entities={"user": int(tables.user_daily_stats["user_id"].nunique()),
-                         "item": int(tables.item_daily_stats["item_id"].nunique())},
-        snapshot=str(tables.snapshot),
+        feature_rows=feature_rows,
+        online_entities={"user": int(counts[3]), "item": int(counts[4])},
+        snapshot=str(data.snapshot),
         seconds=seconds,
     )
+
+
+def _feast_repo(engine, repo: Path, snapshot: "pd.Timestamp", batch_rows: int) -> None:
+    """Installs the Feast repo in ``repo``, streams the offline tables out of the engine,
+    applies the repo and materialises the snapshot rows into the online store."""
+    from features import sql
+    from features.compute import stamped_batches
+    from features.repo import (apply_repo, check_tables_match_views, install_repo, materialize_latest,
+                               write_offline_batches)
+
+    install_repo(repo)
+    columns = {}
+    for name in sql.TABLES:
+        key, fields = sql.TABLES[name]
+        write_offline_batches(name, stamped_batches(engine, name, batch_rows), repo)
+        columns[name] = [key, "event_timestamp", *fields]
+    store = apply_repo(repo)
+    check_tables_match_views(store, columns)
+    materialize_latest(store, snapshot)
+    del store
+
+
+def write_model_table(batches, spec, path: Path) -> int:
+    """Transforms joined feature rows (Arrow record batches) into model-ready rows and
+    writes them to the Parquet file ``path``, one row group per batch; returns the rows.
+
+    The file has the schema (and pandas metadata) of a model-ready frame written by
+    pandas, so every reader sees the same table as before.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features.transform import model_batch
+
+    writer, rows = None, 0
+    try:
+        for batch in batches:
+            table = model_batch(batch, spec)
+            if writer is None:
+                meta = pa.Schema.from_pandas(table.slice(0, 1).to_pandas(), preserve_index=False).metadata
+                schema = table.schema.with_metadata(meta)
+                writer = pq.ParquetWriter(path, schema)
+            writer.write_table(table.replace_schema_metadata(schema.metadata))
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise StepError(f"no rows for {path.name}")
+    return rows
 
 
 def _main(args: argparse.Namespace) -> int:

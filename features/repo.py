@@ -18,7 +18,7 @@ import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -52,6 +52,33 @@ def write_offline_tables(tables: FeatureTables, repo_dir: Path) -> dict[str, Pat
         frame.to_parquet(path, index=False)
         paths[name] = path
     return paths
+
+
+def write_offline_batches(name: str, batches: Iterable[Any], repo_dir: Path) -> tuple[Path, int]:
+    """Streams one feature view's rows (Arrow record batches with the key,
+    ``event_timestamp`` and the view's fields) to where ``data_sources.py`` points, one
+    row group per batch; returns (path, rows). Text columns are written as ``string``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(repo_dir) / OFFLINE_DIR / f"{name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer, rows = None, 0
+    try:
+        for batch in batches:
+            if writer is None:
+                schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_string(f.type)
+                                    or pa.types.is_large_string(f.type) or pa.types.is_string_view(f.type)
+                                    else f for f in batch.schema])
+                writer = pq.ParquetWriter(path, schema)
+            writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+            rows += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError(f"feature table {name} has no rows")
+    return path, rows
 
 
 def repo_objects(repo_dir: Path) -> list[Any]:
@@ -104,16 +131,22 @@ def apply_repo(repo_dir: Path) -> "FeatureStore":
     return store
 
 
-def check_tables_match_views(store: "FeatureStore", tables: FeatureTables) -> None:
-    """Raises ValueError when a computed table's columns differ from its view's schema."""
-    for name, frame in tables.items():
+def check_tables_match_views(store: "FeatureStore",
+                             tables: FeatureTables | Mapping[str, Sequence[str]]) -> None:
+    """Raises ValueError when a computed table's columns differ from its view's schema.
+
+    ``tables``: the computed tables, or feature view name -> the columns of its table.
+    """
+    items = tables.items()
+    for name, frame in items:
+        columns = list(frame.columns) if hasattr(frame, "columns") else list(frame)
         view = store.get_feature_view(name)
         fields = [f.name for f in view.features]
         keys = list(view.join_keys) if hasattr(view, "join_keys") else [
             c.name for c in view.entity_columns]
         expected = sorted([*keys, "event_timestamp", *fields])
-        if sorted(frame.columns) != expected:
-            raise ValueError(f"table {name} has columns {sorted(frame.columns)}; "
+        if sorted(columns) != expected:
+            raise ValueError(f"table {name} has columns {sorted(columns)}; "
                              f"feature view {name} expects {expected}")
 
 
@@ -165,16 +198,18 @@ def historical_rows(store: "FeatureStore", entity_df: pd.DataFrame, service: str
     return out
 
 
-def materialize_latest(store: "FeatureStore", tables: FeatureTables) -> None:
-    """Loads every view's latest rows (stamped ``tables.snapshot``) into the online store.
+def materialize_latest(store: "FeatureStore", tables: FeatureTables | pd.Timestamp) -> None:
+    """Loads every view's latest rows (stamped at the snapshot: ``tables.snapshot``, or
+    ``tables`` itself when it is a timestamp) into the online store.
 
-    Uses an explicit window from the data's own first stamp to just after the snapshot
-    (``materialize_incremental`` would start at now - ttl and load nothing from old data).
+    Every entity has a row stamped at the snapshot, so the window is the snapshot instant
+    alone (one second): Feast reads only those rows. (``materialize_incremental`` would
+    start at now - ttl and load nothing from old data.)
     """
-    start = min(frame["event_timestamp"].min() for _, frame in tables.items())
-    end = tables.snapshot + timedelta(seconds=1)
+    snapshot = tables.snapshot if hasattr(tables, "snapshot") else pd.Timestamp(tables)
+    end = snapshot + timedelta(seconds=1)
     with _dask_arrow_strings():
-        store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
+        store.materialize(start_date=snapshot.to_pydatetime(), end_date=end.to_pydatetime())
 
 
 def _dask_arrow_strings():

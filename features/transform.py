@@ -175,6 +175,21 @@ def _utc_hour_and_weekday(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _INT_TEXT = [str(i) for i in range(24)]
 
 
+def _dense_columns(raw_of, spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """Dense feature name -> (n,) float32 transformed values; ``raw_of(column)`` gives a
+    column's (n,) float64 raw values with NaN where missing or absent."""
+    fill: dict[str, float] = spec.extra["fill"]
+    out: dict[str, np.ndarray] = {}
+    for f in spec.dense:
+        raw = raw_of(f.name)
+        if f.name == "price":
+            # the offer's price; where not given, the item's last known price; else the fill
+            raw = np.where(np.isnan(raw), raw_of("item_price"), raw)
+        raw = np.where(np.isnan(raw), fill[f.name], raw)
+        out[f.name] = (np.log1p(np.maximum(raw, 0.0)) if f.transform == "log1p" else raw).astype(np.float32)
+    return out
+
+
 def model_columns(columns: Mapping[str, np.ndarray | list], n: int, spec: FeatureSpec) -> dict[str, object]:
     """The transform's core on plain columns; :func:`build_model_frame` and the server
     both call it, so training and serving compute every feature with the same code.
@@ -191,16 +206,7 @@ def model_columns(columns: Mapping[str, np.ndarray | list], n: int, spec: Featur
         list of n int64 id arrays (multi-hot); and the label (float32) when present.
     """
     extra = spec.extra
-    fill: dict[str, float] = extra["fill"]
-    out: dict[str, object] = {}
-    for f in spec.dense:
-        raw = _numeric(columns.get(f.name), n)
-        if f.name == "price":
-            # the offer's price; where not given, the item's last known price; else the fill
-            item_price = _numeric(columns.get("item_price"), n)
-            raw = np.where(np.isnan(raw), item_price, raw)
-        raw = np.where(np.isnan(raw), fill[f.name], raw)
-        out[f.name] = (np.log1p(np.maximum(raw, 0.0)) if f.transform == "log1p" else raw).astype(np.float32)
+    out: dict[str, object] = _dense_columns(lambda name: _numeric(columns.get(name), n), spec)
 
     hour, weekday = _utc_hour_and_weekday(np.asarray(columns["event_timestamp"]))
     for f in spec.sparse:
@@ -266,3 +272,117 @@ def build_model_frame(rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
             values = bags
         data[name] = values
     return pd.DataFrame(data, index=pd.RangeIndex(n))
+
+
+# ---------------------------------------------------------------------------- Arrow batches
+
+
+def _arrow_numeric(batch, name: str, n: int) -> np.ndarray:
+    """(n,) float64 of a batch column, NaN where null; all NaN when the column is absent."""
+    import pyarrow as pa
+
+    if name not in batch.schema.names:
+        return np.full(n, np.nan)
+    col = batch.column(name).cast(pa.float64())
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _arrow_text_ids(col, feature: str, table_size: int) -> np.ndarray:
+    """(n,) int64 ids of a text column (null = missing): each distinct value hashed once,
+    as :func:`~features.categorize.hash_ids` hashes it."""
+    import pyarrow.compute as pc
+
+    enc = pc.dictionary_encode(col)
+    texts = enc.dictionary.to_pylist() + [None]
+    codes = enc.indices.fill_null(len(texts) - 1).to_numpy(zero_copy_only=False)
+    return hash_ids(texts, feature, table_size)[codes]
+
+
+def _arrow_query_bags(col, max_terms: int, feature: str, table_size: int):
+    """The multi-hot ids of a query column as an Arrow list<int64> array: each distinct
+    query split and hashed once (:func:`_query_bag_ids`), gathered row by row with numpy."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    enc = pc.dictionary_encode(col)
+    queries = enc.dictionary.to_pylist() + [None]
+    codes = enc.indices.fill_null(len(queries) - 1).to_numpy(zero_copy_only=False)
+    bags = _query_bag_ids(queries, max_terms, feature, table_size)     # one id array per query
+    bag_len = np.fromiter((len(b) for b in bags), dtype=np.int64, count=len(bags))
+    bag_start = np.concatenate([[0], np.cumsum(bag_len)[:-1]])
+    flat = np.concatenate(bags) if bags else np.zeros(0, np.int64)
+    row_len = bag_len[codes]                                            # (n,)
+    offsets = np.zeros(len(codes) + 1, dtype=np.int64)
+    np.cumsum(row_len, out=offsets[1:])
+    # position k of the output: the bag of its row, at its rank inside that bag
+    take = np.repeat(bag_start[codes] - offsets[:-1], row_len) + np.arange(offsets[-1])
+    values = pa.array(flat[take], pa.int64())
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values).cast(
+        pa.list_(pa.field("element", pa.int64())))
+
+
+def model_batch(batch, spec: FeatureSpec):
+    """Joined feature rows as an Arrow record batch -> the model-ready columns, vectorised.
+
+    The same values as :func:`build_model_frame` on the same rows (the dense transform is
+    shared; every id is :func:`~features.categorize.hash_ids` of the same text), computed
+    per distinct value instead of per row, for the features step's streaming output.
+
+    Args:
+        batch: a ``pyarrow.RecordBatch`` with ``user_id``, ``item_id``, ``ts_ns`` (int64
+            nanoseconds since the epoch, UTC) or ``event_timestamp``, and optionally the other
+            columns of :func:`build_model_frame`'s rows.
+        spec: the feature spec.
+
+    Returns:
+        A ``pyarrow.Table``: pass-through columns, dense float32, sparse int64, the query
+        bags as list<int64>, the label (float32) when present; the schema
+        :func:`build_model_frame` frames are written with.
+    """
+    import pyarrow as pa
+
+    names = batch.schema.names
+    for col in ("user_id", "item_id"):
+        if col not in names:
+            raise ValueError(f"feature rows lack column {col!r}")
+    n = batch.num_rows
+    if "ts_ns" in names:
+        ts_ns = batch.column("ts_ns").cast(pa.int64())
+    elif "event_timestamp" in names:
+        ts_ns = batch.column("event_timestamp").cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
+    else:
+        raise ValueError("feature rows lack column 'event_timestamp'")
+    if ts_ns.null_count:
+        raise ValueError("feature rows hold missing event_timestamp values")
+    ns = ts_ns.to_numpy(zero_copy_only=False)
+    extra = spec.extra
+    data: dict[str, object] = {}
+    for col in PASS_THROUGH:
+        if col == "event_timestamp":
+            data[col] = ts_ns.cast(pa.timestamp("ns", tz="UTC"))
+        elif col in names:
+            data[col] = batch.column(col)
+    data.update(_dense_columns(lambda name: _arrow_numeric(batch, name, n), spec))
+
+    hour, weekday = _utc_hour_and_weekday(ns.view("datetime64[ns]"))
+    for f in spec.sparse:
+        src = extra["sources"][f.name]
+        if f.name in ("hour", "day_of_week"):
+            table = hash_ids(_INT_TEXT, f.name, f.table_size)        # ids of "0".."23"
+            data[f.name] = table[hour if f.name == "hour" else weekday]
+        elif f.name == "position":
+            pos = _arrow_numeric(batch, "position", n)
+            pos = np.maximum(np.where(np.isnan(pos), float(extra["default_position"]), pos), 1.0)
+            uniq, inv = np.unique(pos.astype(np.int64), return_inverse=True)
+            data[f.name] = hash_ids(_bucket_texts(uniq), f.name, f.table_size)[inv.reshape(-1)]
+        elif f.multi_hot:
+            col = batch.column(src) if src in names else pa.nulls(n, pa.string())
+            data[f.name] = _arrow_query_bags(col, extra["max_query_terms"], f.name, f.table_size)
+        else:
+            col = batch.column(src) if src in names else pa.nulls(n, pa.string())
+            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
+                col = col.cast(pa.string())
+            data[f.name] = _arrow_text_ids(col, f.name, f.table_size)
+    if spec.label in names:
+        data[spec.label] = _arrow_numeric(batch, spec.label, n).astype(np.float32)
+    return pa.table(data)

@@ -1,0 +1,100 @@
+"""The engines that run the feature SQL of :mod:`features.sql`.
+
+An engine provides the ``events`` relation (from day-partitioned Parquet files or from an
+in-memory Arrow table), materialises the feature tables and streams query results as
+Arrow record batches, so the caller's memory follows the batch size, not the data.
+
+- :class:`DuckDBEngine` (the default, ``features.engine: duckdb``): embedded, columnar and
+  out of core: it works within ``memory_limit`` and spills to ``temp_directory``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from features import sql
+
+ENGINES = ("duckdb",)
+
+
+class DuckDBEngine:
+    """DuckDB on a database file in ``work_dir`` (spills under ``work_dir/spill``).
+
+    Args:
+        work_dir: an empty scratch directory the caller removes afterwards.
+        memory_limit: DuckDB's ``memory_limit`` (e.g. ``"2GB"``); beyond it operators spill.
+        threads: worker threads (0 = one per core).
+    """
+
+    dialect = sql.DUCKDB
+
+    def __init__(self, work_dir: Path | str, memory_limit: str = "2GB", threads: int = 0):
+        import duckdb
+
+        work_dir = Path(work_dir)
+        (work_dir / "spill").mkdir(parents=True, exist_ok=True)
+        config = {"memory_limit": str(memory_limit), "temp_directory": str(work_dir / "spill"),
+                  "threads": int(threads) or (os.cpu_count() or 1), "preserve_insertion_order": False}
+        try:
+            self.con = duckdb.connect(str(work_dir / "features.duckdb"), config=config)
+        except duckdb.Error as err:
+            raise ValueError(f"DuckDB refused its settings (features.memory_limit = {memory_limit!r}, "
+                             f"features.threads = {threads}): {err}") from None
+        self.con.execute("SET TimeZone = 'UTC'")
+
+    # ------------------------------------------------------------------ the events relation
+
+    def events_from_parquet(self, files: Sequence[Path]) -> None:
+        """The ``events`` view over Parquet files in the canonical schema (``seq`` = event_id)."""
+        paths = "[" + ", ".join("'" + str(Path(f)).replace("'", "''") + "'" for f in files) + "]"
+        self._events_view(f"read_parquet({paths}, union_by_name = true)", seq="event_id")
+
+    def events_from_arrow(self, table) -> None:
+        """The ``events`` view over an Arrow table (``seq`` = its column ``seq``)."""
+        self.con.register("events_arrow", table)
+        self._events_view("events_arrow", seq="seq")
+
+    def _events_view(self, source: str, seq: str) -> None:
+        ts = "epoch_ns(event_timestamp)"
+        self.con.execute(f"""
+CREATE OR REPLACE TEMP VIEW events AS
+SELECT event_id, {ts} AS ts_ns, {seq} AS seq, {sql.day_of(self.dialect, ts)} AS day,
+       user_id, item_id, query, category_l1, category_l2, category_l3, brand,
+       CAST(price AS DOUBLE) AS price, CAST(position AS BIGINT) AS position, device, country,
+       CAST(purchased AS BIGINT) AS purchased
+FROM {source}""")
+
+    # ------------------------------------------------------------------ running SQL
+
+    def materialize(self, name: str, select: str) -> None:
+        """Runs ``select`` and keeps its result as table ``name``."""
+        self.con.execute(f"CREATE OR REPLACE TABLE {name} AS {select}")
+
+    def rows(self, select: str) -> list[tuple]:
+        """All rows of a small result."""
+        return self.con.execute(select).fetchall()
+
+    def batches(self, select: str, batch_rows: int) -> Iterator["object"]:
+        """The result of ``select`` as Arrow record batches of at most ``batch_rows`` rows."""
+        reader = self.con.sql(select).to_arrow_reader(int(batch_rows))
+        for batch in reader:
+            if batch.num_rows:
+                yield batch
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "DuckDBEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_engine(name: str, work_dir: Path | str, memory_limit: str = "2GB", threads: int = 0) -> DuckDBEngine:
+    """The engine called ``name`` (``features.engine``)."""
+    if name == "duckdb":
+        return DuckDBEngine(work_dir, memory_limit, threads)
+    raise ValueError(f"features.engine = {name!r}; expected one of {list(ENGINES)}")

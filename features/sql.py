@@ -1,0 +1,272 @@
+"""The feature definitions as SQL, written once for every engine (DuckDB, Spark SQL).
+
+Every statement is a plain ``SELECT`` (with ``WITH``) that both engines accept; an engine
+materialises it its own way (DuckDB ``CREATE TABLE ... AS``, Spark a cached temporary
+view). The few spellings that differ between the engines (integer division) come from a
+:class:`Dialect`.
+
+Inputs: a relation ``events`` with the columns of :data:`EVENT_COLUMNS`, where ``ts_ns`` is
+the event time in nanoseconds since 1970-01-01 UTC, ``day`` its UTC day (days since
+1970-01-01) and ``seq`` the tie-break of events at the same instant (later = larger).
+
+Semantics (the daily snapshots of :mod:`features.compute`): the row of entity e stamped
+day D is computed from e's events strictly before D. Rows exist for every (entity, day)
+with an event of that entity and, for every entity, for the snapshot day (the day after
+the last day of data). Trailing windows of w days cover days [D - w, D): window frames
+``RANGE BETWEEN w PRECEDING AND 1 PRECEDING`` over one row per (entity, day).
+
+The point-in-time join of an event on day D is then an equi-join on (entity, D): each
+entity with an event on D has a row stamped D, and it is the latest row at or before the
+event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WINDOWS = (7, 30)          # days; the feature views' field names carry them
+DAY_NS = 86_400 * 10**9
+
+# the columns of the `events` relation every engine provides
+EVENT_COLUMNS = ("event_id", "ts_ns", "seq", "day", "user_id", "item_id", "query", "category_l1",
+                 "category_l2", "category_l3", "brand", "price", "position", "device", "country",
+                 "purchased")
+
+# feature view -> (entity key, feature columns in the view's order)
+TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "user_daily_stats": ("user_id", (
+        "user_offers_7d", "user_purchases_7d", "user_offers_30d", "user_purchases_30d",
+        "user_purchase_rate_30d", "user_avg_price_paid_30d", "user_fav_category_l1_30d",
+        "user_days_since_purchase")),
+    "item_daily_stats": ("item_id", (
+        "item_offers_7d", "item_purchases_7d", "item_purchase_rate_7d",
+        "item_offers_30d", "item_purchases_30d", "item_purchase_rate_30d")),
+    "item_attributes": ("item_id", (
+        "item_category_l1", "item_category_l2", "item_category_l3", "item_brand",
+        "item_price", "item_price_band")),
+}
+
+# the event columns the model-ready rows carry next to the feature values
+ROW_COLUMNS = ("event_id", "ts_ns", "user_id", "item_id", "query", "device", "country",
+               "position", "price", "purchased")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What the engines spell differently."""
+
+    name: str
+    int_div: str        # integer division operator of two BIGINTs (truncating)
+
+    def floor_div(self, a: str, b: int) -> str:
+        """SQL of floor(a / b) for a BIGINT expression ``a`` and a positive constant ``b``."""
+        return (f"(CASE WHEN ({a}) >= 0 THEN ({a}) {self.int_div} {b} "
+                f"ELSE -((-({a}) - 1) {self.int_div} {b}) - 1 END)")
+
+
+DUCKDB = Dialect("duckdb", "//")
+SPARK = Dialect("spark", "DIV")
+
+
+def _double(x: float) -> str:
+    """A DOUBLE literal both engines read to the same bits (a bare 0.03 is a DECIMAL)."""
+    return f"CAST('{float(x)!r}' AS DOUBLE)"
+
+
+def day_of(dialect: Dialect, ts_ns: str) -> str:
+    """SQL of the UTC day (days since 1970-01-01) of nanoseconds since the epoch."""
+    return dialect.floor_div(ts_ns, DAY_NS)
+
+
+def _window(w: int) -> str:
+    return f"PARTITION BY k ORDER BY d RANGE BETWEEN {w} PRECEDING AND 1 PRECEDING"
+
+
+def _smoothed(p: str, o: str, rate_prior: float, weight: float) -> str:
+    """(purchases + prior * weight) / (offers + weight), in the order numpy evaluates it."""
+    return (f"((CAST({p} AS DOUBLE) + {_double(rate_prior * weight)}) "
+            f"/ (CAST({o} AS DOUBLE) + {_double(weight)}))")
+
+
+def user_daily_stats(snapshot_day: int, rate_prior: float, weight: float, days_since_cap: int) -> str:
+    """SELECT of the user view's rows: user_id, day, then the view's fields."""
+    return f"""
+WITH user_day AS (
+    SELECT user_id AS k, day AS d, COUNT(*) AS o,
+           SUM(COALESCE(purchased, 0)) AS p,
+           SUM(COALESCE(price, {_double(0.0)}) * COALESCE(purchased, 0)) AS paid
+    FROM events GROUP BY user_id, day
+),
+user_grid AS (
+    SELECT k, d, o, p, paid FROM user_day
+    UNION ALL
+    SELECT k, {int(snapshot_day)} AS d, 0 AS o, 0 AS p, {_double(0.0)} AS paid FROM user_day GROUP BY k
+),
+user_win AS (
+    SELECT k, d,
+           COALESCE(SUM(o) OVER ({_window(7)}), 0) AS o7,
+           COALESCE(SUM(p) OVER ({_window(7)}), 0) AS p7,
+           COALESCE(SUM(o) OVER ({_window(30)}), 0) AS o30,
+           COALESCE(SUM(p) OVER ({_window(30)}), 0) AS p30,
+           COALESCE(SUM(paid) OVER ({_window(30)}), {_double(0.0)}) AS paid30,
+           MAX(CASE WHEN p > 0 THEN d END) OVER (
+               PARTITION BY k ORDER BY d ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS last_p
+    FROM user_grid
+),
+user_cat_day AS (
+    SELECT user_id AS k, category_l1 AS c, day AS d, COUNT(*) AS n
+    FROM events WHERE category_l1 IS NOT NULL GROUP BY user_id, category_l1, day
+),
+user_cat_grid AS (
+    SELECT kc.k, kc.c, g.d, 0 AS n, 1 AS q
+    FROM (SELECT DISTINCT k, c FROM user_cat_day) kc JOIN user_grid g ON g.k = kc.k
+    UNION ALL
+    SELECT k, c, d, n, 0 AS q FROM user_cat_day
+),
+user_cat_win AS (
+    SELECT k, c, d, q, SUM(n) OVER (PARTITION BY k, c ORDER BY d
+                                    RANGE BETWEEN 30 PRECEDING AND 1 PRECEDING) AS n30
+    FROM user_cat_grid
+),
+user_cat_best AS (
+    SELECT k, d, MAX(n30) AS m FROM user_cat_win WHERE q = 1 AND n30 > 0 GROUP BY k, d
+),
+user_fav AS (
+    -- the most offered category; ties to the first in text order
+    SELECT w.k, w.d, MIN(w.c) AS c
+    FROM user_cat_win w JOIN user_cat_best b ON w.k = b.k AND w.d = b.d AND w.n30 = b.m
+    WHERE w.q = 1 GROUP BY w.k, w.d
+)
+SELECT w.k AS user_id, w.d AS day,
+       CAST(w.o7 AS BIGINT) AS user_offers_7d,
+       CAST(w.p7 AS BIGINT) AS user_purchases_7d,
+       CAST(w.o30 AS BIGINT) AS user_offers_30d,
+       CAST(w.p30 AS BIGINT) AS user_purchases_30d,
+       {_smoothed("w.p30", "w.o30", rate_prior, weight)} AS user_purchase_rate_30d,
+       CASE WHEN w.p30 > 0 THEN w.paid30 / CAST(w.p30 AS DOUBLE) ELSE {_double(0.0)} END
+           AS user_avg_price_paid_30d,
+       f.c AS user_fav_category_l1_30d,
+       CAST(CASE WHEN w.last_p IS NULL THEN {int(days_since_cap)}
+                 ELSE LEAST(w.d - w.last_p, {int(days_since_cap)}) END AS BIGINT) AS user_days_since_purchase
+FROM user_win w LEFT JOIN user_fav f ON f.k = w.k AND f.d = w.d
+"""
+
+
+def item_daily_stats(snapshot_day: int, rate_prior: float, weight: float) -> str:
+    """SELECT of the item statistics view's rows: item_id, day, then the view's fields."""
+    return f"""
+WITH item_day AS (
+    SELECT item_id AS k, day AS d, COUNT(*) AS o, SUM(COALESCE(purchased, 0)) AS p
+    FROM events GROUP BY item_id, day
+),
+item_grid AS (
+    SELECT k, d, o, p FROM item_day
+    UNION ALL
+    SELECT k, {int(snapshot_day)} AS d, 0 AS o, 0 AS p FROM item_day GROUP BY k
+),
+item_win AS (
+    SELECT k, d,
+           COALESCE(SUM(o) OVER ({_window(7)}), 0) AS o7,
+           COALESCE(SUM(p) OVER ({_window(7)}), 0) AS p7,
+           COALESCE(SUM(o) OVER ({_window(30)}), 0) AS o30,
+           COALESCE(SUM(p) OVER ({_window(30)}), 0) AS p30
+    FROM item_grid
+)
+SELECT k AS item_id, d AS day,
+       CAST(o7 AS BIGINT) AS item_offers_7d,
+       CAST(p7 AS BIGINT) AS item_purchases_7d,
+       {_smoothed("p7", "o7", rate_prior, weight)} AS item_purchase_rate_7d,
+       CAST(o30 AS BIGINT) AS item_offers_30d,
+       CAST(p30 AS BIGINT) AS item_purchases_30d,
+       {_smoothed("p30", "o30", rate_prior, weight)} AS item_purchase_rate_30d
+FROM item_win
+"""
+
+
+_ATTRS = ("category_l1", "category_l2", "category_l3", "brand")
+
+
+def item_attributes(snapshot_day: int) -> str:
+    """SELECT of the item attributes view's rows: the attributes of the item's last event
+    (latest ``ts_ns``, then latest ``seq``) on its last day with events before the row's day."""
+    attrs = ", ".join(_ATTRS)
+    nulls = ", ".join(f"CAST(NULL AS STRING) AS {a}" for a in _ATTRS)
+    lags = ",\n       ".join(f"LAG({a}) OVER (PARTITION BY k ORDER BY d) AS item_{a}" for a in _ATTRS)
+    return f"""
+WITH item_last AS (
+    SELECT k, d, {attrs}, price FROM (
+        SELECT item_id AS k, day AS d, {attrs}, price,
+               ROW_NUMBER() OVER (PARTITION BY item_id, day ORDER BY ts_ns DESC, seq DESC) AS r
+        FROM events
+    ) ranked WHERE r = 1
+),
+item_attr_grid AS (
+    SELECT k, d, {attrs}, price FROM item_last
+    UNION ALL
+    SELECT k, {int(snapshot_day)} AS d, {nulls}, CAST(NULL AS DOUBLE) AS price FROM item_last GROUP BY k
+),
+item_prev AS (
+    SELECT k, d,
+       {lags},
+       LAG(price) OVER (PARTITION BY k ORDER BY d) AS item_price
+    FROM item_attr_grid
+)
+SELECT k AS item_id, d AS day, item_category_l1, item_category_l2, item_category_l3, item_brand,
+       item_price,
+       CASE WHEN item_price IS NULL THEN NULL
+            ELSE CAST(CAST(FLOOR(LOG2({_double(1.0)} + GREATEST(item_price, {_double(0.0)}))) AS BIGINT) AS STRING)
+       END AS item_price_band
+FROM item_prev
+"""
+
+
+def feature_tables(snapshot_day: int, rate_prior: float, weight: float, days_since_cap: int) -> dict[str, str]:
+    """Feature view name -> the SELECT of its rows (key, ``day``, then the view's fields)."""
+    return {
+        "user_daily_stats": user_daily_stats(snapshot_day, rate_prior, weight, days_since_cap),
+        "item_daily_stats": item_daily_stats(snapshot_day, rate_prior, weight),
+        "item_attributes": item_attributes(snapshot_day),
+    }
+
+
+def table_rows(name: str) -> str:
+    """SELECT of a materialised feature table in (key, day) order."""
+    key, fields = TABLES[name]
+    return f"SELECT {key}, day, {', '.join(fields)} FROM {name} ORDER BY {key}, day"
+
+
+def model_rows(first_day: int, last_day: int) -> str:
+    """SELECT of the events of days [first_day, last_day] joined with their feature rows
+    (point in time: the rows stamped on the event's day), in (time, seq) order."""
+    cols = ", ".join(f"e.{c}" for c in ROW_COLUMNS)
+    u = ", ".join(f"u.{c}" for c in TABLES["user_daily_stats"][1])
+    i = ", ".join(f"i.{c}" for c in TABLES["item_daily_stats"][1])
+    a = ", ".join(f"a.{c}" for c in TABLES["item_attributes"][1])
+    return f"""
+SELECT {cols}, {u}, {i}, {a}
+FROM events e
+LEFT JOIN user_daily_stats u ON u.user_id = e.user_id AND u.day = e.day
+LEFT JOIN item_daily_stats i ON i.item_id = e.item_id AND i.day = e.day
+LEFT JOIN item_attributes a ON a.item_id = e.item_id AND a.day = e.day
+WHERE e.day >= {int(first_day)} AND e.day <= {int(last_day)}
+ORDER BY e.ts_ns, e.seq
+"""
+
+
+def data_summary() -> str:
+    """SELECT of (events, events without a label, first day, last day)."""
+    return ("SELECT COUNT(*) AS n, COUNT(*) - COUNT(purchased) AS unlabelled, "
+            "MIN(day) AS first_day, MAX(day) AS last_day FROM events")
+
+
+def event_days() -> str:
+    """SELECT of the distinct days with events, in order."""
+    return "SELECT DISTINCT day FROM events ORDER BY day"
+
+
+def entity_counts() -> str:
+    """SELECT of (rows per feature table..., distinct users, distinct items)."""
+    return ("SELECT (SELECT COUNT(*) FROM user_daily_stats), (SELECT COUNT(*) FROM item_daily_stats), "
+            "(SELECT COUNT(*) FROM item_attributes), "
+            "(SELECT COUNT(DISTINCT user_id) FROM user_daily_stats), "
+            "(SELECT COUNT(DISTINCT item_id) FROM item_daily_stats)")
