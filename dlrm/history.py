@@ -177,28 +177,37 @@ class HistoryTower(nn.Module):
 
     # -- forward ----------------------------------------------------------------------
 
-    def forward(self, history: Tensor, lengths: Tensor, candidate: Tensor) -> Tensor:
+    def encode(self, history: Tensor, lengths: Tensor) -> Tensor:
+        """The encoded history ``(B, L, D)`` (zeros at padding): depends on the user only, so
+        a request scoring many candidates of one user encodes once and expands the result."""
         B, L = history.shape
         if L > self.config.max_len:
             raise ValueError(f"history has {L} events per row; history.max_len is "
                              f"{self.config.max_len} (cut it with pad_history)")
-        if lengths.shape != (B,) or candidate.shape != (B,):
-            raise ValueError(f"lengths {tuple(lengths.shape)} and candidate {tuple(candidate.shape)} "
-                             f"must be ({B},)")
+        if lengths.shape != (B,):
+            raise ValueError(f"lengths must be ({B},), got {tuple(lengths.shape)}")
         if B and (int(lengths.min()) < 0 or int(lengths.max()) > L):
             raise ValueError(f"lengths must lie in [0, {L}] (the history width), got "
                              f"[{int(lengths.min())}, {int(lengths.max())}]")
         pos = torch.arange(L, device=history.device)
         mask = pos[None, :] < lengths[:, None]                              # (B, L)
+        x = self.embed(history.masked_fill(~mask, 0))                       # (B, L, D)
+        if self.recency is not None and L:
+            rank = (lengths[:, None] - 1 - pos[None, :]).clamp(min=0)        # 0 = latest event
+            x = x + self.recency(rank)
+        return self.encoder(x, mask) if L else x                            # (B, L, D)
+
+    def attend(self, encoded: Tensor, lengths: Tensor, candidate: Tensor) -> Tensor:
+        """Target attention of the candidates ``(B,)`` over encoded histories ``(B, L, D)``."""
+        B, L, _ = encoded.shape
+        if lengths.shape != (B,) or candidate.shape != (B,):
+            raise ValueError(f"lengths {tuple(lengths.shape)} and candidate {tuple(candidate.shape)} "
+                             f"must be ({B},)")
         q = self.to_q(self.embed(candidate))                                # (B, D)
         if L == 0:
             return self.to_out(torch.zeros_like(q))
-        x = self.embed(history.masked_fill(~mask, 0))                       # (B, L, D)
-        if self.recency is not None:
-            rank = (lengths[:, None] - 1 - pos[None, :]).clamp(min=0)        # 0 = latest event
-            x = x + self.recency(rank)
-        h = self.encoder(x, mask)                                           # (B, L, D)
-        k, v = self.to_k(h), self.to_v(h)                                   # (B, L, D)
+        mask = torch.arange(L, device=encoded.device)[None, :] < lengths[:, None]   # (B, L)
+        k, v = self.to_k(encoded), self.to_v(encoded)                       # (B, L, D)
         if self.config.target == "simhash" and L > self.config.topk:
             idx, mask = hamming_topk(simhash_signatures(q, self.planes),
                                      simhash_signatures(k, self.planes), mask, self.config.topk)
@@ -209,3 +218,7 @@ class HistoryTower(nn.Module):
         att = torch.einsum("bl,bld->bd", torch.softmax(s, dim=-1), v)       # (B, D)
         att = att * (lengths > 0)[:, None].to(att.dtype)                    # empty history: 0
         return self.to_out(att)
+
+    def forward(self, history: Tensor, lengths: Tensor, candidate: Tensor) -> Tensor:
+        """``history (B, L)`` int64, ``lengths (B,)``, ``candidate (B,)`` item ids -> ``(B, D)``."""
+        return self.attend(self.encode(history, lengths), lengths, candidate)

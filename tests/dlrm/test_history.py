@@ -156,3 +156,15 @@ def test_bad_config_and_inputs_raise():
     hist, lengths, cand = _batch(L=4)
     with pytest.raises(ValueError, match="lengths"):
         tower(hist, lengths + 10, cand)
+
+
+def test_encode_once_attend_many_candidates():
+    # serving: one user's history encoded once, expanded over its candidates
+    tower = _tower("lsh-simhash").eval()
+    hist, lengths, _ = _batch()
+    cands = torch.tensor([3, 99, 250])
+    with torch.no_grad():
+        enc = tower.encode(hist[1:2], lengths[1:2])                      # (1, L, D)
+        once = tower.attend(enc.expand(3, -1, -1), lengths[1:2].expand(3), cands)
+        each = tower(hist[1:2].expand(3, -1), lengths[1:2].expand(3), cands)
+    torch.testing.assert_close(once, each)
