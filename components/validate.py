@@ -9,8 +9,11 @@ generator's window); when a bound is null the window is 2000-01-01 to one day af
 time of the run (so only absurd or future timestamps fail).
 
 GX (Core 1.x, ephemeral context, pandas) runs the suite on batches of about
-``batch_rows`` rows, taken from the day partitions in order, so memory stays bounded.
-Rows that fail any expectation go to the quarantine dataset with a column
+``batch_rows`` rows, taken from the day partitions in order, so memory stays bounded;
+its result (counts and samples per expectation) is the record, ``gx_result.json``. The
+row-level verdicts are computed column-wise with Arrow kernels by the same rules
+(:func:`row_failures`), and every batch's failing-row count per expectation must equal
+GX's (else the step fails). Rows that fail any expectation go to the quarantine dataset with a column
 ``failed_expectations`` (``;``-joined names like ``expect_column_values_to_be_in_set(device)``);
 the others go to the validated dataset; both keep the ``day=YYYY-MM-DD`` layout.
 
@@ -43,7 +46,7 @@ import pandas as pd
 from contract.io import StepError, atomic_dir, log, write_json
 from contract.params import add_params_args, as_dict, load_config
 from contract.schema import (
-    COLUMNS, COUNTRIES, DEVICES, LABEL, NON_NULL_COLUMNS, PARTITION, arrow_schema, with_canonical_dtypes,
+    COLUMNS, COUNTRIES, DEVICES, LABEL, NON_NULL_COLUMNS, PARTITION, arrow_schema,
 )
 
 FAILED_COLUMN = "failed_expectations"
@@ -145,24 +148,59 @@ class _Runner:
         self.definition = self.context.validation_definitions.add(
             gx.ValidationDefinition(name="transactions", data=batch, suite=suite))
 
-    def run(self, df: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict]:
-        """Per expectation name, the positions of the failing rows; and the JSON result."""
+    def run(self, df: pd.DataFrame) -> tuple[dict[str, int], dict]:
+        """Per expectation name, GX's count of failing rows; and the JSON result."""
         res = self.definition.run(batch_parameters={"dataframe": df},
-                                  result_format={"result_format": "COMPLETE"})
-        failing: dict[str, np.ndarray] = {}
+                                  result_format={"result_format": "BASIC"})
+        counts: dict[str, int] = {}
         for r in res.results:
             cfg = r.expectation_config
             name = _name(cfg.type, cfg.kwargs["column"])
             raised = (r.exception_info or {}).get("raised_exception")
-            if raised or "unexpected_index_list" not in r.result:
-                msg = (r.exception_info or {}).get("exception_message", "no row-level result")
+            if raised or "unexpected_count" not in r.result:
+                msg = (r.exception_info or {}).get("exception_message", "no unexpected_count")
                 raise StepError(f"expectation {name} could not be evaluated: {msg}")
-            failing[name] = np.asarray(r.result["unexpected_index_list"], dtype=np.int64)
+            counts[name] = int(r.result["unexpected_count"])
         record = res.to_json_dict()
         for r in record["results"]:  # keep counts and samples, not every failing value
             for k in ("unexpected_list", "unexpected_index_list", "unexpected_index_query"):
                 r["result"].pop(k, None)
-        return failing, record
+        return counts, record
+
+
+def row_failures(table, window: tuple[pd.Timestamp, pd.Timestamp]) -> dict[str, np.ndarray]:
+    """Per expectation of the suite but uniqueness, the (n,) bool mask of the rows of an
+    Arrow table (canonical schema) that fail it, computed column-wise with Arrow kernels.
+
+    The rules are those of GX: a null fails only the not-null expectations (and NaN
+    counts as null); the others judge the non-null values.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def mask(expr) -> np.ndarray:
+        return expr.fill_null(False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+    def not_in(column: str, values: list, type_) -> np.ndarray:
+        col = table.column(column)
+        return mask(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=pa.array(values, type_)))))
+
+    out: dict[str, np.ndarray] = {}
+    for c in NON_NULL_COLUMNS:
+        col = table.column(c)
+        nulls = pc.is_null(col, nan_is_null=True) if pa.types.is_floating(col.type) else pc.is_null(col)
+        out[_name("expect_column_values_to_not_be_null", c)] = mask(nulls)
+    between = "expect_column_values_to_be_between"
+    in_set = "expect_column_values_to_be_in_set"
+    out[_name(between, "price")] = mask(pc.less(table.column("price"), 0.0))
+    out[_name(between, "position")] = mask(pc.less(table.column("position"), 1))
+    out[_name(in_set, LABEL)] = not_in(LABEL, [0, 1], pa.int64())
+    out[_name(in_set, "device")] = not_in("device", list(DEVICES), pa.string())
+    out[_name(in_set, "country")] = not_in("country", list(COUNTRIES), pa.string())
+    ts = table.column("event_timestamp")
+    start, end = (pa.scalar(t.value, pa.int64()).cast(ts.type) for t in window)
+    out[_name(between, "event_timestamp")] = mask(pc.or_(pc.less(ts, start), pc.greater_equal(ts, end)))
+    return out
 
 
 # ---------------------------------------------------------------------------- reading
@@ -188,21 +226,43 @@ def _check_file(path: Path) -> int:
 
 
 def _batches(dataset: Path, batch_rows: int):
-    """Yields (frame, day per row) batches of about ``batch_rows`` rows in dataset order."""
+    """Yields (Arrow table, day per row) batches of about ``batch_rows`` rows in dataset
+    order (whole files, in the canonical schema)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from contract.transactions import partitions
 
-    frames, days, n = [], [], 0
+    schema = arrow_schema()
+    tables, days, n = [], [], 0
     for day, files in partitions(dataset):
         for f in files:
-            df = with_canonical_dtypes(pd.read_parquet(f))
-            frames.append(df)
-            days.append(np.full(len(df), day, dtype=object))
-            n += len(df)
+            t = pq.read_table(f, columns=schema.names).cast(schema)
+            tables.append(t)
+            days.append(np.full(t.num_rows, day, dtype=object))
+            n += t.num_rows
             if n >= batch_rows:
-                yield pd.concat(frames, ignore_index=True), np.concatenate(days)
-                frames, days, n = [], [], 0
-    if frames:
-        yield pd.concat(frames, ignore_index=True), np.concatenate(days)
+                yield pa.concat_tables(tables).combine_chunks(), np.concatenate(days)
+                tables, days, n = [], [], 0
+    if tables:
+        yield pa.concat_tables(tables).combine_chunks(), np.concatenate(days)
+
+
+def _with_pandas_metadata(schema):
+    """``schema`` with the pandas metadata of a frame in the canonical dtypes (text as
+    ``string``, ints as ``Int64``), so ``pd.read_parquet`` gives readers those dtypes."""
+    import pyarrow as pa
+
+    empty = pd.DataFrame({f.name: pd.Series(dtype=COLUMNS.get(f.name, "object")) for f in schema})
+    return pa.Table.from_pandas(empty, schema=schema, preserve_index=False).schema
+
+
+def _gx_frame(table) -> pd.DataFrame:
+    """The batch as the pandas frame GX reads: canonical dtypes, text backed by Arrow."""
+    import pyarrow as pa
+
+    types = {pa.string(): pd.StringDtype("pyarrow"), pa.int64(): pd.Int64Dtype()}
+    return table.to_pandas(types_mapper=types.get)
 
 
 # ---------------------------------------------------------------------------- core
@@ -233,59 +293,68 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
     per_day: dict[str, dict[str, int]] = {}
     records = []
     rows_in = rows_valid = rows_bad = 0
-    valid_schema = arrow_schema()
-    bad_schema = valid_schema.append(pa.field(FAILED_COLUMN, pa.string()))
+    valid_schema = _with_pandas_metadata(arrow_schema())
+    bad_schema = _with_pandas_metadata(arrow_schema().append(pa.field(FAILED_COLUMN, pa.string())))
 
     with atomic_dir(out_dir) as out_tmp, atomic_dir(quarantine_dir) as q_tmp, atomic_dir(reports_dir) as r_tmp:
-        for b, (df, day) in enumerate(_batches(input_dir, cfg.batch_rows)):
-            n = len(df)
-            failing, record = runner.run(df)
-            fails = {k: np.zeros(n, dtype=bool) for k in names}
-            for k, idx in failing.items():
-                fails[k][idx] = True
+        for b, (table, day) in enumerate(_batches(input_dir, cfg.batch_rows)):
+            n = table.num_rows
+            gx_counts, record = runner.run(_gx_frame(table))
+            fails = row_failures(table, window)
+            if set(fails) | {UNIQUE} != set(names):
+                raise StepError(f"the row-level rules {sorted(fails)} do not match the suite {names}")
+            for k, mask in fails.items():  # the row-level rules and the GX record must agree
+                if int(mask.sum()) != gx_counts[k]:
+                    raise StepError(f"expectation {k}: Great Expectations counts {gx_counts[k]} failing rows "
+                                    f"in batch {b}, the row-level check {int(mask.sum())}")
             # uniqueness, keep-first: among rows passing everything else, a row fails when
             # its id was kept earlier in this batch or in an earlier batch
             other = np.zeros(n, dtype=bool)
-            for k in names:
-                if k != UNIQUE:
-                    other |= fails[k]
-            ids = df["event_id"]
-            cand = ~other & ids.notna().to_numpy()
-            h = np.zeros(n, dtype=np.uint64)
-            h[cand] = pd.util.hash_array(ids[cand].to_numpy(dtype=object))
+            for mask in fails.values():
+                other |= mask
+            ids = table.column("event_id")
+            cand = ~other & ids.is_valid().to_numpy(zero_copy_only=False)
+            h = pd.util.hash_array(ids.filter(pa.array(cand)).to_numpy(zero_copy_only=False))
+            first = ~pd.Series(h).duplicated(keep="first").to_numpy()
+            pos = np.minimum(np.searchsorted(seen, h), max(len(seen) - 1, 0))
+            known = (seen[pos] == h) if len(seen) else np.zeros(len(h), dtype=bool)
             dup = np.zeros(n, dtype=bool)
-            dup[cand] = pd.Series(h[cand]).duplicated(keep="first").to_numpy() | np.isin(h[cand], seen)
+            dup[cand] = ~first | known
             fails[UNIQUE] = dup
-            seen = np.union1d(seen, h[cand & ~dup])
+            kept = np.sort(h[first & ~known])
+            seen = np.sort(np.concatenate([seen, kept]), kind="stable")  # a merge of two sorted runs
             bad = other | dup
 
-            label = np.full(n, "", dtype=object)
+            bad_idx = np.flatnonzero(bad)
+            label = np.full(len(bad_idx), "", dtype=object)
             for k in names:
-                if fails[k].any():
-                    failed_by[k] += int(fails[k].sum())
-                    label[fails[k]] = np.where(label[fails[k]] == "", k, label[fails[k]] + ";" + k)
+                f = fails[k][bad_idx]
+                if f.any():
+                    failed_by[k] += int(f.sum())
+                    label[f] = np.where(label[f] == "", k, label[f] + ";" + k)
+            labels = np.full(n, None, dtype=object)
+            labels[bad_idx] = label
             rows_in += n
-            rows_bad += int(bad.sum())
-            rows_valid += int((~bad).sum())
+            rows_bad += len(bad_idx)
+            rows_valid += n - len(bad_idx)
             for d in np.unique(day):
                 sel = day == d
-                good_rows, bad_rows = df[sel & ~bad], df[sel & bad]
+                good, quarantined = sel & ~bad, sel & bad
                 stats = per_day.setdefault(str(d), {"rows_in": 0, "rows_valid": 0, "rows_quarantined": 0})
                 stats["rows_in"] += int(sel.sum())
-                stats["rows_valid"] += len(good_rows)
-                stats["rows_quarantined"] += len(bad_rows)
+                stats["rows_valid"] += int(good.sum())
+                stats["rows_quarantined"] += int(quarantined.sum())
                 name = f"part-{b:05d}.parquet"
-                if len(good_rows):
+                if good.any():
                     (out_tmp / f"{PARTITION}={d}").mkdir(exist_ok=True)
-                    pq.write_table(pa.Table.from_pandas(good_rows, schema=valid_schema, preserve_index=False),
-                                   out_tmp / f"{PARTITION}={d}" / name)
-                if len(bad_rows):
-                    q = bad_rows.assign(**{FAILED_COLUMN: label[sel & bad]})
+                    pq.write_table(table.filter(pa.array(good)).cast(valid_schema), out_tmp / f"{PARTITION}={d}" / name)
+                if quarantined.any():
+                    q = table.filter(pa.array(quarantined)).append_column(
+                        pa.field(FAILED_COLUMN, pa.string()), pa.array(labels[quarantined], pa.string()))
                     (q_tmp / f"{PARTITION}={d}").mkdir(exist_ok=True)
-                    pq.write_table(pa.Table.from_pandas(q, schema=bad_schema, preserve_index=False),
-                                   q_tmp / f"{PARTITION}={d}" / name)
+                    pq.write_table(q.cast(bad_schema), q_tmp / f"{PARTITION}={d}" / name)
             records.append({"batch": b, "rows": n, "days": sorted(map(str, np.unique(day))), "result": record})
-            log("validate", f"batch {b}: {n} rows, {int(bad.sum())} quarantined")
+            log("validate", f"batch {b}: {n} rows, {len(bad_idx)} quarantined")
 
         # exact accounting, against the input's own footers
         assert rows_in == rows_valid + rows_bad, (rows_in, rows_valid, rows_bad)
