@@ -1,0 +1,126 @@
+import gzip
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from contract.hashing import hash64
+from dlrm.stream import CriteoStream, criteo_files
+
+
+def line(i: int, label: int | None = None) -> str:
+    """A Criteo TSV line whose I1 is the row number i (so tests can tell rows apart)."""
+    dense = [str(i), "", *[str((i * k) % 7) for k in range(10)], "-1"]
+    cats = [f"{(i * 2654435761 + t) % 50:08x}" if (i + t) % 9 else "" for t in range(26)]
+    return "\t".join([str(label if label is not None else i % 2), *dense, *cats]) + "\n"
+
+
+def rows_of(batches) -> list[int]:
+    """Row numbers (I1 = log1p(i)) of every row of ``batches``."""
+    out = []
+    for b in batches:
+        out += torch.expm1(b.dense[:, 0].double()).round().long().tolist()
+    return out
+
+
+@pytest.fixture
+def tsv(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("".join(line(i) for i in range(500)))
+    return path
+
+
+def test_batches_hash_like_the_in_memory_transform(tsv):
+    stream = CriteoStream(tsv, list(range(100, 126)), batch_size=64, split="all")
+    batches = list(stream)
+    assert [b.labels.numel() for b in batches] == [64] * 7 + [52]
+    b = batches[1]
+    i = 64 + 5
+    fields = line(i).rstrip("\n").split("\t")
+    want = [hash64(fields[14 + t]) % (100 + t) for t in range(26)]
+    assert b.values.view(-1, 26)[5].tolist() == want
+    assert torch.equal(b.offsets, torch.arange(64 * 26 + 1))
+    assert b.labels[5] == i % 2 and b.dense[5, 12] == 0.0  # log1p(max(-1, 0))
+    torch.testing.assert_close(b.dense[5, 2], torch.tensor(np.log1p((i * 0) % 7), dtype=torch.float32))
+
+
+def test_every_row_once_per_epoch_across_ranks_and_workers(tsv):
+    for kw in (dict(world_size=2, rank=0), dict(world_size=2, rank=1)):
+        assert len(rows_of(CriteoStream(tsv, 1000, batch_size=32, split="all", **kw))) == 250
+    seen = []
+    for rank in (0, 1):
+        s = CriteoStream(tsv, 1000, batch_size=32, split="all", rank=rank, world_size=2, shuffle_buffer=50)
+        seen += rows_of(DataLoader(s, batch_size=None, num_workers=2))
+    assert sorted(seen) == list(range(500))  # 2 ranks x 2 workers: each row exactly once
+
+
+def test_shuffle_buffer_reorders_within_a_bounded_window(tsv):
+    plain = rows_of(CriteoStream(tsv, 1000, batch_size=100, split="all"))
+    s = CriteoStream(tsv, 1000, batch_size=100, split="all", shuffle_buffer=64, seed=3)
+    e0 = rows_of(s)
+    s.set_epoch(1)
+    e1 = rows_of(s)
+    assert plain == list(range(500)) and sorted(e0) == sorted(e1) == plain
+    assert e0 != plain and e1 != e0
+    # a row leaves the buffer no earlier than (its position - buffer size)
+    assert all(pos >= row - 64 for pos, row in enumerate(e0))
+    assert rows_of(CriteoStream(tsv, 1000, batch_size=100, split="all", shuffle_buffer=64, seed=3)) == e0
+
+
+def test_folders_of_parts_gzip_and_the_terabyte_layout(tmp_path):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "part-0.tsv").write_text("".join(line(i) for i in range(0, 30)))
+    with gzip.open(parts / "part-1.tsv.gz", "wt") as fh:
+        fh.write("".join(line(i) for i in range(30, 60)))
+    assert rows_of(CriteoStream(parts, 100, batch_size=16, split="all")) == list(range(60))
+    days = tmp_path / "tb"
+    days.mkdir()
+    for d in (0, 1, 2, 10, 23):
+        (days / f"day_{d}").write_text("".join(line(100 * d + i) for i in range(5)))
+    assert [f.name for f in criteo_files(days)] == ["day_0", "day_1", "day_2", "day_10", "day_23"]
+    train = rows_of(CriteoStream(days, 100, batch_size=8))
+    valid = rows_of(CriteoStream(days, 100, batch_size=8, split="valid"))
+    assert valid == [2300 + i for i in range(5)]  # day 23 evaluates (MLPerf)
+    assert train == [100 * d + i for d in (0, 1, 2, 10) for i in range(5)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no files"):
+        CriteoStream(tmp_path / "empty", 10, batch_size=1)
+
+
+def test_valid_fraction_holds_out_the_same_rows_every_time(tsv):
+    train = rows_of(CriteoStream(tsv, 100, batch_size=50, valid_fraction=0.2))
+    valid = rows_of(CriteoStream(tsv, 100, batch_size=50, split="valid", valid_fraction=0.2))
+    assert sorted(train + valid) == list(range(500)) and not set(train) & set(valid)
+    assert valid == [i for i in range(500) if i % 1000 < 200]
+
+
+def test_malformed_lines_are_skipped_with_their_line_number_then_refused(tmp_path):
+    path = tmp_path / "bad.tsv"
+    lines = [line(i) for i in range(20)]
+    lines[3] = "1\tonly\tthree\n"
+    lines[7] = line(7).replace("\t", "\tx", 1)  # a non-integer count
+    lines[11] = "2" + line(11)[1:]               # a label outside {0, 1}
+    path.write_text("".join(lines))
+    stream = CriteoStream(path, 100, batch_size=8, split="all")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = rows_of(stream)
+    assert got == [i for i in range(20) if i not in (3, 7, 11)] and stream.malformed == 3
+    messages = [str(w.message) for w in caught]
+    assert any(f"{path}:4:" in m for m in messages) and any(":8:" in m for m in messages)
+    with pytest.raises(ValueError, match="more than 2 malformed lines"), pytest.warns(UserWarning):
+        list(CriteoStream(path, 100, batch_size=8, split="all", max_malformed=2))
+
+
+def test_bad_arguments_are_named(tsv):
+    with pytest.raises(ValueError, match="table_sizes"):
+        CriteoStream(tsv, [5] * 3, batch_size=8)
+    with pytest.raises(ValueError, match="split"):
+        CriteoStream(tsv, 5, batch_size=8, split="test")
+    with pytest.raises(ValueError, match="rank"):
+        CriteoStream(tsv, 5, batch_size=8, rank=2, world_size=2)
+    with pytest.raises(FileNotFoundError):
+        CriteoStream(tsv.parent / "missing.tsv", 5, batch_size=8)
