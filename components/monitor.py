@@ -109,13 +109,30 @@ class MonitorResult:
 # ---------------------------------------------------------------------------- windows
 
 
-def _read_window(input_dir: Path, split: str) -> "Any":
+def _read_windows(input_dir: Path, reference: str) -> tuple[Any, Any, Any]:
+    """(spec, reference window, current window) of the model-ready dir: the reference is
+    the ``+``-joined splits ``reference`` names, the current window the test split."""
     import pandas as pd
 
-    path = Path(input_dir) / f"{split}.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"model-ready window {path} does not exist; run `robeflow features` first")
-    return pd.read_parquet(path)
+    from contract.model_input import read_frame, read_spec
+
+    spec = read_spec(input_dir)
+    current = read_frame(input_dir, "test")
+    ref = pd.concat([read_frame(input_dir, s) for s in reference.split("+")], ignore_index=True)
+    return spec, ref, current
+
+
+def _load_model(model_dir: Path, spec: Any) -> Any:
+    """The bundle's model, after checking it was trained on ``spec``'s inputs."""
+    from contract.spec import FeatureSpec
+    from dlrm.bundle import load_model
+
+    model, doc = load_model(Path(model_dir))
+    try:
+        FeatureSpec.from_dict(doc["feature_spec"]).check_compatible(spec, "the model-ready data")
+    except ValueError as err:
+        raise ValueError(f"{err} (the model in {model_dir} was trained on another feature spec)") from None
+    return model
 
 
 def _days(frame) -> list[str]:
@@ -182,32 +199,14 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
     """
     os.environ.setdefault("DO_NOT_TRACK", "1")
     import numpy as np
-    import pandas as pd
 
-    from drift.columns import json_float, column_drift, metric_value, monitored_tables
-    from contract.spec import FeatureSpec
+    from drift.columns import monitored_tables
 
     t0 = time.perf_counter()
-    input_dir = Path(input_dir)
-    spec_path = input_dir / "feature_spec.json"
-    if not spec_path.exists():
-        raise FileNotFoundError(f"feature spec {spec_path} does not exist; run `robeflow features` first")
-    spec = FeatureSpec.load(spec_path)
-    current = _read_window(input_dir, "test")
-    ref_splits = cfg.reference.split("+")
-    reference = pd.concat([_read_window(input_dir, s) for s in ref_splits], ignore_index=True)
-
-    model = None
+    spec, reference, current = _read_windows(Path(input_dir), cfg.reference)
+    model = _load_model(Path(model_dir), spec) if model_dir is not None else None
     if model_name is None and model_dir is not None:
         model_name = str(model_dir)
-    if model_dir is not None:
-        from dlrm.bundle import load_model
-
-        model, doc = load_model(Path(model_dir))
-        model_spec = FeatureSpec.from_dict(doc["feature_spec"])
-        if (model_spec.dense, model_spec.sparse) != (spec.dense, spec.sparse):
-            raise ValueError(f"the feature spec of {spec_path} differs from the one the model in {model_dir} "
-                             "was trained on")
 
     rng = np.random.default_rng(cfg.seed)
     ref_table, cur_table, cols, ref_rows, cur_rows = monitored_tables(
@@ -218,26 +217,66 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
               f"current test {_days(current)}: {len(cur_rows):,} of {len(current):,} rows; "
               f"{len(cols.features)} features ({len(cols.popularity)} by popularity bucket)")
 
-    quality: dict[str, Any] | None = None
-    if model is not None:
-        from dlrm.bundle import predict
-        from contract.spec import ModelInput
-
-        ref_pred = predict(model, ModelInput.from_frame(ref_rows, spec), batch_size=cfg.batch_size)
-        cur_pred = predict(model, ModelInput.from_frame(cur_rows, spec), batch_size=cfg.batch_size)
-        ref_table[PREDICTION] = ref_pred.astype(np.float64)
-        cur_table[PREDICTION] = cur_pred.astype(np.float64)
-        if has_labels:
-            cur_labels = cur_table[spec.label].to_numpy()
-            quality = {"reference": _quality(ref_table[spec.label].to_numpy(), ref_pred),
-                       "current": _quality(cur_labels, cur_pred),
-                       "by_day": _quality_by_day(cur_rows, cur_labels, cur_pred)}
+    quality = (_score_windows(model, spec, ref_table, cur_table, ref_rows, cur_rows, cfg.batch_size, has_labels)
+               if model is not None else None)
 
     snapshot = _run_report(cfg, ref_table, cur_table, cols, spec.label if has_labels else None,
                            with_prediction=model is not None,
                            metadata={"model": model_name or "",
                                      "reference": cfg.reference,
                                      "current_days": " .. ".join(_days(current))})
+    details, drifted, share = _details(cfg, snapshot, cols, spec, ref_table, cur_table, quality,
+                                       windows={"reference": (reference, ref_rows), "current": (current, cur_rows)},
+                                       with_prediction=model is not None, has_labels=has_labels)
+    _save(snapshot, Path(html_out), "save_html")
+    if report_json_out is not None:
+        _save(snapshot, Path(report_json_out), "save_json")
+    snapshot_id = None
+    if workspace is not None:
+        snapshot_id = add_run(Path(workspace), cfg.project, snapshot)
+        details["workspace"] = {"path": str(workspace), "project": cfg.project, "snapshot_id": snapshot_id}
+
+    summary = _summary(cfg, details, drifted, share, len(cols.features), current, model_name,
+                       html_out=html_out, details_out=details_out, snapshot_id=snapshot_id)
+    if details_out is not None:
+        write_json(details_out, details)
+    write_json(summary_out, summary)
+    seconds = time.perf_counter() - t0
+    log(STEP, f"{len(drifted)} of {len(cols.features)} features drifted (share {share:.3f}, "
+              f"threshold {cfg.max_drift_share}) in {seconds:.1f} s -> {summary_out}")
+    return MonitorResult(summary=summary, details=details, html=Path(html_out), report_json=report_json_out,
+                         snapshot_id=snapshot_id, seconds=seconds)
+
+
+def _score_windows(model: Any, spec: Any, ref_table: Any, cur_table: Any, ref_rows: Any, cur_rows: Any,
+                   batch_size: int, has_labels: bool) -> dict[str, Any] | None:
+    """Adds the model's purchase probabilities to both tables as :data:`PREDICTION`; returns
+    the quality on both windows and per current day (None without labels)."""
+    import numpy as np
+
+    from contract.spec import ModelInput
+    from dlrm.bundle import predict
+
+    ref_pred = predict(model, ModelInput.from_frame(ref_rows, spec), batch_size=batch_size)
+    cur_pred = predict(model, ModelInput.from_frame(cur_rows, spec), batch_size=batch_size)
+    ref_table[PREDICTION] = ref_pred.astype(np.float64)
+    cur_table[PREDICTION] = cur_pred.astype(np.float64)
+    if not has_labels:
+        return None
+    cur_labels = cur_table[spec.label].to_numpy()
+    return {"reference": _quality(ref_table[spec.label].to_numpy(), ref_pred),
+            "current": _quality(cur_labels, cur_pred),
+            "by_day": _quality_by_day(cur_rows, cur_labels, cur_pred)}
+
+
+def _details(cfg: MonitorConfig, snapshot: Any, cols: Any, spec: Any, ref_table: Any, cur_table: Any,
+             quality: dict[str, Any] | None, *, windows: dict[str, tuple[Any, Any]], with_prediction: bool,
+             has_labels: bool) -> tuple[dict[str, Any], list[str], float]:
+    """(details, drifted feature names, drifted share) of an Evidently run; the per-column
+    verdicts must add up to Evidently's own count."""
+    from drift.columns import column_drift, json_float, metric_value
+
+    (reference, ref_rows), (current, cur_rows) = windows["reference"], windows["current"]
     doc = snapshot.dict()
     per_column = column_drift(doc)
     features = {name: {"kind": cols.kind(name), **per_column[name]} for name in cols.features}
@@ -255,14 +294,14 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
         "target": None,
         "quality": quality,
         "windows": {
-            "reference": {"splits": ref_splits, "days": _days(reference), "rows": len(reference),
-                          "sampled": len(ref_rows)},
+            "reference": {"splits": cfg.reference.split("+"), "days": _days(reference),
+                          "rows": len(reference), "sampled": len(ref_rows)},
             "current": {"splits": ["test"], "days": _days(current), "rows": len(current),
                         "sampled": len(cur_rows)},
         },
         "config": as_dict(cfg),
     }
-    if model is not None:
+    if with_prediction:
         details["prediction"] = {**per_column[PREDICTION],
                                  "mean_reference": json_float(ref_table[PREDICTION].mean()),
                                  "mean_current": json_float(cur_table[PREDICTION].mean())}
@@ -270,22 +309,21 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
         details["target"] = {**per_column[spec.label],
                              "rate_reference": json_float(ref_table[spec.label].mean()),
                              "rate_current": json_float(cur_table[spec.label].mean())}
+    return details, drifted, share
 
-    _save(snapshot, Path(html_out), "save_html")
-    if report_json_out is not None:
-        _save(snapshot, Path(report_json_out), "save_json")
-    snapshot_id = None
-    if workspace is not None:
-        snapshot_id = add_run(Path(workspace), cfg.project, snapshot)
-        details["workspace"] = {"path": str(workspace), "project": cfg.project, "snapshot_id": snapshot_id}
 
+def _summary(cfg: MonitorConfig, details: dict[str, Any], drifted: list[str], share: float, tested: int,
+             current: Any, model_name: str | None, *, html_out: Path, details_out: Path | None,
+             snapshot_id: str | None) -> dict[str, Any]:
+    """The flat summary (``reports/drift.json``, readable in ``dvc metrics show``)."""
+    quality = details["quality"]
     pred, target = details["prediction"] or {}, details["target"] or {}
     q_cur, q_ref = (quality or {}).get("current", {}), (quality or {}).get("reference", {})
     summary: dict[str, Any] = {     # flat, so that `dvc metrics show` stays readable
         "drift_detected": bool(share >= cfg.max_drift_share),
         "drift_share": share,
         "drifted_count": len(drifted),
-        "features_tested": len(cols.features),
+        "features_tested": tested,
         "max_drift_share": cfg.max_drift_share,
         "drifted_features": drifted,
         "prediction_drift": pred.get("drifted"),
@@ -303,14 +341,7 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
         "details": str(details_out) if details_out is not None else None,
         "snapshot_id": snapshot_id,
     }
-    if details_out is not None:
-        write_json(details_out, details)
-    write_json(summary_out, summary)
-    seconds = time.perf_counter() - t0
-    log(STEP, f"{len(drifted)} of {len(cols.features)} features drifted (share {share:.3f}, "
-              f"threshold {cfg.max_drift_share}) in {seconds:.1f} s -> {summary_out}")
-    return MonitorResult(summary=summary, details=details, html=Path(html_out), report_json=report_json_out,
-                         snapshot_id=snapshot_id, seconds=seconds)
+    return summary
 
 
 def _run_report(cfg: MonitorConfig, ref_table, cur_table, cols, label: str | None, *,
