@@ -182,3 +182,16 @@ def test_bad_layer_use_raises() -> None:
         layer.step()
     with pytest.raises(ValueError, match="k=0"):
         layer.retrieve(torch.randn(2, 8), 0)
+
+
+def test_gathered_logits_gradients_match_autograd_indexing() -> None:
+    from gpu_ops.lsh.layer import gathered_logits
+
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(5, 6, generator=g, dtype=torch.double, requires_grad=True)
+    w = torch.randn(9, 6, generator=g, dtype=torch.double, requires_grad=True)
+    b = torch.randn(9, generator=g, dtype=torch.double, requires_grad=True)
+    inv = torch.randint(0, 9, (5, 7), generator=g)
+    torch.autograd.gradcheck(lambda h, w, b: gathered_logits(h, w, b, inv), (h, w, b))
+    ref = torch.bmm(w[inv], h.unsqueeze(2)).squeeze(2) + b[inv]
+    torch.testing.assert_close(gathered_logits(h, w, b, inv), ref)
