@@ -6,6 +6,9 @@ Three ways to hold the 26 Criteo Kaggle tables (33.8M rows):
              ``robe_lookup`` + autograd + dense SGD on the array;
 - ``robe-fused``: the same forward, then ``robe_sgd_update_`` (backward and SGD in one
              pass, no gradient array);
+- ``robe-sparse``: ``robe_lookup(..., sparse_grad=True)``: a sparse gradient (the distinct
+             slots read and their sums) and ``SparseRobeOptimizer`` SGD on those slots only
+             (what training uses; it also runs exact Adagrad this way);
 - ``full``:  one ``nn.EmbeddingBag`` over all rows (global ids, one call for all tables,
              as fused table-batched embeddings do), sparse gradients, ``torch.optim.SGD``;
 - ``hash``:  the hashing trick at ROBE's memory: a ``(floats / dim, dim)`` EmbeddingBag
@@ -49,6 +52,7 @@ import psutil
 import torch
 
 from gpu_ops import RobeHash, robe_lookup, robe_sgd_update_
+from gpu_ops.robe.optim import SparseRobeOptimizer
 
 KAGGLE_TABLES = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
                  27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
@@ -105,14 +109,16 @@ class Setup:
 
 
 def robe_setup(ids: torch.Tensor, dim: int, block: int, compression: float, lr: float,
-               fused: bool, device: torch.device) -> Setup:
+               fused: bool, device: torch.device, sparse: bool = False) -> Setup:
     rows = sum(KAGGLE_TABLES)
     num_floats = math.ceil(rows * dim / compression)
     weight = torch.nn.Parameter(torch.empty(num_floats, device=device).uniform_(-0.01, 0.01))
     table_offsets = torch.tensor([0, *KAGGLE_TABLES[:-1]], device=device).cumsum(0)
     abc = RobeHash.from_seed(0).abc
-    opt = torch.optim.SGD([weight], lr=lr)
-    kw = dict(table_offsets=table_offsets, dim=dim, block=block, hash_abc=abc, validate=False)
+    opt = (SparseRobeOptimizer([weight], lr=lr, mode="sgd") if sparse
+           else torch.optim.SGD([weight], lr=lr))
+    kw = dict(table_offsets=table_offsets, dim=dim, block=block, hash_abc=abc, validate=False,
+              sparse_grad=sparse)
     grad_out = torch.randn(*ids.shape, dim, device=device) * 1e-3  # (B, T, dim)
     state: dict = {}
 
@@ -122,7 +128,7 @@ def robe_setup(ids: torch.Tensor, dim: int, block: int, compression: float, lr: 
 
     def backward():  # the gradient of the array from a fixed output gradient
         if fused:
-            robe_sgd_update_(weight.data, grad_out, ids, lr=lr, **{k: v for k, v in kw.items() if k != "validate"})
+            robe_sgd_update_(weight.data, grad_out, ids, lr=lr, **{k: v for k, v in kw.items() if k not in ("validate", "sparse_grad")})
             return
         out = state.get("out")
         if out is None:
@@ -136,7 +142,7 @@ def robe_setup(ids: torch.Tensor, dim: int, block: int, compression: float, lr: 
             with torch.no_grad():
                 out = robe_lookup(weight, ids, **kw)
             robe_sgd_update_(weight.data, out * 1e-3, ids, lr=lr,
-                             **{k: v for k, v in kw.items() if k != "validate"})
+                             **{k: v for k, v in kw.items() if k not in ("validate", "sparse_grad")})
             return
         opt.zero_grad(set_to_none=True)
         out = robe_lookup(weight, ids, **kw)
@@ -145,10 +151,10 @@ def robe_setup(ids: torch.Tensor, dim: int, block: int, compression: float, lr: 
 
     n = ids.numel()
     bytes_fwd = n * (8 + 2 * dim * 4)
-    extra = 0 if fused else 4 * num_floats + 12 * num_floats  # zero the gradient, dense SGD
+    extra = 0 if fused or sparse else 4 * num_floats + 12 * num_floats  # zero the gradient, dense SGD
     bytes_bwd = n * (8 + dim * 4 + 2 * dim * 4) + extra
-    return Setup("robe-fused" if fused else "robe", forward, backward, step, bytes_fwd, bytes_bwd,
-                 4 * num_floats)
+    name = "robe-fused" if fused else "robe-sparse" if sparse else "robe"
+    return Setup(name, forward, backward, step, bytes_fwd, bytes_bwd, 4 * num_floats)
 
 
 def bag_setup(name: str, num_rows: int, ids_fn, n: int, dim: int, lr: float, sparse: bool,
@@ -202,7 +208,7 @@ def main() -> None:
     ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
                     help="CPU timings: wall time, or this process's CPU time (steadier on a "
                          "shared machine; with --threads 1 it equals the single-core time)")
-    ap.add_argument("--skip", default="", help="comma-separated layouts to skip (robe,robe-fused,full,hash)")
+    ap.add_argument("--skip", default="", help="comma-separated layouts to skip (robe,robe-fused,robe-sparse,full,hash)")
     args = ap.parse_args()
     global _clock
     _clock = CLOCK[args.clock]
@@ -235,6 +241,9 @@ def main() -> None:
                     setups.append(lambda: robe_setup(ids, dim, args.block, args.compression, args.lr, False, device))
                 if "robe-fused" not in skip:
                     setups.append(lambda: robe_setup(ids, dim, args.block, args.compression, args.lr, True, device))
+                if "robe-sparse" not in skip:
+                    setups.append(lambda: robe_setup(ids, dim, args.block, args.compression, args.lr, False, device,
+                                                     sparse=True))
                 full_bytes = 4 * rows * dim
                 avail = (psutil.virtual_memory().available if device.type == "cpu"
                          else torch.cuda.mem_get_info(device)[0])
@@ -268,7 +277,7 @@ def main() -> None:
                     del s
                     gc.collect()
                 if "full" in results:
-                    for k in ("robe", "robe-fused", "hash"):
+                    for k in ("robe", "robe-fused", "robe-sparse", "hash"):
                         if k in results:
                             print(f"  {k}/full step speed-up: {results['full'] / results[k]:.2f}x")
 
