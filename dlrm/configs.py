@@ -79,6 +79,9 @@ class TrainConfig:
     # A run that ends also scores the whole validation window once.
     eval_rows: int = 65536
     target_auc: float | None = None  # stop as soon as the validation AUC reaches this (MLPerf style)
+    # the weights of the best periodic validation AUC are kept and restored at the end;
+    # stop after this many evaluations without a better one (0 = train every epoch)
+    patience: int = 0
     checkpoint_every: int = 0    # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 2    # newest checkpoints kept on disk
     seed: int = 0

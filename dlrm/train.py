@@ -37,7 +37,7 @@ CHECKPOINT_FORMAT = "robeflow.dlrm.checkpoint.v1"
 # Config keys that may change between a checkpoint and its resumption (they do not
 # change the trajectory).
 RESUMABLE_CHANGES = frozenset({"progress", "checkpoint_every", "keep_checkpoints", "epochs", "device",
-                               "threads"})
+                               "threads", "patience"})
 
 
 @dataclass
@@ -62,6 +62,7 @@ class TrainResult:
     valid_rows: int = 0                # rows of the validation window
     sample_rows: int = 0               # validation rows scored by each periodic evaluation
     rows_used: list[int] = field(default_factory=list)  # distinct training ids per sparse feature
+    best_step: int | None = None       # the step whose weights the model holds (best validation AUC)
 
     @property
     def samples_per_s(self) -> float:
@@ -85,7 +86,7 @@ class TrainResult:
             "samples_to_target": self.samples_to_target, "wall_s": self.wall_s,
             "train_s": self.train_s, "train_samples_per_s": self.samples_per_s, "eval_s": self.eval_s,
             "valid_auc": self.full_auc if self.full_auc is not None else self.last_auc,
-            "valid_sample_auc": self.last_auc, "best_valid_auc": self.best_auc,
+            "valid_sample_auc": self.last_auc, "best_valid_auc": self.best_auc, "best_step": self.best_step,
             "valid_rows_per_eval": self.sample_rows, "valid_rows": self.valid_rows,
             "backend": m.config.embedding.backend, "embedding_bytes": m.embedding_bytes,
             "full_embedding_bytes": m.embedding.full_bytes, "compression": m.compression,
@@ -234,6 +235,9 @@ class TrainState:
     loss_sum: float = 0.0              # training loss summed since the last evaluation ...
     loss_n: int = 0                    # ... over this many steps
     eval_s: float = 0.0                # time in periodic evaluations
+    best_step: int | None = None       # step of the best periodic validation AUC so far ...
+    best_auc: float | None = None      # ... that AUC
+    evals_since_best: int = 0          # evaluations since then (early stopping's patience)
 
     @classmethod
     def from_checkpoint(cls, saved: dict[str, Any]) -> "TrainState":
@@ -257,6 +261,7 @@ class _Run:
     checkpoint_dir: Path | None
     say: Callable[[str], None]
     loss_fn: nn.Module = field(default_factory=nn.BCEWithLogitsLoss)
+    best_model: dict[str, torch.Tensor] | None = None  # CPU copy of the best evaluation's weights
 
     @property
     def steps_per_epoch(self) -> int:
@@ -274,6 +279,8 @@ class _Run:
 def _check_inputs(cfg: TrainConfig, spec: FeatureSpec, train: ModelInput, valid: ModelInput | None) -> None:
     if cfg.batch_size < 1 or cfg.epochs < 1:
         raise ValueError(f"train.batch_size and train.epochs must be >= 1, got {cfg.batch_size}, {cfg.epochs}")
+    if cfg.patience < 0:
+        raise ValueError(f"train.patience = {cfg.patience}; expected 0 (no early stop) or a number of evaluations")
     if cfg.eval_rows < 0:
         raise ValueError(f"train.eval_rows = {cfg.eval_rows}; expected 0 (all) or a positive row count")
     if train.num_rows == 0:
@@ -307,6 +314,7 @@ def _start(run: _Run, resume: bool) -> TrainState:
         if run.device.type == "cuda" and saved.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(saved["rng_cuda"])
         state = TrainState.from_checkpoint(saved)
+        run.best_model = saved.get("best_model")
         run.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.pos})")
         return state
     if resume:
@@ -327,6 +335,7 @@ def _checkpoint(run: _Run, state: TrainState) -> None:
         "optimizers": [opt.state_dict() for opt in run.optimizers],
         "rng_torch": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state() if run.device.type == "cuda" else None,
+        "best_model": run.best_model,
         **asdict(state),
     }, run.cfg.keep_checkpoints)
 
@@ -374,6 +383,21 @@ def _reached_target(run: _Run, state: TrainState, value: float) -> bool:
     state.time_to_target_s, state.samples_to_target = state.wall_s, state.samples
     run.say(f"target AUC {run.cfg.target_auc} reached at step {state.step}: {value:.5f}")
     return True
+
+
+def _keep_best(run: _Run, state: TrainState, value: float) -> bool:
+    """Keeps the weights when ``value`` is the best validation AUC so far; True once
+    ``patience`` evaluations in a row did not improve on it (early stop)."""
+    if state.best_auc is None or value > state.best_auc:
+        state.best_auc, state.best_step, state.evals_since_best = value, state.step, 0
+        run.best_model = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+        return False
+    state.evals_since_best += 1
+    if run.cfg.patience and state.evals_since_best >= run.cfg.patience:
+        run.say(f"early stop at step {state.step}: no better validation AUC in {state.evals_since_best} "
+                f"evaluations (best {state.best_auc:.5f} at step {state.best_step})")
+        return True
+    return False
 
 
 # --------------------------------------------------------------------------- the loop
@@ -456,6 +480,7 @@ def train_model(
                     bar.set_postfix(samples_s=f"{state.samples / max(state.train_s, 1e-9):.0f}",
                                     loss=f"{state.history[-1]['loss']:.4f}", auc=f"{value:.4f}")
                     done = _reached_target(run, state, value)
+                    done = _keep_best(run, state, value) or done
                 elif state.step % 50 == 0 and cfg.progress:
                     bar.set_postfix(samples_s=f"{state.samples / max(state.train_s, 1e-9):.0f}",
                                     loss=f"{float(loss):.4f}")
@@ -479,10 +504,18 @@ def train_model(
     state.wall_s = time.perf_counter() - t_start
     if not interrupted:
         _checkpoint(run, state)
+    best_step = state.step
+    if not interrupted and run.best_model is not None and state.best_step != state.step:
+        # the model ends with the best evaluation's weights (the checkpoint keeps the last)
+        model.load_state_dict(run.best_model)
+        best_step = state.best_step
     full_auc = None
     if not interrupted and vdata is not None:
         # the whole window once at the end (the periodic AUCs are on the sample)
-        full_auc = state.history[-1]["auc"] if sample is vdata and state.history else _auc(run, vdata)
+        if sample is vdata and state.history:
+            full_auc = state.best_auc if best_step == state.best_step else state.history[-1]["auc"]
+        else:
+            full_auc = _auc(run, vdata)
     model.eval()
     aucs = [h["auc"] for h in state.history]
     return TrainResult(
@@ -495,6 +528,7 @@ def train_model(
         history=list(state.history), interrupted=interrupted, full_auc=full_auc,
         eval_s=state.eval_s, valid_rows=vdata.num_rows if vdata is not None else 0,
         sample_rows=sample.num_rows if sample is not None else 0, rows_used=rows_used,
+        best_step=best_step,
     )
 
 
