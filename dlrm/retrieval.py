@@ -359,15 +359,19 @@ def popularity(items: Tensor, num_items: int) -> Tensor:
 
 
 def train_retrieval(model: RetrievalModel, data: RetrievalData, *, evaluate: Callable[[], dict] | None = None,
-                    eval_every: int = 0, max_seconds: float = 0.0, max_steps: int = 0,
-                    log: Callable[[str], None] | None = None) -> TrainLog:
+                    eval_every: int = 0, eval_seconds: float = 0.0, max_seconds: float = 0.0,
+                    max_steps: int = 0, log: Callable[[str], None] | None = None,
+                    clock: Callable[[], float] = time.perf_counter) -> TrainLog:
     """Trains ``model`` on purchases ``data`` for ``model.cfg.epochs`` epochs (or a step/time budget).
 
     Args:
-        evaluate: called every ``eval_every`` steps and at the end; its dict (plus ``step``,
-            ``seconds``, ``loss``) becomes a row of the log. Its time is not counted.
+        evaluate: called every ``eval_every`` steps (or ``eval_seconds`` of training time) and
+            at the end; its dict (plus ``step``, ``seconds``, ``loss``) becomes a row of the log.
+            Its time is not counted.
         max_seconds: stop once this much training time has passed (0 = no limit).
         max_steps: stop after this many steps (0 = no limit).
+        clock: the training-time clock (``time.process_time`` counts CPU time only, steadier
+            than wall time on a shared machine).
     """
     cfg = model.cfg
     if data.items.numel() and (int(data.items.min()) < 0 or int(data.items.max()) >= model.num_items):
@@ -391,10 +395,10 @@ def train_retrieval(model: RetrievalModel, data: RetrievalData, *, evaluate: Cal
             log(", ".join(f"{k} {v:.4g}" for k, v in row.items()))
         loss_sum, loss_n = 0.0, 0
 
-    done = False
+    done, next_eval = False, eval_seconds
     for _ in range(cfg.epochs):
         for batch in data.batches(cfg.batch_size, g):
-            t0 = time.perf_counter()
+            t0 = clock()
             model.train()
             for o in opts:
                 o.zero_grad(set_to_none=True)
@@ -403,11 +407,13 @@ def train_retrieval(model: RetrievalModel, data: RetrievalData, *, evaluate: Cal
             for o in opts:
                 o.step()
             model.head.step()
-            out.train_seconds += time.perf_counter() - t0
+            out.train_seconds += clock() - t0
             out.steps += 1
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
-            if eval_every and out.steps % eval_every == 0:
+            if (eval_every and out.steps % eval_every == 0) or (eval_seconds and out.train_seconds >= next_eval):
                 record()
+                while eval_seconds and next_eval <= out.train_seconds:
+                    next_eval += eval_seconds
             if (max_steps and out.steps >= max_steps) or (max_seconds and out.train_seconds >= max_seconds):
                 done = True
                 break
