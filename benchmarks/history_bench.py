@@ -5,16 +5,18 @@ Part 1 (scaling): the tower of ``dlrm.history`` (ROBE array, ``--depth`` reversi
 SimHash top-k target attention) on ``--batch`` users with L-event histories, once with LSH
 self-attention (``full_attn_below = 0``) and once with full self-attention; forward +
 backward time (median of ``--iters`` steps after one warm-up step) and the peak memory
-of the first step after the warm-up. Full attention is skipped where its measured memory, scaled by L^2
-from the largest L that ran, would pass ``--max-gb`` (the projection is printed).
+of the first step after the warm-up. Full attention is skipped where its memory, projected
+by L^2 from the largest L that ran (or from its score tensors), would pass ``--max-gb``.
 
 Part 2 (depth): peak memory of the LSH tower at L = ``--depth-len`` with 2, 4 and 8 blocks,
 reversible against ordinary autograd.
 
-Each configuration runs in a fresh process, so one configuration's allocations do not
-hide another's peak. Peak memory: on CPU the growth of the process's peak resident set
-(VmHWM, reset before the step via /proc/self/clear_refs) over its resident set before the
-step; on CUDA ``torch.cuda.max_memory_allocated`` over the allocation before the step.
+Each configuration runs in fresh processes (one timing, one measuring memory), so one
+configuration's allocations do not hide another's peak. Peak memory: on CPU the growth of
+the process's peak resident set (VmHWM, reset before the step via /proc/self/clear_refs)
+over its resident set before the step, with glibc told to map and unmap every block over
+64 KiB (so freed memory is not kept and the peak follows live tensors); on CUDA
+``torch.cuda.max_memory_allocated`` over the allocation before the step.
 
 Outputs: the tables on stdout, ``history_bench.json`` and ``history_bench.png`` under
 ``--out`` (default benchmarks/results/). Timings on a shared machine are noisy: compare
@@ -94,43 +96,49 @@ def run_one(cfg: dict) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    t0 = time.perf_counter()
-    step()   # warm-up: first-call initialisation is neither timed nor counted as peak memory
-    sync()
-    first = time.perf_counter() - t0
+    first = 0.0
+    if cfg["warmup"]:
+        t0 = time.perf_counter()
+        step()   # first-call initialisation is neither timed nor counted as peak memory
+        sync()
+        first = time.perf_counter() - t0
     gc.collect()
-    if dev.type == "cuda":
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times = [time.perf_counter() - t0]
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        exact = _reset_peak()
-        base, _ = _rss_now_and_peak()
-        t0 = time.perf_counter()
-        step()
-        times = [time.perf_counter() - t0]
-        _, hwm = _rss_now_and_peak()
-        peak = hwm - base if exact else -1
-    for _ in range(cfg["iters"] - 1):
+    peak = -1
+    if cfg["measure"] == "memory":
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            sync()
+            peak = torch.cuda.max_memory_allocated() - base
+        elif _reset_peak():
+            base, _ = _rss_now_and_peak()
+            step()
+            _, hwm = _rss_now_and_peak()
+            peak = hwm - base
+        return {**cfg, "peak_bytes": int(peak)}
+    times = []
+    for _ in range(cfg["iters"]):
         t0 = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    return {**cfg, "time_s": statistics.median(times), "first_s": first,
-            "peak_bytes": int(peak)}
+    return {**cfg, "time_s": statistics.median(times), "first_s": first}
 
 
 # ----------------------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------------------
 
-def _spawn(cfg: dict, timeout: float) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+# glibc settings of the memory child: every large block is its own mapping, returned on
+# free, so the peak resident set follows the peak of live tensors (the default's dynamic
+# mmap threshold keeps freed blocks in the heap, and the peak would follow its history)
+_EXACT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0"}
+
+
+def _child(cfg: dict, timeout: float, extra_env: dict) -> dict:
+    env = {**os.environ, **extra_env,
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], env=env,
                               capture_output=True, text=True, timeout=timeout, check=False)
@@ -140,6 +148,18 @@ def _spawn(cfg: dict, timeout: float) -> dict:
         tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
         return {**cfg, "error": f"exit {proc.returncode}: {tail}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _spawn(cfg: dict, timeout: float) -> dict:
+    """Time in one fresh process, peak memory in another (CPU: with ``_EXACT_MALLOC``)."""
+    timed = _child({**cfg, "measure": "time"}, timeout, {})
+    if "error" in timed:
+        return timed
+    cpu = cfg["device"] == "cpu"
+    mem = _child({**cfg, "measure": "memory"}, timeout, _EXACT_MALLOC if cpu else {})
+    if "error" in mem:
+        return {**timed, "error": "memory: " + mem["error"]}
+    return {**timed, "measure": "both", "peak_bytes": mem["peak_bytes"]}
 
 
 def _mb(b: float) -> str:
@@ -156,11 +176,15 @@ def scaling(args, base: dict) -> list[dict]:
         for mode in ("lsh", "full"):
             cfg = {**base, "mode": mode, "length": L, "depth": args.depth, "reversible": True}
             prev = last_ok.get(mode)
-            if mode == "full" and prev is not None and prev["peak_bytes"] > 0:
-                projected = prev["peak_bytes"] * (L / prev["length"]) ** 2
+            if mode == "full":
+                # at least three (B*heads, L, L) float32 score tensors live at once (scores,
+                # masked scores, softmax); scaled by L^2 from the largest L measured when there is one
+                projected, how = 3.0 * args.batch * args.heads * L * L * 4, "3 score tensors"
+                if prev is not None and prev["peak_bytes"] > 0:
+                    projected = max(projected, prev["peak_bytes"] * (L / prev["length"]) ** 2)
+                    how = f"L^2 from L={prev['length']}"
                 if projected > args.max_gb * 2**30:
-                    row = {**cfg, "skipped": f"projected {projected / 2**30:.1f} GB (L^2 from "
-                                              f"L={prev['length']}) > --max-gb {args.max_gb}"}
+                    row = {**cfg, "skipped": f"projected {projected / 2**30:.1f} GB ({how}) > --max-gb {args.max_gb}"}
                     rows.append(row)
                     print(f"{L:>7} {mode:>5}   skipped: {row['skipped']}")
                     continue
@@ -179,7 +203,7 @@ def scaling(args, base: dict) -> list[dict]:
             last_ok[mode] = row
     both = {}
     for r in rows:
-        if "time_s" in r:
+        if "peak_bytes" in r and "error" not in r:
             both.setdefault(r["length"], {})[r["mode"]] = r
     print("\nLSH / full at the same L (time, memory):")
     cross = None
@@ -231,7 +255,7 @@ def plot(scale: list[dict], depth: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     for mode, style in (("lsh", "o-"), ("full", "s--")):
         pts = sorted((r["length"], r["time_s"], r["peak_bytes"]) for r in scale
-                     if r.get("mode") == mode and "time_s" in r)
+                     if r.get("mode") == mode and "peak_bytes" in r and "error" not in r)
         if pts:
             ax[0].plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], style, label=mode)
             ax[1].plot([p[0] for p in pts], [p[2] / 2**20 for p in pts], style, label=mode)
@@ -245,7 +269,7 @@ def plot(scale: list[dict], depth: list[dict], path: Path) -> None:
         a.grid(True, which="both", alpha=0.3)
     for rev, style in ((True, "o-"), (False, "s--")):
         pts = sorted((r["depth"], r["peak_bytes"]) for r in depth if r.get("reversible") == rev
-                     and "peak_bytes" in r)
+                     and "peak_bytes" in r and "error" not in r)
         if pts:
             ax[2].plot([p[0] for p in pts], [p[1] / 2**20 for p in pts], style,
                        label="reversible" if rev else "plain autograd")
@@ -274,7 +298,8 @@ def main() -> None:
     ap.add_argument("--n-hashes", type=int, default=4)
     ap.add_argument("--depths", type=_ints, default=[2, 4, 8])
     ap.add_argument("--depth-len", type=int, default=4096, help="L of the depth part")
-    ap.add_argument("--iters", type=int, default=3, help="timed steps after one warm-up (>= 1)")
+    ap.add_argument("--iters", type=int, default=3, help="timed steps after the warm-up (>= 1)")
+    ap.add_argument("--warmup", type=int, choices=(0, 1), default=1, help="one untimed step first")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (0 = torch's default); 1 keeps a shared machine's figures steady")
     ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -288,7 +313,8 @@ def main() -> None:
         print(json.dumps(run_one(json.loads(args.child))))
         return
     base = {"batch": args.batch, "dim": args.dim, "heads": args.heads, "bucket_size": args.bucket_size,
-            "n_hashes": args.n_hashes, "iters": args.iters, "threads": args.threads, "device": args.device}
+            "n_hashes": args.n_hashes, "iters": args.iters, "warmup": args.warmup, "threads": args.threads,
+            "device": args.device}
     print(f"history_bench on {args.device}, torch threads {args.threads or 'default'}, "
           f"{os.cpu_count()} CPUs (shared machines: compare ratios within one run)")
     t0 = time.perf_counter()

@@ -89,7 +89,7 @@ def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
 
 def lsh_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None, *, rotations: Tensor,
                   chunk_size: int, n_buckets: int | None = None, dedupe: bool = True,
-                  backend: Literal["auto", "torch", "triton"] = "auto") -> Tensor:
+                  backend: Literal["torch", "triton"] = "torch") -> Tensor:
     """Shared-QK LSH attention.
 
     Args:
@@ -101,19 +101,17 @@ def lsh_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None, *, rotation
         n_buckets: buckets; default ``2 * rotations.shape[2]``; 1 = no hashing.
         dedupe: lower repeated keys' scores by log(count) (exact union softmax); costs
             one integer comparison pass per round.
-        backend: ``torch`` (differentiable), ``triton`` (the forward kernel of ``kernel.py``,
-            no autograd), or ``auto``: triton for CUDA inputs when no gradient is needed.
+        backend: ``torch`` (differentiable) or ``triton`` (the forward kernel of ``kernel.py``:
+            no autograd; checked in Triton's interpreter, not yet timed on a GPU, so opt-in).
 
     Returns:
         ``(N, L, dv)``; zeros at padded positions.
     """
     mask = check_qkv(qk, v, mask)
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    needs_grad = torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad)
-    if backend == "triton" and needs_grad:
-        raise ValueError("backend='triton' has no backward; use 'torch' (or 'auto') when a gradient is needed")
-    use_triton = backend == "triton" or (backend == "auto" and qk.is_cuda and not needs_grad)
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
+    if backend == "triton" and torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad):
+        raise ValueError("backend='triton' has no backward; use 'torch' when a gradient is needed")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if n_buckets is None:
@@ -138,7 +136,7 @@ def lsh_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None, *, rotation
         undo = torch.empty_like(sidx).scatter_(-1, sidx, pos.expand_as(sidx))  # token -> sorted
 
     k = shared_keys(qk)
-    if use_triton:
+    if backend == "triton":
         from gpu_ops.lsh_attention.kernel import lsh_chunk_attention_triton
 
         o, lse = lsh_chunk_attention_triton(qk * (1.0 / math.sqrt(d)), k, v, sidx, undo // c, mask, c,

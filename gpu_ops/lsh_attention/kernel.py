@@ -8,9 +8,12 @@ writes each query's output and log-sum-exp in sorted order; the rounds are combi
 PyTorch, as on the PyTorch path. Scores stay in registers: the ``(N, H, L, 2c)`` score
 tensor of the PyTorch path never exists.
 
-Forward only (no autograd): :func:`lsh_attention` uses it for CUDA inputs that need no
-gradient (scoring, evaluation). With ``TRITON_INTERPRET=1`` set before triton is first
-imported, it runs on CPU tensors in Triton's interpreter (how the tests check it).
+Forward only (no autograd): ``lsh_attention(..., backend="triton")`` for inputs that need
+no gradient (scoring, evaluation). It is checked against the PyTorch path in Triton's
+interpreter (``TRITON_INTERPRET=1`` set before triton is first imported runs it on CPU
+tensors); it has not been compiled or timed on a GPU yet, so it is opt-in. Registers: a
+program holds ``c x 2c x d`` products, fine for the small head widths of the history tower
+(d = 8..16); wide heads would want ``tl.dot`` tiles instead.
 """
 
 from __future__ import annotations

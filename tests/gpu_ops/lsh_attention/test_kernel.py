@@ -25,11 +25,9 @@ KERNEL_DEVICES = ["cpu"] if INTERPRETING else [
     ]),
 ]
 CASES = [   # (N, L, d, dv, rounds, buckets, chunk, padded, dtype): several chunks, one, two, odd sizes
-    (2, 37, 5, 3, 3, 4, 6, True, torch.float64),
-    (2, 37, 5, 3, 3, 4, 6, True, torch.float32),
+    (2, 23, 5, 3, 3, 4, 4, True, torch.float64),
     (1, 16, 8, 8, 2, 2, 16, False, torch.float32),
-    (3, 20, 4, 6, 4, 8, 10, True, torch.float64),
-    (2, 50, 16, 16, 1, 6, 8, True, torch.float32),
+    (2, 14, 4, 6, 1, 6, 7, True, torch.float32),
 ]
 
 
@@ -70,5 +68,5 @@ def test_kernel_in_triton_interpreter():
                              timeout=300)
     except subprocess.CalledProcessError as err:
         pytest.fail(f"interpreter run failed:\n{err.stdout}\n{err.stderr}")
-    # all five cpu cases ran in the subprocess, none skipped
-    assert "5 passed" in res.stdout and "skipped" not in res.stdout, res.stdout
+    # all three cpu cases ran in the subprocess, none skipped
+    assert "3 passed" in res.stdout and "skipped" not in res.stdout, res.stdout
