@@ -57,6 +57,7 @@ def test_triton_backend_refuses_gradients():
         lsh_attention(qk, qk.detach(), rotations=random_rotations(4, 1, 2), chunk_size=4, backend="triton")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(INTERPRETING, reason="this process is the interpreter run")
 def test_kernel_in_triton_interpreter():
     root = Path(__file__).resolve().parents[3]
