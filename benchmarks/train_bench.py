@@ -32,6 +32,9 @@ from dlrm.configs import EmbeddingConfig, ModelConfig, OptimConfig
 from dlrm.model import DLRM
 from dlrm.train import build_optimizers
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
 KAGGLE_TABLES = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
                  27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
 
@@ -74,16 +77,16 @@ class Runner:
 
     def embedding_steps(self, batches: list[tuple]) -> None:
         """The embedding part alone: lookup, backward, embedding optimizer step."""
-        t0 = time.perf_counter()
+        t0 = _clock()
         for _, values, offsets, _ in batches:
             self.opts[1].zero_grad(set_to_none=True)
             self.model.embedding(values, offsets).sum().backward()
             self.opts[1].step()
-        self.emb_s += time.perf_counter() - t0
+        self.emb_s += _clock() - t0
         self.emb_n += len(batches)
 
     def train_steps(self, batches: list[tuple], timed: bool) -> None:
-        t0 = time.perf_counter()
+        t0 = _clock()
         for dense, values, offsets, labels in batches:
             loss = self.loss_fn(self.model(dense, values, offsets), labels)
             for o in self.opts:
@@ -92,16 +95,16 @@ class Runner:
             for o in self.opts:
                 o.step()
         if timed:
-            self.train_s += time.perf_counter() - t0
+            self.train_s += _clock() - t0
             self.train_n += sum(b[0].shape[0] for b in batches)
 
     @torch.no_grad()
     def infer_steps(self, batches: list[tuple], timed: bool) -> None:
-        t0 = time.perf_counter()
+        t0 = _clock()
         for dense, values, offsets, _ in batches:
             self.model(dense, values, offsets)
         if timed:
-            self.infer_s += time.perf_counter() - t0
+            self.infer_s += _clock() - t0
             self.infer_n += sum(b[0].shape[0] for b in batches)
 
 
@@ -117,18 +120,23 @@ def main() -> None:
     p.add_argument("--embedding-optimizer", choices=("sgd", "adagrad", "rowwise_adagrad"), default="sgd")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--backends", default="full,robe")
+    p.add_argument("--clock", choices=sorted(CLOCK), default="wall",
+                   help="wall time, or this process's CPU time (steadier on a shared machine; with "
+                        "--threads 1 it is the single-core time)")
     p.add_argument("--robe-floats", type=int, nargs="*", default=[],
                    help="also ROBE models with arrays of exactly these many floats")
     p.add_argument("--dense-robe", action="store_true",
                    help="also each ROBE model trained with a dense array gradient (the old path)")
     args = p.parse_args()
+    global _clock
+    _clock = CLOCK[args.clock]
     if args.embedding_optimizer == "rowwise_adagrad" and "full" in args.backends.split(","):
         p.error("rowwise_adagrad is a ROBE optimizer; run it with --backends robe")
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = skewed_batches(min(args.steps + args.warmup, 20), args.batch, KAGGLE_TABLES, 0, args.alpha)
     print(f"# Criteo-Kaggle DLRM, batch {args.batch}, {args.steps} steps, {torch.get_num_threads()} threads, "
-          f"embedding optimizer {args.embedding_optimizer}, torch {torch.__version__}")
+          f"embedding optimizer {args.embedding_optimizer}, {args.clock} clock, torch {torch.__version__}")
     print(f"{'model':<22} {'emb MB':>10} {'compr':>8} {'train samples/s':>16} {'infer samples/s':>16} "
           f"{'step ms':>12} {'emb part ms':>12}")
     runners = {b: Runner(b, args) for b in args.backends.split(",")}

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from contract.hashing import stable_hash64
+from contract.spec import ModelInput
 from dlrm.data import Batch
 
 NUM_DENSE, NUM_SPARSE = 13, 26
@@ -191,6 +192,17 @@ class CriteoStream(IterableDataset):
                 chunk = []
         if chunk:
             yield self._batch(chunk)
+
+    def model_input(self) -> ModelInput:
+        """All rows of this stream (one pass, in stream order) as one in-memory ModelInput,
+        e.g. the held-out validation rows (``split="valid"``)."""
+        batches = list(self)
+        if not batches:
+            raise ValueError(f"the {self.split} rows of {self.files[0].parent} are empty")
+        values = torch.cat([b.values for b in batches]).numpy()
+        return ModelInput(dense=torch.cat([b.dense for b in batches]).numpy(), sparse_values=values,
+                          sparse_offsets=np.arange(values.size + 1, dtype=np.int64),
+                          labels=torch.cat([b.labels for b in batches]).numpy())
 
     def _batch(self, rows: list) -> Batch:
         b = len(rows)

@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from torch import nn
 
 from dlrm.bundle import plain
 from dlrm.configs import OptimConfig, TrainConfig
-from dlrm.data import TensorData
+from dlrm.data import Batch, TensorData
 from dlrm.embeddings import RobeArray
 from dlrm.metrics import auc as auc_score
 from dlrm.model import DLRM
@@ -255,7 +255,7 @@ class _Run:
     optimizers: list[torch.optim.Optimizer]
     device: torch.device
     bf16: bool
-    data: TensorData
+    source: "_InMemory | _Streamed"    # the training batches, epoch by epoch
     sample: TensorData | None          # the fixed validation sample of periodic evaluations
     valid: TensorData | None           # the whole validation window (final evaluation)
     checkpoint_dir: Path | None
@@ -264,28 +264,63 @@ class _Run:
     best_model: dict[str, torch.Tensor] | None = None  # CPU copy of the best evaluation's weights
 
     @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.data.num_rows / self.cfg.batch_size)
+    def total_steps(self) -> int | None:
+        spe = self.source.steps_per_epoch
+        return None if spe is None else self.cfg.epochs * spe
 
-    @property
-    def total_steps(self) -> int:
-        return self.cfg.epochs * self.steps_per_epoch
+    def evaluates_after(self, step: int, last_of_epoch: bool, last_epoch: bool) -> bool:
+        """Whether a periodic evaluation follows ``step``: every ``eval_every`` steps (once
+        per epoch when 0), and always after the run's last step."""
+        if self.sample is None:
+            return False
+        every = self.cfg.eval_every
+        return (step % every == 0 if every else last_of_epoch) or (last_of_epoch and last_epoch)
 
-    @property
-    def eval_every(self) -> int:
-        return self.cfg.eval_every or self.steps_per_epoch
+
+class _InMemory:
+    """A window held as tensors: each epoch a fresh permutation, cut into batches."""
+
+    def __init__(self, data: TensorData, batch_size: int, seed: int) -> None:
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.steps_per_epoch: int | None = math.ceil(data.num_rows / batch_size)
+
+    def epoch(self, epoch: int, skip: int) -> Iterator[Batch]:
+        """Batches of ``epoch`` after the first ``skip``."""
+        perm = epoch_permutation(self.data.num_rows, self.seed, epoch).to(self.data.dense.device)
+        for pos in range(skip, self.steps_per_epoch):
+            yield self.data.batch(perm[pos * self.batch_size:(pos + 1) * self.batch_size])
 
 
-def _check_inputs(cfg: TrainConfig, spec: FeatureSpec, train: ModelInput, valid: ModelInput | None) -> None:
+class _Streamed:
+    """A stream of batches (e.g. :class:`dlrm.stream.CriteoStream`) with ``set_epoch``;
+    the number of batches of an epoch is known only at its end."""
+
+    steps_per_epoch: int | None = None
+
+    def __init__(self, stream: Iterable[Batch]) -> None:
+        self.stream = stream
+
+    def epoch(self, epoch: int, skip: int) -> Iterator[Batch]:
+        """Batches of ``epoch`` after the first ``skip`` (read and dropped: the stream's order
+        is a function of its seed and the epoch, so a resumed run sees the same batches)."""
+        if hasattr(self.stream, "set_epoch"):
+            self.stream.set_epoch(epoch)
+        for pos, batch in enumerate(self.stream):
+            if pos >= skip:
+                yield batch
+
+
+def _check_inputs(cfg: TrainConfig, spec: FeatureSpec, train: ModelInput | Iterable[Batch],
+                  valid: ModelInput | None) -> None:
     if cfg.batch_size < 1 or cfg.epochs < 1:
         raise ValueError(f"train.batch_size and train.epochs must be >= 1, got {cfg.batch_size}, {cfg.epochs}")
     if cfg.patience < 0:
         raise ValueError(f"train.patience = {cfg.patience}; expected 0 (no early stop) or a number of evaluations")
     if cfg.eval_rows < 0:
         raise ValueError(f"train.eval_rows = {cfg.eval_rows}; expected 0 (all) or a positive row count")
-    if train.num_rows == 0:
+    if isinstance(train, ModelInput) and train.num_rows == 0:
         raise ValueError("the training window has no rows")
-    if train.labels is None:
+    if isinstance(train, ModelInput) and train.labels is None:
         raise ValueError(f"the training window has no label column {spec.label!r}")
     if cfg.target_auc is not None and (valid is None or valid.num_rows == 0):
         raise ValueError(f"train.target_auc = {cfg.target_auc} needs a validation window with rows")
@@ -340,9 +375,9 @@ def _checkpoint(run: _Run, state: TrainState) -> None:
     }, run.cfg.keep_checkpoints)
 
 
-def _train_step(run: _Run, rows: torch.Tensor, step: int) -> torch.Tensor:
-    """One optimizer step on the training rows ``rows``; returns the (device) loss."""
-    b = run.data.batch(rows).to(run.device)
+def _train_step(run: _Run, batch: Batch, step: int) -> torch.Tensor:
+    """One optimizer step on ``batch``; returns the (device) loss."""
+    b = batch.to(run.device)
     factor = lr_factor(step, run.cfg.optim)
     for opt in run.optimizers:
         for g in opt.param_groups:
@@ -405,7 +440,7 @@ def _keep_best(run: _Run, state: TrainState, value: float) -> bool:
 def train_model(
     cfg: TrainConfig,
     spec: FeatureSpec,
-    train: ModelInput,
+    train: ModelInput | Iterable[Batch],
     valid: ModelInput | None = None,
     *,
     checkpoint_dir: Path | None = None,
@@ -423,7 +458,9 @@ def train_model(
         cfg: the train config (model, optimizers, batch size, epochs, target, ...).
         spec: the feature spec of ``train`` and ``valid``.
         train, valid: the training and validation windows (``valid`` may be None when no
-            target AUC is set; evaluations are then skipped).
+            target AUC is set; evaluations are then skipped). ``train`` may also be a stream
+            of batches (:class:`dlrm.stream.CriteoStream`: read line by line, epoch by
+            epoch, never held in memory).
         checkpoint_dir: where checkpoints go (``step-<n>.pt``); None = no checkpoints.
         resume: continue from the newest checkpoint in ``checkpoint_dir`` if there is one.
         stop_at_step: stop after this global step as if the process were killed there
@@ -438,16 +475,19 @@ def train_model(
     T = len(spec.sparse)
     torch.manual_seed(cfg.seed)
     model = DLRM(cfg.model, len(spec.dense), spec.table_sizes).to(device)
-    data = TensorData(train, T)
+    data = TensorData(train, T) if isinstance(train, ModelInput) else None
     vdata = TensorData(valid, T) if valid is not None and valid.num_rows else None
     sample = _validation_sample(cfg, valid, vdata, T) if vdata is not None else None
     if device.type == "cuda":
         for d in {id(x): x for x in (data, vdata, sample) if x is not None}.values():
             d.to(device)
+    source = _InMemory(data, cfg.batch_size, cfg.seed) if data is not None else _Streamed(train)
     run = _Run(cfg, spec, model, build_optimizers(model, cfg.optim), device, cfg.bf16 and device.type == "cuda",
-               data, sample, vdata, checkpoint_dir, log or (lambda _msg: None))
+               source, sample, vdata, checkpoint_dir, log or (lambda _msg: None))
     state = _start(run, resume)
-    rows_used = distinct_rows(data)
+    # distinct ids: of the window, or counted over a stream's first epoch (when trained whole)
+    distinct = None if data is not None or state.step else _DistinctIds(T)
+    rows_used = distinct_rows(data) if data is not None else []
 
     from tqdm import tqdm
 
@@ -459,21 +499,25 @@ def train_model(
     loss_acc = torch.zeros((), device=device)      # summed on device: no sync per step
     try:
         while state.epoch < cfg.epochs and not done and not interrupted:
-            perm = epoch_permutation(data.num_rows, cfg.seed, state.epoch).to(data.dense.device)
-            while state.pos < run.steps_per_epoch:
-                t0 = time.perf_counter()
-                rows = perm[state.pos * cfg.batch_size:(state.pos + 1) * cfg.batch_size]
-                loss = _train_step(run, rows, state.step)
+            batches = source.epoch(state.epoch, state.pos)
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            while batch is not None:
+                loss = _train_step(run, batch, state.step)
                 loss_acc += loss
+                if distinct is not None and state.epoch == 0:
+                    distinct.add(batch)
                 state.step += 1
                 state.pos += 1
-                state.samples += rows.numel()
+                state.samples += batch.labels.numel()
                 state.loss_n += 1
+                batch = next(batches, None)  # look ahead: was this the epoch's last batch?
+                last_of_epoch = batch is None
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 state.train_s += time.perf_counter() - t0
                 bar.update(1)
-                if sample is not None and (state.step % run.eval_every == 0 or state.step == run.total_steps):
+                if run.evaluates_after(state.step, last_of_epoch, state.epoch == cfg.epochs - 1):
                     state.loss_sum += float(loss_acc)
                     loss_acc.zero_()
                     value = _evaluate(run, state, t_start)
@@ -486,9 +530,10 @@ def train_model(
                                     loss=f"{float(loss):.4f}")
                 if done:
                     break
-                epoch_done = state.pos == run.steps_per_epoch
-                if epoch_done:
+                if last_of_epoch:
                     state.epoch, state.pos = state.epoch + 1, 0
+                    if distinct is not None and state.epoch == 1:
+                        rows_used = distinct.counts()
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                     state.loss_sum += float(loss_acc)
                     loss_acc.zero_()
@@ -497,8 +542,9 @@ def train_model(
                 if stop_at_step is not None and state.step >= stop_at_step:
                     interrupted = True
                     break
-                if epoch_done:
-                    break
+                t0 = time.perf_counter()
+            if state.step == 0:
+                raise ValueError("the training stream yielded no batches")
     finally:
         bar.close()
     state.wall_s = time.perf_counter() - t_start
@@ -520,7 +566,8 @@ def train_model(
     aucs = [h["auc"] for h in state.history]
     return TrainResult(
         model=model, steps=state.step, samples=state.samples,
-        epochs_completed=state.step / run.steps_per_epoch,
+        epochs_completed=(state.step / source.steps_per_epoch if source.steps_per_epoch
+                          else state.epoch + (0.0 if state.pos == 0 else float("nan"))),
         reached_target=state.time_to_target_s is not None,
         time_to_target_s=state.time_to_target_s, samples_to_target=state.samples_to_target,
         wall_s=state.wall_s, train_s=state.train_s,
@@ -530,6 +577,31 @@ def train_model(
         sample_rows=sample.num_rows if sample is not None else 0, rows_used=rows_used,
         best_step=best_step,
     )
+
+
+class _DistinctIds:
+    """Distinct ids per sparse feature over a stream of batches, merged every few batches
+    (memory: the distinct ids, not the stream)."""
+
+    def __init__(self, num_tables: int, merge_every: int = 64) -> None:
+        self.T, self.merge_every = num_tables, merge_every
+        self.seen = torch.empty(0, dtype=torch.int64)
+        self.pending: list[torch.Tensor] = []
+
+    def add(self, b: Batch) -> None:
+        table = torch.repeat_interleave(torch.arange(b.offsets.numel() - 1) % self.T, b.offsets.diff().cpu(),
+                                        output_size=b.values.numel())  # (nnz,)
+        self.pending.append(torch.unique(b.values.cpu() * self.T + table))
+        if len(self.pending) >= self.merge_every:
+            self._merge()
+
+    def _merge(self) -> None:
+        self.seen = torch.unique(torch.cat([self.seen, *self.pending]))
+        self.pending = []
+
+    def counts(self) -> list[int]:
+        self._merge()
+        return torch.bincount(self.seen % self.T, minlength=self.T).tolist()
 
 
 def distinct_rows(data: TensorData) -> list[int]:
