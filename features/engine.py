@@ -43,6 +43,7 @@ class DuckDBEngine:
             raise ValueError(f"DuckDB refused its settings (features.memory_limit = {memory_limit!r}, "
                              f"features.threads = {threads}): {err}") from None
         self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET enable_progress_bar = false")
 
     # ------------------------------------------------------------------ the events relation
 
@@ -76,12 +77,14 @@ FROM {source}""")
         """All rows of a small result."""
         return self.con.execute(select).fetchall()
 
-    def batches(self, select: str, batch_rows: int) -> Iterator["object"]:
-        """The result of ``select`` as Arrow record batches of at most ``batch_rows`` rows."""
+    def batches(self, select: str, batch_rows: int, prefetch: int = 2) -> Iterator["object"]:
+        """The result of ``select`` as Arrow record batches of at most ``batch_rows`` rows.
+
+        A thread computes up to ``prefetch`` batches ahead (DuckDB releases the GIL), so
+        the engine works while the caller transforms and writes the previous batch.
+        """
         reader = self.con.sql(select).to_arrow_reader(int(batch_rows))
-        for batch in reader:
-            if batch.num_rows:
-                yield batch
+        yield from _prefetched(reader, prefetch)
 
     def close(self) -> None:
         self.con.close()
@@ -91,6 +94,49 @@ FROM {source}""")
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _prefetched(reader, depth: int) -> Iterator["object"]:
+    """The non-empty batches of ``reader``, read by a background thread ``depth`` ahead;
+    errors of the reader are raised here, and stopping early stops the thread."""
+    import queue
+    import threading
+
+    if depth < 1:
+        yield from (b for b in reader if b.num_rows)
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for b in reader:
+                if stop.is_set():
+                    return
+                if b.num_rows:
+                    q.put(b)
+            q.put(done)
+        except BaseException as err:  # handed to the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=work, name="engine-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
 
 
 def open_engine(name: str, work_dir: Path | str, memory_limit: str = "2GB", threads: int = 0) -> DuckDBEngine:
