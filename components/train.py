@@ -41,7 +41,8 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
         model_out: the bundle dir (``model.safetensors`` + ``config.json``), replaced atomically.
         checkpoints: the checkpoint dir (``step-<n>.pt``).
         reports: gets ``train_metrics.json`` and ``auc_steps.csv``.
-        criteo: a Criteo TSV/CSV to train on instead of ``input_dir``.
+        criteo: a Criteo TSV/CSV to train on instead of ``input_dir``; a folder of parts
+            (or ``train.criteo.stream``) is read as a stream, never whole.
         resume: continue from the newest checkpoint in ``checkpoints``.
     """
     from dlrm.bundle import save_model
@@ -49,7 +50,10 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
     from contract.spec import ModelInput
     from dlrm.train import train_model
 
-    if criteo is not None:
+    if criteo is not None and (Path(criteo).is_dir() or cfg.criteo.stream):
+        train_in, valid_in, spec = _criteo_stream(cfg, Path(criteo))
+        source = str(criteo)
+    elif criteo is not None:
         from features.criteo import criteo_model_frame, read_criteo
 
         if not Path(criteo).exists():
@@ -70,13 +74,17 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
         train_in = read_split(input_dir, "train", spec)[1]
         valid_in = read_split(input_dir, "valid", spec)[1] if split_path(input_dir, "valid").exists() else None
         source = str(input_dir)
-    log(STEP, f"{train_in.num_rows} training rows, {valid_in.num_rows if valid_in else 0} validation rows "
-              f"from {source}; backend {cfg.model.embedding.backend}")
+    train_rows = train_in.num_rows if isinstance(train_in, ModelInput) else None
+    log(STEP, f"{train_rows if train_rows is not None else 'streamed'} training rows, "
+              f"{valid_in.num_rows if valid_in else 0} validation rows from {source}; "
+              f"backend {cfg.model.embedding.backend}")
 
     with torch_threads(cfg.threads):
         result = train_model(cfg, spec, train_in, valid_in, checkpoint_dir=Path(checkpoints), resume=resume,
                              log=lambda msg: log(STEP, msg))
-    metrics = {**result.metrics(), "target_auc": cfg.target_auc, "train_rows": train_in.num_rows,
+    if train_rows is None and result.epochs_completed >= 1:  # a stream: rows of one epoch
+        train_rows = round(result.samples / result.epochs_completed)
+    metrics = {**result.metrics(), "target_auc": cfg.target_auc, "train_rows": train_rows,
                "valid_rows": valid_in.num_rows if valid_in else 0, "source": source}
     with atomic_dir(model_out) as tmp:
         save_model(result.model.cpu(), tmp, spec=spec, config=as_dict(cfg), metrics=metrics)
@@ -93,6 +101,23 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
               f"-> {model_out}")
     return TrainStepResult(model_dir=Path(model_out), metrics=metrics, history=result.history)
 
+
+
+def _criteo_stream(cfg: TrainConfig, path: Path):
+    """(training stream, held-out rows in memory, spec) of a Criteo file or folder read as a
+    stream (a folder of parts or the day_0..day_23 layout always is)."""
+    from dlrm.stream import CriteoStream
+    from features.criteo import criteo_spec
+
+    if cfg.criteo.table_size == "auto":
+        raise ValueError("train.criteo.table_size = 'auto' needs the whole file in memory; a streamed "
+                         "Criteo input needs one int or a list of 26 table sizes")
+    spec = criteo_spec(cfg.criteo.table_size)
+    kw = dict(valid_fraction=cfg.criteo.valid_fraction, max_malformed=cfg.criteo.max_malformed)
+    stream = CriteoStream(path, spec.table_sizes, batch_size=cfg.batch_size, seed=cfg.seed,
+                          shuffle_buffer=cfg.criteo.shuffle_buffer, **kw)
+    valid = CriteoStream(path, spec.table_sizes, batch_size=8192, split="valid", **kw).model_input()
+    return stream, valid, spec
 
 
 def _main(args: argparse.Namespace) -> int:

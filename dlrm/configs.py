@@ -58,7 +58,11 @@ class CriteoConfig:
     # ids = 64-bit hash of the hex string mod the feature's table size: one int for all 26
     # features, a list of 26 (C1..C26), or "auto" (each feature's distinct values in the file)
     table_size: int | tuple[int, ...] | Literal["auto"] = 1_000_000
-    valid_fraction: float = 0.1  # the last rows (in file order) form the validation window
+    valid_fraction: float = 0.1  # the last rows (in file order) form the validation window; streamed:
+                                 # every (1/fraction)-th row (Terabyte layout: day 23)
+    stream: bool = False         # read the file line by line (a folder of parts always is)
+    shuffle_buffer: int = 100_000  # streamed: rows held for shuffling
+    max_malformed: int = 1000    # streamed: malformed lines skipped (with a warning) before failing
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ bounded by the shuffle buffer and one batch, whatever the files' length.
   the shards are ``world_size`` ranks x the DataLoader's workers, so every row is read by
   exactly one worker once per epoch.
 - Holding out: in the Terabyte layout day 23 is the evaluation day (MLPerf's rule);
-  otherwise ``valid_fraction`` of the rows (rows i with ``i % 1000 < 1000 * fraction``) are
-  held out. ``split`` picks ``"train"``, ``"valid"`` or ``"all"``.
+  otherwise ``valid_fraction`` f of the rows, evenly spread, are held out (row i when
+  ``floor((i + 1) * f) > floor(i * f)``: every (1/f)-th row). ``split`` picks ``"train"``, ``"valid"`` or ``"all"``.
 - Malformed lines (wrong field count, a label not 0/1, a non-integer count) are skipped,
   counted and reported with a warning naming the file and line number; past
   ``max_malformed`` of them the stream raises ValueError.
@@ -135,7 +135,8 @@ class CriteoStream(IterableDataset):
     def _held_out(self, path: Path, row: int) -> bool:
         if self.terabyte:
             return day_of(path) == EVAL_DAY
-        return row % 1000 < round(1000 * self.valid_fraction)
+        f = self.valid_fraction  # every (1/f)-th row: exactly f of any run of rows, evenly spread
+        return int((row + 1) * f) > int(row * f)
 
     def rows(self) -> Iterator[tuple[float, list[float], list[str]]]:
         """This shard's parsed rows of the split, in file order (no shuffling)."""

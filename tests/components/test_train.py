@@ -82,3 +82,20 @@ def test_train_cli_errors_are_one_line(project, capsys):
     (project / "data/model_input/train.parquet").unlink()
     assert main(train_args(project)) == 2
     assert "train.parquet" in capsys.readouterr().err
+
+
+def test_train_cli_streams_a_folder_of_criteo_parts(tmp_path):
+    from features.criteo import read_criteo, write_criteo
+
+    rows = read_criteo(CRITEO_SAMPLE)
+    parts = tmp_path / "parts"
+    write_criteo(rows.iloc[:120], parts / "part-0.tsv")
+    write_criteo(rows.iloc[120:], parts / "part-1.tsv")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {**TRAIN, "batch_size": 32}}))
+    args = ["train", "--criteo", str(parts), "--model-out", str(tmp_path / "m"),
+            "--checkpoints", str(tmp_path / "c"), "--reports", str(tmp_path / "r"),
+            "--params", str(tmp_path / "params.yaml")]
+    assert main(args) == 0  # a folder streams (no IsADirectoryError)
+    metrics = json.loads((tmp_path / "r/train_metrics.json").read_text())
+    assert metrics["train_rows"] == 150 and metrics["valid_rows"] == 50  # every 4th row held out
+    assert metrics["steps"] == 2 * 5 and metrics["rows_used"] > 0
