@@ -77,6 +77,15 @@ def write_json(path: Path | str, data: Any) -> Path:
     return Path(path)
 
 
+def plain(x: Any) -> Any:
+    """Nested dicts/lists/tuples as JSON-ready dicts and lists (tuples become lists)."""
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    return x
+
+
 def _json_default(x: Any) -> Any:
     if hasattr(x, "item"):  # numpy / torch scalars
         return x.item()

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from contract.io import plain
+
 T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -127,15 +129,7 @@ def load_config(cls: type[T], section: str, params: Path | str | None = DEFAULT_
 
 def as_dict(cfg: Any) -> dict[str, Any]:
     """``dataclasses.asdict`` with tuples turned into lists (JSON/YAML friendly)."""
-    return _plain(dataclasses.asdict(cfg))
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
+    return plain(dataclasses.asdict(cfg))
 
 
 def _deep_copy(x: Any) -> Any:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract.io import atomic_file
+from contract.io import atomic_file, plain
 from dlrm.configs import EmbeddingConfig, ModelConfig
 from dlrm.data import TensorData
 from dlrm.model import DLRM
@@ -38,15 +38,6 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
         if k in kw:
             kw[k] = tuple(kw[k])
     return ModelConfig(embedding=EmbeddingConfig(**emb), **kw)
-
-
-def plain(x: Any) -> Any:
-    """Nested dicts/lists/tuples as JSON-ready dicts and lists (tuples become lists)."""
-    if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [plain(v) for v in x]
-    return x
 
 
 def save_model(model: nn.Module, out_dir: Path, *, spec: FeatureSpec, config: dict,
