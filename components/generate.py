@@ -5,19 +5,29 @@ row's purchase probability is planted by a known model and written beside the da
 (``--truth``: ``event_id, purchase_prob``), never as a feature; its AUC is the best any
 model can reach on the data (the "oracle AUC").
 
-The planted model (logit of the purchase probability, summed per row):
-  - user x item affinity: latent user vectors (d=8) dotted with item vectors, which sit
-    near their category's vector in a hierarchy l1 > l2 > l3 (beauty > hair care >
-    men's shampoo); users also search and browse mostly in categories they like;
-  - per-user propensity and per-item quality (popular items tend to be the good ones);
-  - price: relative to the category's median price, scaled by the user's price
+The planted model (logit of the purchase probability, summed per row; the names are
+:data:`generator.events.TERMS`, ``benchmarks/planted_terms.py`` measures each one's worth):
+  - ``category_taste``: latent user vectors (d=8) dotted with the item's category vector
+    (hierarchy l1 > l2 > l3: beauty > hair care > men's shampoo); users also search and
+    browse mostly in categories they like;
+  - ``item_taste``: the same user vector dotted with the item's own deviation from its
+    category (``item_taste`` weight): two items of one leaf please different users;
+  - ``user_taste``: a second per-user vector that does not steer browsing, dotted with the
+    item's full vector (``user_taste`` weight);
+  - ``user_bias`` and ``item_quality`` (popular items tend to be the good ones);
+  - ``price``: relative to the category's median price, scaled by the user's price
     sensitivity (doubled by a "cheap" query, halved by "premium");
-  - position bias (-log position), query-item match (same l3 / l2 / brand as the query),
-    hour-of-day, day-of-week, device and country effects;
-  - an intercept calibrated so the mean rate is ``base_rate`` (a few percent).
-Users, items, brands (within an l1) and query phrasings are drawn with Zipf-distributed
-popularity. All of it is learnable from the canonical columns plus per-user/per-item
-history (ids, categories, brand, price, position, hour, weekday, query text).
+  - ``position`` bias (-log position), ``query_match`` (same l3 / l2 / brand as the query),
+    ``context``: hour-of-day, day-of-week, device and country effects;
+  - ``repeat``: an item the user bought 20-60 days earlier is bought again more often if it
+    is a consumable (grocery, beauty), less often if durable (books, electronics), weight
+    ``replenish``; "buy again" offers show buyers their earlier purchases;
+  - an intercept calibrated so the mean rate before repeats is ``base_rate``.
+Users (``user_zipf``: heavy users have thousands of offers), items, brands (within an l1)
+and query phrasings are drawn with Zipf-distributed popularity. Chunks are contiguous in
+time and simulated day by day, so a purchase can lead to a repeat purchase weeks later.
+All of it is learnable from the canonical columns plus per-user/per-item history, but
+``item_taste``, ``user_taste`` and ``repeat`` only from the ids (or their joint history).
 
 Drift (``drift`` in 0..1, applied to rows on the last ``drift_days`` days) shifts:
   - ``category_l1/l2/l3`` (and so ``query``): two l1 categories gain weight exp(2.5 * drift);
@@ -35,7 +45,8 @@ distinct event id (a duplicate's replaced row is dropped from it).
 Raw layout (``--out``): ``part-NNNNN.parquet`` (or ``.csv``) per chunk of ``chunk_rows``,
 canonical columns, ``event_timestamp`` as ISO-8601 text (``2026-10-03T14:22:05Z``) as raw
 logs have it, plus ``_generate.json`` (parameters and counts). Timestamps are sorted
-within a chunk, not across chunks. ``--format criteo`` writes ``part-NNNNN.tsv`` Criteo
+within a chunk, and chunks follow each other in time (chunk k's last day is at most
+chunk k + 1's first). ``--format criteo`` writes ``part-NNNNN.tsv`` Criteo
 files instead (see :func:`to_criteo`; no corruption), truth rows in the files' row order.
 Output is deterministic for a given configuration (seed, sizes and ``chunk_rows``).
 """
@@ -55,7 +66,7 @@ from contract.schema import COLUMNS
 from generator.config import GenerateConfig
 from generator.corruption import CORRUPTIONS, corrupt
 from generator.criteo import to_criteo
-from generator.events import build_world, generate_chunk
+from generator.events import build_world, generate_chunk, warm_history
 
 
 @dataclass
@@ -85,9 +96,10 @@ def generate(cfg: GenerateConfig, out_dir: Path, truth_dir: Path) -> GenerateRes
     files, truth_files = [], []
     totals = {k: 0 for k in CORRUPTIONS}
     n_pos, prob_sum, kind_offset = 0, 0.0, 0
+    history = warm_history(cfg, world)  # purchases so far (from 60 days before): repeats span chunks
     with atomic_dir(out_dir) as out_tmp, atomic_dir(truth_dir) as truth_tmp:
         for chunk in range(n_chunks):
-            frame, truth = generate_chunk(cfg, world, chunk)
+            frame, truth = generate_chunk(cfg, world, chunk, history)
             n_pos += int(frame["purchased"].sum())
             prob_sum += float(truth["purchase_prob"].sum())
             name = f"part-{chunk:05d}"

@@ -237,3 +237,16 @@ def paired_auc_difference(labels: np.ndarray, scores_a: np.ndarray, scores_b: np
     boot_a, boot_b = _bootstrap_aucs(y, [sa, sb], int(n_boot), int(seed))
     lo, hi = _percentiles(boot_a - boot_b, level)
     return {"diff": auc(y, sa) - auc(y, sb), "lo": lo, "hi": hi, "n_boot": int(n_boot)}
+
+
+def bootstrap_auc_samples(labels: np.ndarray, scores: list[np.ndarray], *, n_boot: int = 1000,
+                          seed: int = 0) -> np.ndarray:
+    """(len(scores), n_boot) AUCs of several models on the same stratified resamples.
+
+    For comparisons beyond two models (a mean over seeds against another mean, say):
+    any function of the models' AUCs computed per column is paired across them.
+    """
+    if not len(scores):
+        raise ValueError("scores must hold at least one score vector")
+    y, checked = _check_boot(labels, list(scores), n_boot, 0.5, seed)
+    return np.stack(_bootstrap_aucs(y, checked, int(n_boot), int(seed)))

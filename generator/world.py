@@ -53,6 +53,12 @@ HOUR_TRAFFIC = np.array([3, 2, 1, 1, 1, 1, 2, 4, 6, 7, 7, 7, 8, 7, 7, 7, 7, 8, 9
 HOUR_EFFECT = np.array([-0.3] * 6 + [-0.1] * 3 + [0.0] * 9 + [0.15, 0.3, 0.35, 0.3, 0.1, -0.1])
 WEEKDAY_TRAFFIC = np.array([0.95, 0.95, 0.97, 1.0, 1.05, 1.12, 1.1])  # Monday = 0
 WEEKDAY_EFFECT = np.array([-0.1, -0.05, 0.0, 0.0, 0.05, 0.2, 0.25])
+# replenishment: how much more likely an item bought REPEAT_LAG days ago is bought again, per
+# l1 (consumables run out; a second copy of a book or a laptop is rarely wanted)
+REPLENISH_L1 = {"beauty": 0.8, "electronics": -0.6, "home": -0.2, "fashion": -0.2,
+                "sports": 0.1, "toys": 0.0, "grocery": 1.0, "books": -0.8}
+REPEAT_LAG = (20, 60)  # days since the last purchase of the same item
+BUY_AGAIN_SHARE = 0.3  # share of a buyer's browse offers that show one of their earlier purchases
 
 
 
@@ -78,7 +84,7 @@ class World:
     brand_names: np.ndarray    # (B,) object
     item_leaf: np.ndarray      # (I,)
     item_brand: np.ndarray     # (I,)
-    item_vec: np.ndarray       # (I, DIM)
+    item_vec: np.ndarray       # (I, DIM) the item's own deviation from its leaf's vector
     item_quality: np.ndarray   # (I,)
     item_price: np.ndarray     # (I,) list price
     item_ids: np.ndarray       # (I,) object
@@ -86,7 +92,9 @@ class World:
     item_cdf_drift: np.ndarray  # (I,) the popularity cdf under drift
     leaf_item_key: np.ndarray  # (I,) sorted keys leaf + cdf-within-leaf, for sampling in a leaf
     leaf_item_order: np.ndarray  # (I,) item index for each key
-    user_vec: np.ndarray       # (U, DIM)
+    user_vec: np.ndarray       # (U, DIM) taste that also steers what the user browses
+    user_taste: np.ndarray     # (U, DIM) taste that browsing does not reveal
+    l1_replenish: np.ndarray   # (n_l1,) REPLENISH_L1 in taxonomy order
     user_bias: np.ndarray      # (U,)
     user_price_sens: np.ndarray  # (U,)
     user_device: np.ndarray    # (U,) index into DEVICES
@@ -175,7 +183,7 @@ def draw_world(cfg: GenerateConfig) -> World:
     item_leaf = rng.choice(n_leaf, size=n_items, p=np.exp(leaf_prior) / np.exp(leaf_prior).sum())
     brand_zipf = _zipf(BRANDS_PER_L1, 1.1)
     item_brand = leaf_l1[item_leaf] * BRANDS_PER_L1 + rng.choice(BRANDS_PER_L1, size=n_items, p=brand_zipf)
-    item_vec = leaf_vec[item_leaf] + rng.normal(0, 0.6, (n_items, DIM))
+    item_vec = rng.normal(0, 1.0, (n_items, DIM))  # its deviation from leaf_vec[item_leaf]
     item_quality = rng.normal(0, 0.5, n_items)
     list_price = leaf_median_price[item_leaf] * np.exp(brand_premium[item_brand] + rng.normal(0, 0.35, n_items))
     item_price = np.maximum(np.floor(list_price) + 0.99, 0.49)
@@ -191,7 +199,8 @@ def draw_world(cfg: GenerateConfig) -> World:
     user_price_sens = rng.lognormal(0, 0.4, n_users)
     user_device = rng.choice(len(DEVICES), size=n_users, p=[DEVICE_SHARE[d] for d in DEVICES])
     user_country = rng.choice(len(COUNTRIES), size=n_users, p=COUNTRY_SHARE / COUNTRY_SHARE.sum())
-    user_pop = _zipf(n_users, 0.7)[rng.permutation(n_users)]
+    user_pop = _zipf(n_users, cfg.user_zipf)[rng.permutation(n_users)]
+    user_taste = rng.normal(0, 1, (n_users, DIM))
 
     # queries: per leaf, phrasings from the specific to the vague, Zipf-popular in that order
     q_text, q_leaf, q_l2, q_brand, q_mult, q_terms = [], [], [], [], [], []
@@ -223,7 +232,8 @@ def draw_world(cfg: GenerateConfig) -> World:
         item_ids=np.array([f"i{k:06d}" for k in range(n_items)], dtype=object),
         item_cdf=np.cumsum(item_pop), item_cdf_drift=np.cumsum(item_pop_drift),
         leaf_item_key=leaf_item_key, leaf_item_order=leaf_item_order,
-        user_vec=user_vec, user_bias=user_bias, user_price_sens=user_price_sens,
+        user_vec=user_vec, user_taste=user_taste,
+        l1_replenish=np.array([REPLENISH_L1[l1] for l1 in TAXONOMY]), user_bias=user_bias, user_price_sens=user_price_sens,
         user_device=user_device, user_country=user_country,
         user_ids=np.array([f"u{k:07d}" for k in range(n_users)], dtype=object),
         user_cdf=np.cumsum(user_pop),

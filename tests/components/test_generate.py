@@ -8,6 +8,8 @@ from sklearn.metrics import roc_auc_score
 
 from pipelines.cli import main
 from components.generate import CORRUPTIONS, GenerateConfig, generate
+from generator.events import TERMS, PurchaseHistory, build_world, simulate_chunk, warm_history
+from generator.world import REPEAT_LAG
 from contract.schema import COLUMNS, COUNTRIES, DEVICES
 from features.criteo import COLUMNS as CRITEO_COLUMNS, read_criteo
 
@@ -39,10 +41,12 @@ def test_layout_schema_and_truth(chain):
     assert str(truth["event_id"].dtype) == "string" and truth["purchase_prob"].dtype == np.float64
     assert truth["event_id"].is_unique
     assert truth["purchase_prob"].between(0, 1).all()
-    # a realistic few-percent purchase rate, and labels drawn from the planted probabilities
-    assert 0.01 < truth["purchase_prob"].mean() < 0.06
+    # a realistic few-percent purchase rate near base_rate (repeat purchases add a little),
+    # and labels drawn from the planted probabilities
+    base = chain.gen.base_rate
+    assert 0.5 * base < truth["purchase_prob"].mean() < 1.6 * base
     labels = raw["purchased"][raw["purchased"].isin([0, 1])]
-    assert 0.01 < labels.mean() < 0.06
+    assert 0.5 * base < labels.mean() < 1.6 * base
     meta = json.loads((chain.raw / "_generate.json").read_text())
     assert meta["rows"] == chain.gen.rows and meta["params"]["seed"] == chain.gen.seed
 
@@ -158,3 +162,87 @@ def test_cli_writes_data_and_truth(tmp_path, capsys):
     assert len(pd.read_parquet(tmp_path / "raw")) == 800
     assert len(list((tmp_path / "truth").glob("part-*.parquet"))) == 3
     assert "800 rows" in capsys.readouterr().err
+
+
+def _simulate(cfg, warm=False):
+    """All chunks of ``cfg`` in memory: (offers, terms, labels) concatenated in time order,
+    from an empty purchase history or (``warm``) the one generate starts from."""
+    world = build_world(cfg)
+    history = warm_history(cfg, world) if warm else PurchaseHistory(cfg.items)
+    draws = [simulate_chunk(cfg, world, c, history) for c in range(-(-cfg.rows // cfg.chunk_rows))]
+    cat = lambda parts: np.concatenate(parts)  # noqa: E731
+    ev = {k: cat([d.ev[k] for d in draws]) for k in draws[0].ev}
+    terms = {k: cat([d.terms[k] for d in draws]) for k in TERMS}
+    return world, ev, terms, cat([d.label for d in draws]), cat([d.prob for d in draws])
+
+
+def test_every_planted_term_carries_signal_and_the_logit_is_their_sum(make_config):
+    cfg = make_config(rows=30_000, users=1500, items=600, days=35, chunk_rows=10_000, corrupt_fraction=0.0)
+    world, ev, terms, y, prob = _simulate(cfg)
+    z = sum(terms.values())
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-(world.intercept + z))))
+    oracle = roc_auc_score(y, z)
+    assert oracle > 0.85
+    for name in ("category_taste", "item_taste", "user_taste", "query_match"):
+        # the oracle on the same rows without the term: the id-only terms are worth > 0.01 each
+        assert oracle - roc_auc_score(y, z - terms[name]) > 0.01, name
+    for name in TERMS:
+        assert oracle - roc_auc_score(y, z - terms[name]) > 0, name
+    off = make_config(rows=3000, users=300, items=200, days=35, item_taste=0.0, user_taste=0.0, replenish=0.0)
+    _, _, off_terms, _, _ = _simulate(off)
+    assert not off_terms["item_taste"].any() and not off_terms["user_taste"].any() and not off_terms["repeat"].any()
+
+
+def test_chunks_are_contiguous_in_time_and_repeat_purchases_span_them(make_config):
+    cfg = make_config(rows=30_000, users=800, items=300, days=35, chunk_rows=5_000, corrupt_fraction=0.0)
+    world, ev, terms, y, prob = _simulate(cfg)
+    offset = ev["day"] * 86_400 + ev["hour"] * 3_600 + ev["second"]
+    chunks = np.arange(len(y)) // cfg.chunk_rows
+    for c in range(chunks.max() + 1):
+        assert (np.diff(offset[chunks == c]) >= 0).all()  # sorted within a chunk
+    assert (np.diff(ev["day"]) >= 0).all()  # and chunks follow each other day by day
+    # the lag of each offer is the days since the user last bought that item, from the labels
+    key = ev["user"].astype(np.int64) * cfg.items + ev["item"]
+    last: dict[int, int] = {}
+    lag = np.full(len(y), np.inf)
+    # a day split between two chunks is simulated in two steps (the second sees the first's buys)
+    day_starts = np.flatnonzero(np.r_[True, (ev["day"][1:] != ev["day"][:-1]) | (chunks[1:] != chunks[:-1]), True])
+    for a, b in zip(day_starts[:-1], day_starts[1:]):
+        for r in range(a, b):
+            if int(key[r]) in last:
+                lag[r] = ev["day"][r] - last[int(key[r])]
+        for r in range(a, b):
+            if y[r]:
+                last[int(key[r])] = int(ev["day"][r])
+    np.testing.assert_array_equal(lag, ev["lag"])
+    in_lag = (lag >= REPEAT_LAG[0]) & (lag <= REPEAT_LAG[1])
+    assert in_lag.sum() > 100
+    first_chunk_buys = {int(k) for k in key[:cfg.chunk_rows][y[:cfg.chunk_rows] == 1]}
+    assert any(int(k) in first_chunk_buys for k in key[cfg.chunk_rows:][in_lag[cfg.chunk_rows:]])
+    # consumables bought 20-60 days ago sell better again, durables worse
+    l1 = world.leaf_l1[world.item_leaf[ev["item"]]]
+    assert (terms["repeat"][in_lag] != 0).any() and not terms["repeat"][~in_lag].any()
+    grocery = list(world.l1_replenish).index(max(world.l1_replenish))
+    assert y[in_lag & (l1 == grocery)].mean() > 2 * y[~np.isfinite(lag) & (l1 == grocery)].mean()
+    # generate starts from the purchases of the 60 days before: repeats from the first day on
+    _, warm_ev, _, _, _ = _simulate(cfg, warm=True)
+    first_week = warm_ev["day"] < 7
+    warm_lag = warm_ev["lag"][first_week]
+    assert ((warm_lag >= REPEAT_LAG[0]) & (warm_lag <= REPEAT_LAG[1])).mean() > 0.01
+    cold = lag[ev["day"] < 7]  # from an empty history no purchase is 20 days old in week one
+    assert not ((cold >= REPEAT_LAG[0]) & (cold <= REPEAT_LAG[1])).any()
+
+
+def test_activity_per_user_is_heavy_tailed(make_config):
+    cfg = make_config(rows=40_000, users=4000, items=500, chunk_rows=40_000, corrupt_fraction=0.0)
+    _, ev, _, _, _ = _simulate(cfg)
+    per_user = np.bincount(ev["user"], minlength=cfg.users)
+    per_user = per_user[per_user > 0]
+    assert per_user.max() > 50 * np.median(per_user)  # heavy users: hundreds of offers
+    assert np.sort(per_user)[::-1][: len(per_user) // 100].sum() > 0.1 * per_user.sum()
+
+
+@pytest.mark.parametrize("name", ["item_taste", "user_taste", "replenish", "user_zipf"])
+def test_planted_weights_out_of_range_are_refused(name):
+    with pytest.raises(ValueError, match=f"generate.{name}"):
+        GenerateConfig(**{name: -1.0})

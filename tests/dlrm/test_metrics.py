@@ -11,6 +11,7 @@ from dlrm.metrics import (
     _count_bins,
     auc,
     bootstrap_auc,
+    bootstrap_auc_samples,
     calibration,
     classification_metrics,
     log_loss,
@@ -138,6 +139,13 @@ def test_paired_difference_is_narrower_than_unpaired_for_correlated_models():
     assert paired_auc_difference(y, a, b, n_boot=400, seed=3) == paired
     same = paired_auc_difference(y, a, a, n_boot=50)
     assert same["diff"] == same["lo"] == same["hi"] == 0.0
+    # the samples behind it: the same resamples for every model
+    boots = bootstrap_auc_samples(y, [a, b], n_boot=400, seed=3)
+    assert boots.shape == (2, 400)
+    d = boots[0] - boots[1]
+    assert np.quantile(d, [0.025, 0.975]) == pytest.approx([paired["lo"], paired["hi"]])
+    with pytest.raises(ValueError, match="at least one"):
+        bootstrap_auc_samples(y, [])
 
 
 @pytest.mark.parametrize("kwargs, match", [
