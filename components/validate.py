@@ -239,7 +239,7 @@ def _batches(dataset: Path, batch_rows: int):
         for f in files:
             t = pq.read_table(f, columns=schema.names).cast(schema)
             tables.append(t)
-            days.append(np.full(t.num_rows, day, dtype=object))
+            days.append(np.full(t.num_rows, day, dtype=f"<U{max(len(day), 1)}"))
             n += t.num_rows
             if n >= batch_rows:
                 yield pa.concat_tables(tables).combine_chunks(), np.concatenate(days)
@@ -337,8 +337,9 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
             rows_in += n
             rows_bad += len(bad_idx)
             rows_valid += n - len(bad_idx)
-            for d in np.unique(day):
-                sel = day == d
+            day_names, day_code = np.unique(day, return_inverse=True)
+            for i, d in enumerate(day_names):
+                sel = day_code.reshape(-1) == i
                 good, quarantined = sel & ~bad, sel & bad
                 stats = per_day.setdefault(str(d), {"rows_in": 0, "rows_valid": 0, "rows_quarantined": 0})
                 stats["rows_in"] += int(sel.sum())
@@ -353,7 +354,7 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
                         pa.field(FAILED_COLUMN, pa.string()), pa.array(labels[quarantined], pa.string()))
                     (q_tmp / f"{PARTITION}={d}").mkdir(exist_ok=True)
                     pq.write_table(q.cast(bad_schema), q_tmp / f"{PARTITION}={d}" / name)
-            records.append({"batch": b, "rows": n, "days": sorted(map(str, np.unique(day))), "result": record})
+            records.append({"batch": b, "rows": n, "days": sorted(map(str, day_names)), "result": record})
             log("validate", f"batch {b}: {n} rows, {len(bad_idx)} quarantined")
 
         # exact accounting, against the input's own footers

@@ -198,3 +198,32 @@ def test_config_errors_name_the_parameter():
     with pytest.raises(ValueError, match="validate.window_end = 'soon'"):
         ValidateConfig(window_end="soon")
     assert np.isfinite(ValidateConfig().window()[1].timestamp())
+
+
+def test_row_level_rules_flag_exactly_the_rows_gx_flags(chain):
+    """The column-wise quarantine rules mark, row by row, what GX's own row-level result
+    (``unexpected_index_list``) marks, for every expectation but keep-first uniqueness."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.validate import _Runner, _gx_frame, row_failures
+    from contract.schema import arrow_schema
+
+    start, end = chain.gen.window
+    window = (pd.Timestamp(start), pd.Timestamp(end))
+    files = sorted(chain.ingested.rglob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(f).cast(arrow_schema()) for f in files]).combine_chunks()
+    runner = _Runner(window)
+    res = runner.definition.run(batch_parameters={"dataframe": _gx_frame(table)},
+                                result_format={"result_format": "COMPLETE"})
+    mine = row_failures(table, window)
+    checked = 0
+    for r in res.results:
+        name = f"{r.expectation_config.type}({r.expectation_config.kwargs['column']})"
+        if name == UNIQUE:
+            continue
+        want = np.zeros(table.num_rows, dtype=bool)
+        want[np.asarray(r.result["unexpected_index_list"], dtype=np.int64)] = True
+        np.testing.assert_array_equal(mine[name], want, err_msg=name)
+        checked += int(want.sum())
+    assert checked > 0 and set(mine) | {UNIQUE} == {n for n, _ in runner.expectations}
