@@ -38,6 +38,19 @@ class EvaluateResult:
         return bool(self.metrics["passed"])
 
 
+def _weights_sha256(model_dir: Path) -> str:
+    """sha256 of the bundle's weights file: the model's content hash."""
+    import hashlib
+
+    from dlrm.bundle import WEIGHTS
+
+    h = hashlib.sha256()
+    with (Path(model_dir) / WEIGHTS).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def gate_target(cfg: EvaluateConfig, oracle_auc: float | None) -> float:
     """The AUC the model must reach under ``cfg.gate``."""
     from dlrm.metrics import MLPERF_TARGETS
@@ -142,6 +155,7 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
         "oracle_auc": oracle_auc, "oracle_rows": oracle_rows,
         "gap_to_oracle": None if oracle_auc is None else oracle_auc - m["auc"],
         "gate": cfg.gate, "target_auc": target, "passed": passed,
+        "model_sha256": _weights_sha256(model_dir),   # which model these metrics measured (push checks it)
         "backend": emb["backend"], "embedding_bytes": emb["bytes"],
         "full_embedding_bytes": emb["full_bytes"], "compression": emb["compression"],
         "train_samples_per_s": train_metrics.get("train_samples_per_s"),

@@ -1,9 +1,27 @@
 """`robeflow push`: publish the evaluated model to the registry, and `--rollback`.
 
-Runs only when the evaluate gate passed (``reports/metrics.json`` key ``passed``). A
-failed gate is reported, changes nothing, and exits 0 so the local DVC pipeline goes on
-(monitoring still runs); with ``push.fail_on_gate: true`` it exits 3, as
-``robeflow evaluate`` does, so an automated pipeline stops there.
+Publishes only when both gates pass:
+
+- the absolute gate of ``robeflow evaluate`` (``reports/metrics.json`` key ``passed``);
+- champion/challenger: the candidate's test AUC is not worse than production's **on the
+  same test rows**. Push scores both bundles on the test split of ``data/model_input``
+  (``--input``) and takes the paired bootstrap interval of AUC(candidate) - AUC(production)
+  (:func:`dlrm.metrics.paired_auc_difference`); the candidate passes when the interval's
+  lower bound is at least ``-push.min_delta`` (non-inferiority with a margin: a candidate
+  that is worse by more than the margin, beyond the resampling noise, never moves
+  production). Both are scored here, by the same code on the same rows, rather than read
+  from evaluate's predictions: the pairing is exact by construction and production's
+  bundle has to be scored on this window anyway.
+
+``push.force: true`` publishes whatever the gates say (the decision records that it was
+forced). The decision and its numbers go to ``reports/push.json`` (``--report``) and, for
+a published model, to its config.json (``release``) and MODEL_CARD.md. A refused push
+changes nothing and exits 0 so the local DVC pipeline goes on (monitoring still runs);
+with ``push.fail_on_gate: true`` it exits 3, as ``robeflow evaluate`` does.
+
+Provenance: metrics.json names the model it measured (``model_sha256``, the sha256 of
+``model.safetensors``, written by ``robeflow evaluate``); push refuses metrics of another
+model, or metrics that name none.
 
 The bundle it publishes (see :mod:`model_registry.registry` for the layout):
 
@@ -45,7 +63,13 @@ class PushConfig:
     """The ``push`` section of params.yaml."""
 
     registry: str = "registry"   # directory or fsspec URL (s3://bucket/robeflow, gs://...); --registry overrides
-    fail_on_gate: bool = False   # true: exit 3 when the evaluate gate failed; false: log it, exit 0
+    fail_on_gate: bool = False   # true: exit 3 when a gate refused the push; false: log it, exit 0
+    min_delta: float = 0.002     # champion/challenger margin: publish when the 95% lower bound of
+                                 # AUC(candidate) - AUC(production) on the same test rows >= -min_delta
+    n_boot: int = 1000           # paired bootstrap resamples of that difference
+    seed: int = 0                # bootstrap seed (the same rows and models: the same decision)
+    force: bool = False          # publish even when a gate refuses (recorded as forced)
+    batch_size: int = 8192       # rows per forward pass when scoring the test window
 
 
 @dataclass
@@ -58,6 +82,8 @@ class PushResult:
     production: str | None       # the version ``production`` names afterwards
     reason: str                  # one line: why it did or did not publish
     gate_passed: bool | None = None  # the evaluate gate's outcome (None for a rollback)
+    challenger: dict[str, Any] | None = None  # the champion/challenger comparison (None: not run)
+    forced: bool = False         # published by push.force although a gate refused
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +131,36 @@ def _fmt(x: Any, spec: str = ".5f") -> str:
     return "n/a" if x is None else format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
+def _release_lines(release: dict[str, Any] | None) -> list[str]:
+    """The card's release decision: the champion/challenger numbers, forced or not."""
+    if not release:
+        return []
+    ch = release.get("challenger")
+    lines = ["## Release decision"]
+    if ch is None:
+        lines.append("- no production model to compare with: the evaluate gate decided")
+    else:
+        lines += [
+            f"- against production {ch['champion']} on the same {ch.get('rows', 'n/a')} test rows "
+            f"(paired bootstrap, {ch.get('n_boot', 'n/a')} resamples)",
+            "",
+            "| | value |",
+            "|---|---|",
+            f"| candidate AUC | {_fmt(ch.get('candidate_auc'))} |",
+            f"| production AUC | {_fmt(ch.get('champion_auc'))} |",
+            f"| difference | {_fmt(ch.get('diff'), '+.5f')} |",
+            f"| 95% interval | [{_fmt(ch.get('lo'), '+.5f')}, {_fmt(ch.get('hi'), '+.5f')}] |",
+            f"| margin (push.min_delta) | {_fmt(ch.get('min_delta'))} |",
+            f"| not worse | {ch.get('passed')} |",
+            "",
+            f"- {ch.get('reason', '')}",
+        ]
+    if release.get("forced"):
+        lines.append("- **forced by push.force** although: " + "; ".join(release.get("refusals", [])))
+    lines.append("")
+    return lines
+
+
 def model_card(doc: dict[str, Any], version: str) -> str:
     """MODEL_CARD.md of a bundle from its config.json dict."""
     ev, train, emb = doc.get("evaluation", {}), doc.get("metrics", {}), doc["embedding"]
@@ -140,6 +196,7 @@ def model_card(doc: dict[str, Any], version: str) -> str:
         f"| log loss | {_fmt(ev.get('logloss', ev.get('log_loss')))} |",
         f"| normalised entropy | {_fmt(ev.get('ne'))} |",
         "",
+        *_release_lines(doc.get("release")),
         "## Size",
         f"- embedding: {emb['bytes']:,} bytes against {emb['full_bytes']:,} bytes of full float32 "
         f"tables ({_fmt(emb['compression'], '.1f')}x smaller)",
@@ -153,23 +210,104 @@ def model_card(doc: dict[str, Any], version: str) -> str:
     return "\n".join(lines)
 
 
+# ---- champion/challenger ---------------------------------------------------------------
+
+def bundle_scores(model_dir: Path, frame: Any, data_spec: Any, batch_size: int = 8192) -> Any:
+    """(N,) float probabilities of the bundle in ``model_dir`` on the rows of ``frame``.
+
+    Raises:
+        ValueError: the bundle was trained on a feature spec these rows do not fit.
+    """
+    from contract.spec import FeatureSpec, ModelInput
+    from dlrm.bundle import load_model, predict
+
+    model, doc = load_model(model_dir)
+    spec = FeatureSpec.from_dict(doc["feature_spec"])
+    spec.check_compatible(data_spec, "the test data")
+    return predict(model, ModelInput.from_frame(frame, spec), batch_size=batch_size)
+
+
+def champion_challenger(cfg: PushConfig, model_dir: Path, registry: Any, champion: str,
+                        input_dir: Path) -> dict[str, Any]:
+    """Compares the candidate in ``model_dir`` with the registry's ``champion`` version on
+    the test split of ``input_dir``: both scored on the same rows, the paired bootstrap
+    interval of AUC(candidate) - AUC(champion).
+
+    Returns:
+        ``{"champion", "rows", "candidate_auc", "champion_auc", "diff", "lo", "hi", "level",
+        "n_boot", "seed", "min_delta", "passed", "reason"}``; ``passed`` when ``lo >=
+        -min_delta``. A champion that cannot score these rows (another feature spec)
+        gives ``passed: false`` with the reason and null numbers.
+    """
+    import numpy as np
+
+    from contract.model_input import SPEC_FILE, read_frame
+    from contract.spec import FeatureSpec
+    from dlrm.metrics import auc, paired_auc_difference
+
+    spec_path = Path(input_dir) / SPEC_FILE
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{input_dir} has no {SPEC_FILE}; give the model-ready dir (data/model_input)")
+    data_spec = FeatureSpec.load(spec_path)
+    frame = read_frame(input_dir, "test")
+    if len(frame) == 0 or data_spec.label not in frame.columns:
+        raise ValueError(f"the test split of {input_dir} has no rows or no label column {data_spec.label!r}")
+    labels = frame[data_spec.label].to_numpy(dtype=np.float64)   # (N,)
+    out: dict[str, Any] = {"champion": champion, "rows": int(len(frame)), "candidate_auc": None,
+                           "champion_auc": None, "diff": None, "lo": None, "hi": None, "level": 0.95,
+                           "n_boot": int(cfg.n_boot), "seed": int(cfg.seed), "min_delta": float(cfg.min_delta)}
+    try:
+        cand = bundle_scores(model_dir, frame, data_spec, cfg.batch_size)   # (N,)
+    except ValueError as e:
+        raise ValueError(f"the candidate {model_dir} cannot score the test rows of {input_dir}: {e}") from None
+    out["candidate_auc"] = auc(labels, cand)
+    local = registry.local_dir(champion)
+    try:
+        if local is not None:
+            prod = bundle_scores(local, frame, data_spec, cfg.batch_size)
+        else:
+            with tempfile.TemporaryDirectory(prefix="robeflow-champion-") as tmp:
+                _, path = registry.fetch(champion, Path(tmp))
+                prod = bundle_scores(path, frame, data_spec, cfg.batch_size)
+    except ValueError as e:
+        out.update(passed=False, reason=f"production {champion} cannot score these test rows ({e}); "
+                                        "not comparable, so not replaced (push.force overrides)")
+        return out
+    d = paired_auc_difference(labels, cand, prod, n_boot=cfg.n_boot, seed=cfg.seed, level=out["level"])
+    out.update(champion_auc=auc(labels, prod), diff=d["diff"], lo=d["lo"], hi=d["hi"])
+    out["passed"] = bool(d["lo"] >= -cfg.min_delta)
+    verdict = "not worse" if out["passed"] else "worse"
+    out["reason"] = (f"candidate AUC {out['candidate_auc']:.5f} vs production {champion} "
+                     f"{out['champion_auc']:.5f} on the same {out['rows']} test rows: difference "
+                     f"{d['diff']:+.5f}, 95% interval [{d['lo']:+.5f}, {d['hi']:+.5f}], margin "
+                     f"{-cfg.min_delta:+.5f}: {verdict}")
+    return out
+
+
 # ---- the core --------------------------------------------------------------------------
 
 def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path | None = None,
-         registry: str | None = None) -> PushResult:
+         registry: str | None = None, input_dir: Path | None = None) -> PushResult:
     """Publishes the bundle in ``model_dir`` as the next version and moves ``production``
-    to it, if the evaluate gate in ``metrics_path`` passed.
+    to it, if the evaluate gate in ``metrics_path`` passed and the candidate is not worse
+    than production on the same test rows (or ``cfg.force``).
 
     Args:
         cfg: the ``push`` section of params.yaml.
         model_dir: the training bundle (``models/model``: model.safetensors + config.json).
-        metrics_path: ``reports/metrics.json`` written by ``robeflow evaluate``.
+        metrics_path: ``reports/metrics.json`` written by ``robeflow evaluate`` on this model.
         dvc_lock: ``dvc.lock``, for the data and params versions (None: recorded as null).
         registry: registry directory or URL; default ``cfg.registry``.
+        input_dir: the model-ready dir (``data/model_input``) whose test split both the
+            candidate and production are scored on; needed once a production model exists
+            (without it the comparison cannot run and only ``cfg.force`` publishes).
 
     Returns:
-        a :class:`PushResult`; ``pushed`` is False (and nothing changed) when the gate
-        failed or the model already is the production one.
+        a :class:`PushResult`; ``pushed`` is False (and nothing changed) when a gate
+        refused or the model already is the production one.
+
+    Raises:
+        ValueError: the metrics belong to another model (or name none).
     """
     from dlrm.bundle import CONFIG, WEIGHTS
     from model_registry.registry import Registry
@@ -181,32 +319,58 @@ def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path
             raise FileNotFoundError(f"model bundle {model_dir} lacks {name}; run `robeflow train` first")
     if not metrics_path.is_file():
         raise FileNotFoundError(f"metrics file {metrics_path} does not exist; run `robeflow evaluate` first")
+    if cfg.n_boot < 100 or cfg.min_delta < 0:
+        raise ValueError(f"push.n_boot = {cfg.n_boot}, push.min_delta = {cfg.min_delta}; expected "
+                         "n_boot >= 100 and min_delta >= 0")
     metrics = json.loads(metrics_path.read_text())
     if not isinstance(metrics, dict) or "passed" not in metrics:
         raise ValueError(f"{metrics_path} has no 'passed' key (the evaluate gate's outcome)")
-    reg = Registry(url)
-    if not metrics["passed"]:
-        reason = (f"evaluate gate failed: test AUC {_fmt(metrics.get('auc'))} < target "
-                  f"{_fmt(metrics.get('target_auc'))} ({metrics.get('gate', 'n/a')}); registry unchanged")
-        return PushResult(False, url, None, reg.production(), reason, gate_passed=False)
-
+    sha = sha256_file(model_dir / WEIGHTS)
+    measured = metrics.get("model_sha256")
+    if measured != sha:
+        what = ("names no model (no 'model_sha256')" if measured is None
+                else f"measured the model with weights sha256 {str(measured)[:12]}...")
+        raise ValueError(f"{metrics_path} {what}, but {model_dir / WEIGHTS} has sha256 {sha[:12]}...: "
+                         f"these are metrics of another model; run `robeflow evaluate --model {model_dir}`")
     doc = json.loads((model_dir / CONFIG).read_text())
     if metrics.get("backend") not in (None, doc["embedding"]["backend"]):
         raise ValueError(f"{metrics_path} evaluated a {metrics['backend']!r} model but {model_dir} holds a "
                          f"{doc['embedding']['backend']!r} one; run `robeflow evaluate` on this model")
-    sha = sha256_file(model_dir / WEIGHTS)
+    reg = Registry(url)
     current = reg.production()
+    gate_passed = bool(metrics["passed"])
     if current is not None:
         cur = json.loads(reg.read_text(current, CONFIG)).get("registry", {})
         if cur.get("weights_sha256") == sha:
             return PushResult(False, url, current, current, f"this model already is production ({current})",
-                              gate_passed=True)
+                              gate_passed=gate_passed)
+
+    refusals = []
+    if not gate_passed:
+        refusals.append(f"evaluate gate failed: test AUC {_fmt(metrics.get('auc'))} < target "
+                        f"{_fmt(metrics.get('target_auc'))} ({metrics.get('gate', 'n/a')})")
+    challenger = None
+    if current is not None:
+        if input_dir is None:
+            challenger = {"champion": current, "passed": False,
+                          "reason": f"no test rows to compare with production {current} on "
+                                    "(give --input data/model_input)"}
+        else:
+            challenger = champion_challenger(cfg, model_dir, reg, current, Path(input_dir))
+        if not challenger["passed"]:
+            refusals.append(challenger["reason"])
+    if refusals and not cfg.force:
+        return PushResult(False, url, None, current, "; ".join(refusals) + "; registry unchanged",
+                          gate_passed=gate_passed, challenger=challenger)
+    forced = bool(refusals)
 
     # the number the bundle will most likely get (a concurrent push may take it first;
     # the registry then renames to the next free one and only the card's title is off)
     version = reg.next_version()
     doc["evaluation"] = metrics
     doc["provenance"] = dvc_versions(dvc_lock)
+    doc["release"] = {"gate_passed": gate_passed, "challenger": challenger, "forced": forced,
+                      "refusals": refusals}
     doc["registry"] = {
         "version": version,
         "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -221,9 +385,14 @@ def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path
         (staging / "MODEL_CARD.md").write_text(model_card(doc, version))
         version = reg.publish(staging)
     reg.set_production(version)
-    reason = (f"gate passed (AUC {_fmt(metrics.get('auc'))} >= {_fmt(metrics.get('target_auc'))}); "
-              f"published {version}" + (f", was {current}" if current else ""))
-    return PushResult(True, url, version, version, reason, gate_passed=True)
+    if forced:
+        why = "forced by push.force although: " + "; ".join(refusals)
+    else:
+        why = (f"gate passed (AUC {_fmt(metrics.get('auc'))} >= {_fmt(metrics.get('target_auc'))})"
+               + (f"; {challenger['reason']}" if challenger else "; no production model to compare with"))
+    reason = f"{why}; published {version}" + (f", was {current}" if current else "")
+    return PushResult(True, url, version, version, reason, gate_passed=gate_passed, challenger=challenger,
+                      forced=forced)
 
 
 def rollback(cfg: PushConfig, registry: str | None = None) -> PushResult:
@@ -243,11 +412,14 @@ def _main(args: argparse.Namespace) -> int:
         if args.model is None or args.metrics is None:
             raise StepError("give the model bundle (--model) and the evaluation metrics (--metrics), "
                             "or --rollback", exit_code=2)
-        result = push(cfg, args.model, args.metrics, dvc_lock=args.dvc_lock, registry=args.registry)
+        result = push(cfg, args.model, args.metrics, dvc_lock=args.dvc_lock, registry=args.registry,
+                      input_dir=args.input)
     log(STEP, f"{result.reason}; production = {result.production} in {result.registry}")
     if args.report is not None:
         write_json(args.report, result.as_dict())
-    if result.gate_passed is False and cfg.fail_on_gate:
+    refused = not result.pushed and (result.gate_passed is False
+                                     or (result.challenger is not None and not result.challenger["passed"]))
+    if refused and cfg.fail_on_gate:
         raise StepError(f"not pushed: {result.reason}", exit_code=GATE_FAILED_EXIT)
     return 0
 
@@ -256,6 +428,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(STEP, help="publish the evaluated model to the registry (or --rollback)")
     p.add_argument("--model", type=Path, help="model bundle dir (models/model)")
     p.add_argument("--metrics", type=Path, help="evaluation metrics with the gate (reports/metrics.json)")
+    p.add_argument("--input", type=Path, default=None,
+                   help="model-ready dir (data/model_input): candidate and production are compared on its "
+                        "test split (needed once a production model exists)")
     p.add_argument("--dvc-lock", type=Path, default=None,
                    help="dvc.lock, for the data and params versions (recorded as null when absent)")
     p.add_argument("--registry", help="registry directory or fsspec URL (default: push.registry)")

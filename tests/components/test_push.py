@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from pipelines.cli import main
-from components.push import BUNDLE_FILES, PushConfig, dvc_versions, push, rollback
-from dlrm.bundle import load_model, predict, save_model
+from components.push import BUNDLE_FILES, PushConfig, dvc_versions, push, rollback, sha256_file
+from dlrm.bundle import WEIGHTS, load_model, predict, save_model
 from dlrm.configs import EmbeddingConfig, ModelConfig
 from dlrm.model import DLRM
 from dlrm.synthetic import PLANTED_SPEC, planted_frame
@@ -23,6 +23,8 @@ from model_registry.registry import POINTER, Registry
 
 METRICS_PASSED = {"auc": 0.81, "target_auc": 0.75, "gate": "target_auc", "passed": True, "backend": "robe",
                   "logloss": 0.4, "ne": 0.9, "oracle_auc": 0.83}
+# the registry's mechanics with random-weight models: the champion/challenger gate is overridden
+FORCE = PushConfig(force=True)
 
 
 def make_bundle(root, seed: int, passed: bool = True):
@@ -34,7 +36,7 @@ def make_bundle(root, seed: int, passed: bool = True):
     model_dir = root / f"model-{seed}"
     save_model(model, model_dir, spec=PLANTED_SPEC, config={"seed": seed}, metrics={"valid_auc": 0.8})
     metrics = root / f"metrics-{seed}-{passed}.json"
-    metrics.write_text(json.dumps({**METRICS_PASSED, "passed": passed,
+    metrics.write_text(json.dumps({**METRICS_PASSED, "passed": passed, "model_sha256": sha256_file(model_dir / WEIGHTS),
                                    **({} if passed else {"auc": 0.6})}))
     return model_dir, metrics
 
@@ -141,12 +143,12 @@ def test_records_dvc_versions_or_null(tmp_path):
 def test_versions_pointer_history_and_rollback(tmp_path, registry_url, inputs):
     dirs = [make_bundle(tmp_path, seed=s) for s in (1, 2, 3)]
     for k, (model_dir, metrics) in enumerate(dirs, start=1):
-        assert push(PushConfig(), model_dir, metrics, registry=registry_url).version == f"v{k}"
+        assert push(FORCE, model_dir, metrics, registry=registry_url).version == f"v{k}"
     reg = Registry(registry_url)
     assert reg.versions() == ["v1", "v2", "v3"]
     assert reg.pointer()["history"] == ["v2", "v1"]
     # the same model again is not a new version
-    again = push(PushConfig(), *dirs[2], registry=registry_url)
+    again = push(FORCE, *dirs[2], registry=registry_url)
     assert not again.pushed and reg.versions() == ["v1", "v2", "v3"]
 
     assert rollback(PushConfig(), registry_url).production == "v2"
@@ -157,13 +159,13 @@ def test_versions_pointer_history_and_rollback(tmp_path, registry_url, inputs):
         rollback(PushConfig(), registry_url)
     # a new push after rollbacks numbers on from the newest version
     model_dir, metrics = make_bundle(tmp_path, seed=9)
-    assert push(PushConfig(), model_dir, metrics, registry=registry_url).version == "v4"
+    assert push(FORCE, model_dir, metrics, registry=registry_url).version == "v4"
     assert reg.pointer()["history"] == ["v1"]
 
 
 def test_cli_rollback(tmp_path):
     reg_dir = tmp_path / "registry"
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"push": {"registry": str(reg_dir)}}))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"push": {"registry": str(reg_dir), "force": True}}))
     for seed in (1, 2):
         model_dir, metrics = make_bundle(tmp_path, seed=seed)
         assert main(["push", "--model", str(model_dir), "--metrics", str(metrics),
@@ -206,7 +208,7 @@ def test_a_crash_mid_push_leaves_production_intact(tmp_path, registry_url, monke
 
         monkeypatch.setattr(Registry, "_rename", rename)
     with pytest.raises(Crash):
-        push(PushConfig(), second_dir, second_metrics, registry=registry_url)
+        push(FORCE, second_dir, second_metrics, registry=registry_url)
     monkeypatch.undo()
 
     reg = Registry(registry_url)
@@ -218,7 +220,7 @@ def test_a_crash_mid_push_leaves_production_intact(tmp_path, registry_url, monke
     np.testing.assert_array_equal(predict(load_production(registry_url).model, inputs),
                                   predict(first_model, inputs))
     # and the next push goes through
-    result = push(PushConfig(), second_dir, second_metrics, registry=registry_url)
+    result = push(FORCE, second_dir, second_metrics, registry=registry_url)
     assert result.pushed and reg.production() == result.version
 
 
@@ -235,3 +237,111 @@ def test_malformed_pointer_and_missing_inputs_are_named(tmp_path):
     empty = tmp_path / "empty-registry"
     with pytest.raises(FileNotFoundError, match="no production model"):
         load_production(str(empty))
+
+
+# ---- provenance and champion/challenger ------------------------------------------------
+
+def test_metrics_of_another_model_are_refused(tmp_path):
+    model_a, _ = make_bundle(tmp_path, seed=1)
+    _, metrics_b = make_bundle(tmp_path, seed=2)
+    reg_dir = tmp_path / "registry"
+    with pytest.raises(ValueError, match="metrics of another model"):
+        push(PushConfig(), model_a, metrics_b, registry=str(reg_dir))
+    unnamed = tmp_path / "unnamed.json"
+    unnamed.write_text(json.dumps(METRICS_PASSED))
+    with pytest.raises(ValueError, match="names no model"):
+        push(PushConfig(force=True), model_a, unnamed, registry=str(reg_dir))   # force does not skip this
+    assert not reg_dir.exists() or Registry(str(reg_dir)).versions() == []
+
+
+TRAIN_PARAMS = {
+    "train": {
+        "model": {"embedding": {"backend": "robe", "dim": 8, "compression": 4, "block": 4},
+                  "bottom_mlp": [16], "top_mlp": [32]},
+        "optim": {"dense_lr": 0.003, "embedding_lr": 0.1},
+        "batch_size": 128, "epochs": 2, "progress": False, "threads": 1,
+    },
+    "evaluate": {"gate": "target_auc", "target_auc": 0.5, "threads": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A trained model evaluated by `robeflow evaluate` (a real champion), and a random-weight
+    model of the same spec (a worse challenger, its absolute gate passed by fiat)."""
+    from contract.spec import FeatureSpec
+    from dlrm.synthetic import write_planted_dir
+
+    root = tmp_path_factory.mktemp("champion")
+    data = root / "data/model_input"
+    write_planted_dir(data, root / "data/truth")
+    (root / "params.yaml").write_text(yaml.safe_dump(TRAIN_PARAMS))
+    assert main(["train", "--input", str(data), "--model-out", str(root / "trained"),
+                 "--checkpoints", str(root / "ckpt"), "--reports", str(root / "reports/train"),
+                 "--params", str(root / "params.yaml")]) == 0
+    assert main(["evaluate", "--model", str(root / "trained"), "--input", str(data),
+                 "--metrics", str(root / "trained-metrics.json"), "--plots", str(root / "plots"),
+                 "--predictions", str(root / "predictions"), "--params", str(root / "params.yaml")]) == 0
+    spec = FeatureSpec.load(data / "feature_spec.json")
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding=EmbeddingConfig(backend="robe", dim=8, compression=4, block=4, seed=7),
+                      bottom_mlp=(16,), top_mlp=(16,))
+    save_model(DLRM(cfg, len(spec.dense), spec.table_sizes), root / "random", spec=spec, config={"seed": 7})
+    (root / "random-metrics.json").write_text(json.dumps({
+        **METRICS_PASSED, "model_sha256": sha256_file(root / "random" / WEIGHTS)}))
+    return root
+
+
+def _push_cli(project, model: str, registry, *extra) -> tuple[int, dict]:
+    report = project / f"push-{uuid.uuid4().hex[:6]}.json"
+    code = main(["push", "--model", str(project / model), "--metrics", str(project / f"{model}-metrics.json"),
+                 "--input", str(project / "data/model_input"), "--registry", str(registry),
+                 "--report", str(report), "--params", str(project / "params.yaml"), *extra])
+    return code, json.loads(report.read_text())
+
+
+def test_evaluate_names_the_model_it_measured(project):
+    metrics = json.loads((project / "trained-metrics.json").read_text())
+    assert metrics["model_sha256"] == sha256_file(project / "trained" / WEIGHTS)
+
+
+def test_a_worse_challenger_is_not_published_and_push_force_publishes_it(project, tmp_path):
+    reg = tmp_path / "registry"
+    code, first = _push_cli(project, "trained", reg)
+    assert code == 0 and first["pushed"] and first["challenger"] is None   # nothing to compare with yet
+    code, report = _push_cli(project, "random", reg)
+    assert code == 0 and report["pushed"] is False and report["production"] == "v1"
+    ch = report["challenger"]
+    assert ch["champion"] == "v1" and ch["passed"] is False and ch["rows"] == 1500
+    assert ch["diff"] < 0 and ch["lo"] <= ch["diff"] <= ch["hi"] < -ch["min_delta"]
+    assert ch["candidate_auc"] < ch["champion_auc"]
+    assert ch["champion_auc"] == pytest.approx(json.loads((project / "trained-metrics.json").read_text())["auc"])
+    assert "worse" in report["reason"] and Registry(str(reg)).versions() == ["v1"]
+    # with fail_on_gate a refusal stops the pipeline
+    code, _ = _push_cli(project, "random", reg, "-S", "push.fail_on_gate=true")
+    assert code == 3
+    # push.force publishes, and says so
+    code, forced = _push_cli(project, "random", reg, "-S", "push.force=true")
+    assert code == 0 and forced["pushed"] and forced["forced"] and forced["production"] == "v2"
+    doc = json.loads((reg / "v2" / "config.json").read_text())
+    assert doc["release"]["forced"] is True and doc["release"]["challenger"]["diff"] == pytest.approx(ch["diff"])
+    card = (reg / "v2" / "MODEL_CARD.md").read_text()
+    assert "## Release decision" in card and "forced by push.force" in card and f"{ch['diff']:+.5f}" in card
+
+
+def test_a_better_challenger_is_published_with_its_numbers(project, tmp_path):
+    reg = tmp_path / "registry"
+    assert _push_cli(project, "random", reg)[1]["pushed"]
+    code, report = _push_cli(project, "trained", reg)
+    assert code == 0 and report["pushed"] and not report["forced"] and report["production"] == "v2"
+    ch = report["challenger"]
+    assert ch["passed"] is True and ch["champion"] == "v1" and ch["lo"] > 0
+    card = (reg / "v2" / "MODEL_CARD.md").read_text()
+    assert "against production v1 on the same 1500 test rows" in card and f"{ch['candidate_auc']:.5f}" in card
+
+
+def test_without_test_rows_production_is_not_replaced(project, tmp_path):
+    reg = tmp_path / "registry"
+    push(PushConfig(), project / "random", project / "random-metrics.json", registry=str(reg))
+    result = push(PushConfig(), project / "trained", project / "trained-metrics.json", registry=str(reg))
+    assert not result.pushed and "give --input" in result.reason and Registry(str(reg)).production() == "v1"
