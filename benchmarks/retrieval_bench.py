@@ -31,7 +31,7 @@ import torch
 from dlrm.retrieval import (METHODS, RetrievalConfig, RetrievalData, RetrievalModel, evaluate_retrieval,
                             popularity, retrieval_overlap, train_retrieval)
 from dlrm.retrieval_world import PlantedWorld, WorldConfig
-from gpu_ops.lsh import LSHConfig
+from gpu_ops.lsh import LSHConfig, LSHIndex
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cluster-size", type=int, default=250)
     p.add_argument("--users", type=int, default=5000)
     p.add_argument("--categories", type=int, default=200)
+    p.add_argument("--tau", type=float, nargs=2, default=(4.0, 3.0), metavar=("CLUSTER", "ITEM"),
+                   help="sharpness of the planted cluster and item choices")
     p.add_argument("--train-events", type=int, default=200_000)
     p.add_argument("--test-events", type=int, default=500)
     p.add_argument("--methods", default=",".join(METHODS))
@@ -55,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lsh-active", type=int, default=256, help="active neurons per sample (most hits)")
     p.add_argument("--lsh-random", type=int, default=256, help="uniform negatives per sample")
     p.add_argument("--lsh-rehash-first", type=int, default=50)
+    p.add_argument("--lsh-mips", action="store_true", help="hash through the MIPS-to-cosine transform")
+    p.add_argument("--lsh-no-reinsert", action="store_true", help="do not re-offer each step's labels to the tables")
+    p.add_argument("--serve-mips", action="store_true", help="also try serving indexes with the MIPS transform")
+    p.add_argument("--serve-bucket", type=int, default=128, help="bucket size of the serving indexes")
+    p.add_argument("--serve-budget", type=int, default=4096, help="candidates scored per query when serving")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     p.add_argument("--seed", type=int, default=0)
@@ -66,7 +73,7 @@ def lsh_config(a: argparse.Namespace) -> LSHConfig:
     bits = a.lsh_bits or max(4, min(20, round(torch.log2(torch.tensor(a.items / 32.0)).item())))
     return LSHConfig(hash=a.lsh_hash, bits=bits, tables=a.lsh_tables, bucket_size=a.lsh_bucket,
                      max_active=a.lsh_active, random_negatives=a.lsh_random, rehash_first=a.lsh_rehash_first,
-                     seed=a.seed)
+                     reinsert_labels=not a.lsh_no_reinsert, mips=a.lsh_mips, seed=a.seed)
 
 
 def ms_per_query(fn, batches: list) -> float:
@@ -78,6 +85,35 @@ def ms_per_query(fn, batches: list) -> float:
     return (time.perf_counter() - t0) / max(n, 1) * 1e3
 
 
+@torch.no_grad()
+def serving_grid(model: RetrievalModel, test: RetrievalData, a: argparse.Namespace) -> list[dict]:
+    """Serving indexes over the trained item vectors: Recall@100 against exact MIPS, candidates, ms/query."""
+    layer = model.head.layer
+    h = model.hidden(test)
+    exact = model.head.scores(h).topk(100, dim=1).indices                      # (n, 100)
+    rows = []
+    base = layer.cfg.bits
+    for mips in (False, True) if a.serve_mips else (False,):
+        for bits in sorted({max(4, base - 4), max(4, base - 2)}):
+            for tables in (32, 64):
+                cfg = LSHConfig(bits=bits, tables=tables, bucket_size=a.serve_bucket, mips=mips, seed=a.seed)
+                idx = LSHIndex(layer.dim, layer.num_classes, cfg)
+                t0 = time.perf_counter()
+                idx.build(layer.weight, layer.bias)
+                build_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                got = torch.cat([layer.retrieve(h[i:i + 1], 100, budget=a.serve_budget, index=idx)[1]
+                                 for i in range(min(h.shape[0], 200))])
+                ms = (time.perf_counter() - t0) / got.shape[0] * 1e3
+                overlap = float((exact[:got.shape[0]].unsqueeze(2) == got.unsqueeze(1)).any(2).float().mean())
+                cand = float((idx.query(h, budget=a.serve_budget) >= 0).sum(1).float().mean())
+                rows.append({"mips": mips, "bits": bits, "tables": tables, "recall_vs_exact_at_100": overlap,
+                             "candidates": cand, "ms_per_query": ms, "build_seconds": build_s})
+                print(f"  serving index mips={mips!s:5s} K={bits:2d} L={tables:2d}: R@100 vs exact MIPS {overlap:.3f}, "
+                      f"{cand:7.0f} candidates, {ms:6.2f} ms/query, built in {build_s:.1f} s", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -86,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     world = PlantedWorld(WorldConfig(items=a.items, cluster_size=a.cluster_size, users=a.users,
-                                     categories=a.categories, seed=a.seed))
+                                     categories=a.categories, tau_cluster=a.tau[0], tau_item=a.tau[1],
+                                     seed=a.seed))
     train = RetrievalData.from_grid(*world.sample(a.train_events, seed=a.seed + 1))
     test_ctx, test_items = world.sample(a.test_events, seed=a.seed + 2)
     test = RetrievalData.from_grid(test_ctx, test_items)
@@ -125,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
                 entry["ms_per_query_exact"] = ms_per_query(lambda b: model.recommend(b, 100, exact=True), batches)
             entry["candidates_per_query"] = float((layer.index.query(model.hidden(test).detach(),
                                                                      budget=lsh.max_active) >= 0).sum(1).float().mean())
+            entry["serving"] = serving_grid(model, test, a)
         results["methods"][method] = entry
         last = log.rows[-1]
         print(f"{method:8s} {log.steps:6d} steps  {log.train_seconds:7.1f} s  {entry['seconds_per_step'] * 1e3:7.1f} ms/step  "
@@ -158,8 +196,13 @@ def report(results: dict) -> None:
             print(f"  {m:8s} " + (f"{hit['seconds']:.1f} s = {hit['seconds'] / t_full:.2f}x full's time"
                                   if hit else "not reached in its budget"))
     lsh = results["methods"].get("lsh")
+    if lsh and lsh.get("serving"):
+        best = max(lsh["serving"], key=lambda r: (r["recall_vs_exact_at_100"], -r["ms_per_query"]))
+        print(f"\nbest serving index: mips={best['mips']} K={best['bits']} L={best['tables']}: Recall@100 vs exact "
+              f"MIPS {best['recall_vs_exact_at_100']:.3f}, {best['candidates']:.0f} candidates, "
+              f"{best['ms_per_query']:.2f} ms/query (exact: {lsh['ms_per_query_exact']:.2f} ms)")
     if lsh:
-        print(f"\nLSH retrieval: Recall@100 against exact MIPS {lsh['lsh_vs_exact_mips_recall_at_100']:.3f}; "
+        print(f"LSH retrieval (training index): Recall@100 against exact MIPS {lsh['lsh_vs_exact_mips_recall_at_100']:.3f}; "
               f"{lsh['candidates_per_query']:.0f} candidates/query; {lsh['ms_per_query_lsh']:.2f} ms/query vs "
               f"{lsh['ms_per_query_exact']:.2f} ms exact ({lsh['ms_per_query_exact'] / lsh['ms_per_query_lsh']:.1f}x); "
               f"R@100 of the purchased item through the tables {lsh['lsh_retrieved']['recall_at_100']:.3f}; "

@@ -32,6 +32,7 @@ class LSHConfig:
     rehash_first: int = 50        # steps before the first rehash (SLIDE: 50)
     rehash_growth: float = 0.1    # the t-th interval is rehash_first * exp(growth * t) ...
     rehash_max: int = 1000        # ... capped at this many steps (SLIDE: rebuild every 1000)
+    reinsert_labels: bool = True  # after each step, re-offer the batch's labels where they now hash
     redraw_every: int = 0         # draw fresh hash functions every this many rehashes; 0 = never
     seed: int = 0
 

@@ -145,6 +145,7 @@ class LSHSoftmax(nn.Module):
         self.steps = 0
         self.rehashes = 0
         self._pending: tuple[Tensor, Tensor, Tensor] | None = None  # rows, weight leaf, bias leaf
+        self._labels: Tensor | None = None                          # labels of the last active()
         self.index.build(self.weight, self.bias)
 
     # -- sets ------------------------------------------------------------------------------
@@ -160,6 +161,7 @@ class LSHSoftmax(nn.Module):
                                        generator=self.generator))
         if labels is not None:
             labels = self._check_labels(labels, B)
+        self._labels = labels
         return merge_sets(labels, *parts)
 
     def _check_hidden(self, hidden: Tensor) -> None:
@@ -216,6 +218,9 @@ class LSHSoftmax(nn.Module):
         if self.schedule.due(self.steps):
             self.rehash()
             return True
+        if self.cfg.reinsert_labels and self._labels is not None:
+            labels = self._labels.unique()
+            self.index.reinsert(labels, self.weight[labels], self.bias[labels])
         return False
 
     def rehash(self) -> None:
@@ -234,7 +239,8 @@ class LSHSoftmax(nn.Module):
         return hidden @ self.weight.to(hidden.device).t() + self.bias.to(hidden.device)
 
     @torch.no_grad()
-    def retrieve(self, hidden: Tensor, k: int, budget: int = 0) -> tuple[Tensor, Tensor]:
+    def retrieve(self, hidden: Tensor, k: int, budget: int = 0,
+                 index: LSHIndex | None = None) -> tuple[Tensor, Tensor]:
         """Top ``k`` neurons per sample among the tables' candidates, scored exactly.
 
         Sublinear in N: only the rows the tables return are scored.
@@ -243,13 +249,15 @@ class LSHSoftmax(nn.Module):
             hidden: ``(B, d)``.
             k: neurons per sample.
             budget: candidates scored per sample, most table hits first (0 = all).
+            index: another index over these neurons (e.g. built for serving with other
+                bits/tables than training uses); default the layer's own.
 
         Returns:
             ``(B, k)`` logits (-inf where fewer than k candidates) and ids (-1 there).
         """
         if k < 1:
             raise ValueError(f"k={k}: expected an int >= 1")
-        cand = self.index.query(hidden, budget=budget)                        # (B, M)
+        cand = (index or self.index).query(hidden, budget=budget)             # (B, M)
         if cand.shape[1] < k:
             cand = torch.cat([cand, cand.new_full((cand.shape[0], k - cand.shape[1]), -1)], dim=1)
         out = self.logits_for(hidden, cand)

@@ -149,13 +149,17 @@ class LSHIndex:
         self.tables = BucketTables(cfg.tables, cfg.bits, cfg.bucket_size, cfg.policy, seed=cfg.seed)
         self.built = False
 
-    def item_codes(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        """``(N, L)`` codes of the rows ``weight`` ``(N, d)`` (and ``bias`` ``(N,)``)."""
-        if weight.shape != (self.num_items, self.dim):
-            raise ValueError(f"weight of shape {tuple(weight.shape)}: expected ({self.num_items}, {self.dim})")
+    def item_codes(self, weight: Tensor, bias: Tensor | None = None, *, rows_of: int | None = None) -> Tensor:
+        """``(N, L)`` codes of the rows ``weight`` ``(N, d)`` (and ``bias`` ``(N,)``).
+
+        ``rows_of`` = n checks for n rows instead of all N (a subset being re-inserted).
+        """
+        n = self.num_items if rows_of is None else rows_of
+        if weight.shape != (n, self.dim):
+            raise ValueError(f"weight of shape {tuple(weight.shape)}: expected ({n}, {self.dim})")
         rows = weight.detach().float().cpu()
         if self.cfg.hash_bias:
-            b = torch.zeros(self.num_items) if bias is None else bias.detach().float().cpu()
+            b = torch.zeros(n) if bias is None else bias.detach().float().cpu()
             rows = torch.cat([rows, b.view(-1, 1)], dim=1)
         if self.cfg.mips:
             rows = mips_augment(rows)[0]
@@ -170,6 +174,17 @@ class LSHIndex:
             order = torch.randperm(self.num_items, generator=self.tables.generator)
             self.tables.insert(order, codes[order])
         self.built = True
+
+    def reinsert(self, ids: Tensor, weight: Tensor, bias: Tensor | None = None) -> None:
+        """Offers rows ``ids`` ``(U,)`` again, hashed from their current ``weight`` ``(U, d)`` (and bias).
+
+        Their older entries stay until pushed out; between rehashes this keeps rows that just
+        moved (a step's labels) findable where they now hash.
+        """
+        if not self.built:
+            raise ValueError("the LSH index is empty: call build(weight) before reinsert")
+        with torch.no_grad():
+            self.tables.insert(ids.cpu(), self.item_codes(weight, bias, rows_of=ids.numel()))
 
     def redraw(self, weight: Tensor, bias: Tensor | None = None) -> None:
         """Draws new hash functions, then :meth:`build`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -195,3 +196,18 @@ def test_gathered_logits_gradients_match_autograd_indexing() -> None:
     torch.autograd.gradcheck(lambda h, w, b: gathered_logits(h, w, b, inv), (h, w, b))
     ref = torch.bmm(w[inv], h.unsqueeze(2)).squeeze(2) + b[inv]
     torch.testing.assert_close(gathered_logits(h, w, b, inv), ref)
+
+
+def test_labels_are_reinserted_where_they_hash_after_a_step() -> None:
+    n, d = 300, 8
+    cfg = LSHConfig(bits=6, tables=4, bucket_size=512, random_negatives=10, lr=0.5, rehash_first=10 ** 6)
+    g = torch.Generator().manual_seed(6)
+    for reinsert in (True, False):
+        layer = LSHSoftmax(d, n, replace(cfg, reinsert_labels=reinsert))
+        y = torch.randint(0, n, (16,), generator=g)
+        layer(3 * torch.randn(16, d, generator=g), y).loss().backward()
+        layer.step()
+        codes = layer.index.item_codes(layer.weight, layer.bias)[y]        # (16, L)
+        tab = layer.index.tables
+        found = (tab.buckets[torch.arange(tab.tables), codes] == y.view(-1, 1, 1)).any(dim=2).all()
+        assert bool(found) == reinsert
