@@ -61,9 +61,16 @@ class Registry:
         found = [(int(m.group(1)), n) for n in names if (m := VERSION_RE.match(n))]
         return [n for _, n in sorted(found)]
 
-    def pointer(self) -> dict[str, Any] | None:
-        """The production pointer's record, or None when nothing was ever promoted."""
+    def pointer(self, fresh: bool = False) -> dict[str, Any] | None:
+        """The production pointer's record, or None when nothing was ever promoted.
+
+        Args:
+            fresh: drop the filesystem's listing cache first (object stores cache
+                listings; a server that polls the pointer must see it move).
+        """
         path = self._path(POINTER)
+        if fresh:
+            self.fs.invalidate_cache(self.root)
         if not self.fs.exists(path):
             return None
         with self.fs.open(path, "rb") as fh:

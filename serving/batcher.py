@@ -66,7 +66,18 @@ class Batcher:
                 else:
                     fut.set_result(res)
 
+    async def aclose(self) -> None:
+        """Lets every request already submitted finish, then stops the scoring thread
+        (a model swap retires the old batcher this way: nothing in flight fails)."""
+        while self._pending or (self._worker is not None and not self._worker.done()):
+            if self._worker is None or self._worker.done():
+                # requests queued but no worker (cannot happen after submit; guard anyway)
+                self._worker = asyncio.get_running_loop().create_task(self._drain())
+            await asyncio.wait([self._worker])
+        self.close()
+
     def close(self) -> None:
+        """Stops the scoring thread at once (requests still queued are not scored)."""
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None

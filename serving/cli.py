@@ -1,8 +1,12 @@
 """`robeflow serve`: the KServe predictor of the registry's production model.
 
 Answers ``POST /v1/models/NAME:predict`` and ``POST /v2/models/NAME/infer``; readiness at
-``GET /v1/models/NAME`` and ``GET /v2/models/NAME/ready`` (see :mod:`serving.requests`
-for the request format). The production bundle is loaded before the port opens.
+``GET /v1/models/NAME``, ``GET /v2/models/NAME/ready`` and ``GET /v2/health/ready`` (see
+:mod:`serving.requests` for the request format). The production bundle is loaded before
+the port opens; the server then follows the registry's production pointer every
+``serve.reload_s`` seconds (a push or ``robeflow push --rollback`` takes effect without a
+restart). The model repository endpoints (``/v2/repository/...``) are closed unless
+``$ROBEFLOW_CONTROL_TOKEN`` (``serve.control_token_env``) holds a token.
 
 Example::
 
@@ -37,11 +41,14 @@ def serve(cfg: ServeConfig, registry: str, features_repo: Path) -> None:
                          "scale out with replicas (the InferenceService's autoscaling) instead")
     if cfg.online_cache_s < 0:
         raise ValueError(f"serve.online_cache_s = {cfg.online_cache_s}; expected >= 0")
+    if cfg.reload_s < 0:
+        raise ValueError(f"serve.reload_s = {cfg.reload_s}; expected >= 0 (0 = never reload)")
     if cfg.max_candidates < 1:
         raise ValueError(f"serve.max_candidates = {cfg.max_candidates}; expected >= 1")
     model = RobeflowModel(cfg, registry, features_repo)
     model.load()
-    log(STEP, f"model {cfg.model_name} = {model.version} of {registry}; listening on "
+    follows = f"following its production pointer every {cfg.reload_s:g} s" if cfg.reload_s > 0 else "not reloaded"
+    log(STEP, f"model {cfg.model_name} = {model.version} of {registry} ({follows}); listening on "
               f"http://{cfg.host}:{cfg.http_port}")
     run_server(model, host=cfg.host, port=cfg.http_port, workers=cfg.workers,
                grpc_port=cfg.grpc_port or None)

@@ -4,30 +4,53 @@ The work is done by :class:`serving.ranker.Ranker` (bundle + features -> scores)
 :class:`serving.batcher.Batcher` (requests that arrive together are scored together);
 this class maps KServe's protocol onto them and is configured by one
 :class:`serving.config.ServeConfig`.
+
+Live updates: :meth:`RobeflowModel.follow` looks at the registry's ``production`` pointer
+every ``serve.reload_s`` seconds; when it names another version, that bundle is loaded
+and warmed up beside the serving one, then one reference (ranker, batcher, version) is
+swapped. A request takes that reference once, so it is scored and answered entirely by
+the model it started on; the old batcher finishes what it holds before it stops. A bundle
+that fails to load is logged once and the old model keeps serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import kserve
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from contract.io import log
 from serving.batcher import Batcher
 from serving.config import ServeConfig
 from serving.ranker import Ranker, load_production
-from serving.requests import ScoreRequest, parse_v1, parse_v2
+from serving.requests import CONTEXT_FIELDS, INT_CONTEXT, ScoreRequest, parse_v1, parse_v2
+
+VERSION_HEADER = "x-model-version"   # every predict response names the version that scored it
+STEP = "serve"
+
+
+@dataclass(frozen=True)
+class Served:
+    """What answers requests now: swapped as one reference."""
+
+    version: str
+    ranker: Ranker
+    batcher: Batcher
 
 
 class RobeflowModel(kserve.Model):
     """KServe custom predictor of a robeflow DLRM, answering v1 and v2 requests.
 
     Args:
-        cfg: the ``serve`` section (model name, limits, threads, batching, online reader).
-        registry: registry dir or fsspec URL (the production bundle is loaded).
+        cfg: the ``serve`` section (model name, limits, threads, batching, online reader,
+            reload interval).
+        registry: registry dir or fsspec URL (its production bundle is served).
         features_repo: the materialised Feast repo (``data/features``).
         online: spec -> online feature reader (default: a
             :class:`features.online.OnlineFeatures` on ``features_repo`` with
@@ -36,16 +59,49 @@ class RobeflowModel(kserve.Model):
 
     def __init__(self, cfg: ServeConfig, registry: str | Path, features_repo: str | Path,
                  online: Callable[[Any], Any] | None = None):
-        super().__init__(cfg.model_name)
+        self._served: Served | None = None
+        super().__init__(cfg.model_name, return_response_headers=True)
         if cfg.online_reader not in ("lean", "feast"):
             raise ValueError(f"serve.online_reader = {cfg.online_reader!r}; expected 'lean' or 'feast'")
+        if cfg.reload_s < 0:
+            raise ValueError(f"serve.reload_s = {cfg.reload_s}; expected >= 0 (0 = never reload)")
         self.cfg = cfg
         self.registry, self.features_repo = str(registry), Path(features_repo)
         self.online = online or self._open_online
-        self.ranker: Ranker | None = None
-        self.batcher: Batcher | None = None
-        self.version: str | None = None
-        self.ready = False
+        self._failed: tuple[str, Any] | None = None   # (version, pointer time) that failed to load
+        self._reload_lock: asyncio.Lock | None = None
+
+    # ---- state -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True exactly while a model is loaded."""
+        return self._served is not None
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        # kserve.Model sets this in __init__/start/stop; readiness follows the loaded model only
+        if not value and self._served is not None:
+            self.unload()
+
+    @property
+    def version(self) -> str | None:
+        """The registry version served now (None when none is loaded)."""
+        return None if self._served is None else self._served.version
+
+    @property
+    def ranker(self) -> Ranker | None:
+        return None if self._served is None else self._served.ranker
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return None if self._served is None else self._served.batcher
+
+    async def healthy(self) -> bool:
+        return self.ready
+
+    def start(self) -> None:
+        """KServe calls this on registering: readiness stays as the loaded model says."""
 
     def _open_online(self, spec: Any) -> Any:
         from features.online import OnlineFeatures
@@ -53,50 +109,140 @@ class RobeflowModel(kserve.Model):
         return OnlineFeatures(self.features_repo, spec, reader=self.cfg.online_reader,
                               max_age_s=self.cfg.online_cache_s)
 
-    def load(self) -> bool:
-        """Loads the production bundle, opens the online reader and scores one warm-up
-        request (the first call of the embedding op is slow); then sets ``ready``."""
+    # ---- loading -----------------------------------------------------------------------
+
+    def _build(self, version: str | None = None) -> Served:
+        """Loads a bundle (default: production), opens its online reader and scores one
+        warm-up request (the first call of the embedding op is slow)."""
         import torch
 
         from contract.spec import FeatureSpec
 
         if self.cfg.torch_threads > 0:
             torch.set_num_threads(self.cfg.torch_threads)
-        bundle = load_production(self.registry)
+        bundle = load_production(self.registry, version)
         spec = FeatureSpec.from_dict(bundle.doc["feature_spec"])
         ranker = Ranker(bundle.model, spec, self.online(spec))
         ranker.rank(ScoreRequest("warm-up-user", ("warm-up-item",), {}))
-        self.ranker, self.version = ranker, bundle.version
-        self.batcher = Batcher(ranker.rank_many, self.cfg.max_batch_requests, self.cfg.batch_wait_ms / 1e3)
-        self.ready = True
+        batcher = Batcher(ranker.rank_many, self.cfg.max_batch_requests, self.cfg.batch_wait_ms / 1e3)
+        return Served(bundle.version, ranker, batcher)
+
+    def load(self) -> bool:
+        """Loads the production bundle (blocking); then the model is ready."""
+        served = self._build()
+        old, self._served = self._served, served
+        if old is not None:
+            old.batcher.close()
         return self.ready
 
+    def unload(self) -> None:
+        """Stops serving: not ready, predictions answer 503 until a model is loaded."""
+        old, self._served = self._served, None
+        if old is not None:
+            old.batcher.close()
+
     def stop(self) -> None:
-        """Unloads (KServe calls this on shutdown): not ready, scoring thread stopped."""
-        super().stop()
-        if self.batcher is not None:
-            self.batcher.close()
+        """Unloads (KServe calls this on shutdown)."""
+        self.unload()
+
+    def _production(self) -> tuple[str | None, Any]:
+        """(version, updated_at) of the registry's production pointer, read afresh."""
+        from model_registry.registry import Registry
+
+        doc = Registry(self.registry).pointer(fresh=True)
+        return (None, None) if doc is None else (str(doc["version"]), doc.get("updated_at"))
+
+    async def reload(self, retry_failed: bool = False) -> bool:
+        """Serves the registry's production version if it is not the one served: loads it
+        in a thread while the old model keeps answering, then swaps. A bundle that fails
+        to load is logged once (one line) and the old model keeps serving.
+
+        Args:
+            retry_failed: try again a version that failed to load before (else it is
+                tried again only once the pointer moves).
+
+        Returns:
+            True when the served model changed.
+        """
+        if retry_failed:
+            self._failed = None
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            try:
+                version, stamp = await asyncio.to_thread(self._production)
+            except Exception as e:  # noqa: BLE001 - a registry read error must not stop serving
+                key = ("pointer", f"{type(e).__name__}: {e}")
+                if self._failed != key:
+                    log(STEP, f"cannot read the production pointer of {self.registry}: {key[1]}; "
+                              f"still serving {self.version}")
+                    self._failed = key
+                return False
+            if version is None or version == self.version or self._failed == (version, stamp):
+                return False
+            try:
+                served = await asyncio.to_thread(self._build, version)
+            except Exception as e:  # noqa: BLE001 - logged in one line, the old model keeps serving
+                self._failed = (version, stamp)
+                log(STEP, f"cannot load {version} of {self.registry} ({type(e).__name__}: {e}); "
+                          f"still serving {self.version}")
+                return False
+            old, self._served = self._served, served
+            self._failed = None
+            log(STEP, f"now serving {served.version} (was {old.version if old else 'none'})")
+        if old is not None:
+            await old.batcher.aclose()   # requests it holds finish on the old model
+        return True
+
+    async def follow(self, interval_s: float | None = None) -> None:
+        """Calls :meth:`reload` every ``interval_s`` (default ``serve.reload_s``) seconds,
+        forever (cancel the task to stop); does nothing when the interval is 0."""
+        interval = self.cfg.reload_s if interval_s is None else interval_s
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            await self.reload()
+
+    # ---- protocol ----------------------------------------------------------------------
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """v2 metadata of the request tensors (-1: any length)."""
+        return [
+            {"name": "user_id", "datatype": "BYTES", "shape": [1]},
+            {"name": "item_ids", "datatype": "BYTES", "shape": [-1]},
+            *({"name": k, "datatype": "INT64" if k in INT_CONTEXT else "BYTES", "shape": [1],
+               "parameters": {"optional": True}} for k in CONTEXT_FIELDS),
+        ]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """v2 metadata of the response tensors: the items best first and their scores."""
+        return [{"name": "item_ids", "datatype": "BYTES", "shape": [-1]},
+                {"name": "scores", "datatype": "FP32", "shape": [-1]}]
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> Any:
         """v1: ``{"instances": [...]}`` -> ``{"predictions": [...]}``; v2: InferRequest -> InferResponse."""
-        if self.batcher is None:
-            raise RuntimeError(f"model {self.name} predicts before load()")
+        served = self._served   # one model answers the whole request, even across a swap
+        if served is None:
+            raise ModelNotReady(self.name, "no model is loaded")
+        if response_headers is not None:
+            response_headers[VERSION_HEADER] = served.version
         if isinstance(payload, InferRequest):
             request = parse_v2(payload, self.cfg.max_candidates)
-            (items, scores), = await self.batcher.submit([request])
+            (items, scores), = await served.batcher.submit([request])
             outputs = [
                 InferOutput(name="item_ids", shape=[len(items)], datatype="BYTES", data=items),
                 InferOutput(name="scores", shape=[len(scores)], datatype="FP32", data=scores),
             ]
             return InferResponse(response_id=payload.id or uuid.uuid4().hex, model_name=self.name,
-                                 model_version=self.version, infer_outputs=outputs)
+                                 model_version=served.version, infer_outputs=outputs)
         if isinstance(payload, (bytes, bytearray)):
             raise InvalidInput("the request body must be JSON (Content-Type: application/json)")
         requests = parse_v1(payload, self.cfg.max_candidates)
-        ranked = await self.batcher.submit(requests)
+        ranked = await served.batcher.submit(requests)
         return {
             "predictions": [{"user_id": r.user_id, "item_ids": items, "scores": scores}
                             for r, (items, scores) in zip(requests, ranked)],
-            "model_version": self.version,
+            "model_version": served.version,
         }

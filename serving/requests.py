@@ -85,9 +85,12 @@ def _check_context(context: Any, where: str) -> dict[str, Any]:
         import pandas as pd
 
         try:
-            pd.Timestamp(out["timestamp"])
-        except (ValueError, TypeError) as e:
-            raise InvalidInput(f"{where}.timestamp {out['timestamp']!r} is not an ISO-8601 time: {e}") from None
+            ts = pd.Timestamp(out["timestamp"])
+        except (ValueError, TypeError, OverflowError) as e:
+            raise InvalidInput(f"{where}.timestamp {out['timestamp']!r:.80} is not an ISO-8601 time: {e}") from None
+        if pd.isna(ts):   # "NaT", "nan", "" parse to a missing time
+            raise InvalidInput(f"{where}.timestamp {out['timestamp']!r:.80} is not a time; give an ISO-8601 "
+                               "time such as 2026-10-09T12:00:00Z, or leave it out (now)")
     return out
 
 
@@ -140,8 +143,11 @@ def _tensor_values(inp: Any) -> list:
     """The flat values of a v2 input tensor, checked against its shape."""
     name = inp.name
     shape = list(inp.shape or [])
-    if any((not isinstance(d, int)) or d < 0 for d in shape):
+    if any(isinstance(d, bool) or (not isinstance(d, int)) or d < 0 for d in shape):
         raise InvalidInput(f"input {name!r} has a bad shape {shape}")
+    if len(shape) != 1:
+        raise InvalidInput(f"input {name!r} must be a 1-D tensor (shape [1], or [K] for item_ids), "
+                           f"got shape {shape}")
     data = inp.data
     if data is None:
         raise InvalidInput(f"input {name!r} has no data (binary tensors are not accepted; send JSON data)")

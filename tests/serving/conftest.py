@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -64,8 +65,8 @@ def push_random_model(spec, model_dir: Path, registry: Path, seed: int = 0) -> s
     """Saves a small ROBE DLRM with random weights for ``spec`` and pushes it; returns the version."""
     import torch
 
-    from components.push import PushConfig, push
-    from dlrm.bundle import save_model
+    from components.push import PushConfig, push, sha256_file
+    from dlrm.bundle import WEIGHTS, save_model
     from dlrm.configs import EmbeddingConfig, ModelConfig
     from dlrm.model import DLRM
 
@@ -109,26 +110,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(site, tmp_path_factory):
-    """``robeflow serve`` in a subprocess on a free loopback port; stopped at the end.
+@contextmanager
+def running_server(site, registry: Path, workdir: Path, params: str = "", env: dict[str, str] | None = None):
+    """``robeflow serve`` in a subprocess on a free loopback port, ready; stopped on exit.
 
-    Namespace: ``url`` (http://127.0.0.1:PORT), ``proc``, ``log`` (path of its output).
+    Yields a namespace: ``url`` (http://127.0.0.1:PORT), ``proc``, ``log`` (path of its output).
     """
     import httpx
 
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "FEAST_USAGE": "False", "DO_NOT_TRACK": "1", "PYTHONPATH": str(REPO_ROOT)}
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "server.log"
+    (workdir / "params.yaml").write_text(params or "serve: {}\n")
+    full_env = {**os.environ, "FEAST_USAGE": "False", "DO_NOT_TRACK": "1", "PYTHONPATH": str(REPO_ROOT),
+                **(env or {})}
     cmd = [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main())",
-           "serve", "--registry", str(site.registry), "--features", str(site.repo),
-           "--host", "127.0.0.1", "--port", str(port), "--params", str(site.root / "params.yaml")]
-    (site.root / "params.yaml").write_text("serve:\n  max_candidates: 50\n")
+           "serve", "--registry", str(registry), "--features", str(site.repo),
+           "--port", str(port), "--params", str(workdir / "params.yaml")]
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=site.root, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=full_env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
@@ -138,7 +141,7 @@ def server(site, tmp_path_factory):
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after 120 s:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"server not ready after 300 s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
         yield SimpleNamespace(url=url, proc=proc, log=log_path)
     finally:
@@ -148,6 +151,17 @@ def server(site, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(site, tmp_path_factory):
+    """``robeflow serve`` on the site's registry (loopback, default host; no reloads).
+
+    Namespace: ``url`` (http://127.0.0.1:PORT), ``proc``, ``log`` (path of its output).
+    """
+    params = "serve:\n  max_candidates: 50\n  reload_s: 0\n"
+    with running_server(site, site.registry, tmp_path_factory.mktemp("server"), params) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -43,8 +43,18 @@ def test_inference_service_essentials():
     probe = container["readinessProbe"]["httpGet"]
     assert probe["port"] == port
     assert probe["path"] == f"/v2/models/{ServeConfig().model_name}/ready" == f"/v2/models/{name}/ready"
+    # liveness: the process answers, whether or not a model is loaded
+    live = container["livenessProbe"]
+    assert live["httpGet"] == {"path": "/v2/health/live", "port": port}
+    assert live["periodSeconds"] > 0 and live["failureThreshold"] >= 1
+    # the pod listens on all its interfaces; a local run on loopback only
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    assert ServeConfig().host == "127.0.0.1"
+    # the repository endpoints stay closed in the pod: no control token in its environment
+    assert ServeConfig().control_token_env not in env
 
 
 def test_serve_params_section_loads():
     cfg = load_config(ServeConfig, "serve", Path(__file__).resolve().parents[2] / "params.yaml")
     assert cfg.http_port == 8080 and cfg.max_candidates >= 100
+    assert cfg.host == "127.0.0.1" and cfg.reload_s > 0

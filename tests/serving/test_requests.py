@@ -55,8 +55,7 @@ ITEMS = InferInput("item_ids", [3], "BYTES", ["i1", "i2", "i3"])
 
 
 def test_v2_parses_tensors():
-    # item_ids may come as [K] or [1, K]
-    got = parse_v2(v2(USER, InferInput("item_ids", [1, 3], "BYTES", [["i1", "i2", "i3"]]),
+    got = parse_v2(v2(USER, InferInput("item_ids", [3], "BYTES", ["i1", "i2", "i3"]),
                       InferInput("hour", [1], "INT32", [5]), InferInput("query", [1], "BYTES", ["red gift"])),
                    max_candidates=10)
     assert got == ScoreRequest("u1", ("i1", "i2", "i3"), {"hour": 5, "query": "red gift"})
@@ -74,6 +73,11 @@ def test_v2_parses_tensors():
     (v2(InferInput("user_id", [2], "BYTES", ["u1", "u2"]), ITEMS), "exactly one value"),
     (v2(USER, ITEMS, InferInput("hour", [1], "FP32", [1.5])), "datatype FP32"),
     (v2(USER, ITEMS, InferInput("hour", [1], "INT32", [99])), "0..23"),
+    # tensors are 1-D, as the model metadata says: [1, K] is not a list of K items
+    (v2(USER, InferInput("item_ids", [1, 3], "BYTES", [["i1", "i2", "i3"]])), r"'item_ids' must be a 1-D tensor"),
+    (v2(InferInput("user_id", [1, 1], "BYTES", [["u1"]]), ITEMS), r"'user_id' must be a 1-D tensor"),
+    (v2(USER, ITEMS, InferInput("timestamp", [1], "BYTES", ["NaT"])), "timestamp 'NaT' is not a time"),
+    (v2(USER, ITEMS, InferInput("timestamp", [1], "BYTES", ["nan"])), "timestamp 'nan' is not a time"),
 ])
 def test_v2_bad_requests_name_the_problem(request_, message):
     with pytest.raises(InvalidInput, match=message):
