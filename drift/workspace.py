@@ -4,8 +4,10 @@ and Evidently's UI over it (``robeflow monitor --dashboard``)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from contract.io import StepError, log
@@ -73,20 +75,66 @@ def list_runs(workspace: Path, project_name: str) -> list[str]:
     return [str(s) for p in found for s in ws.list_runs(p.id)]
 
 
-def serve_dashboard(workspace: Path, port: int = 8000) -> int:
-    """Serves Evidently's UI over ``workspace`` on 127.0.0.1:``port`` until interrupted."""
+def _stop(proc: subprocess.Popen, grace_s: float) -> None:
+    """Ends ``proc``: SIGTERM, then SIGKILL after ``grace_s`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def serve_dashboard(workspace: Path, port: int = 8000, *, command: list[str] | None = None,
+                    grace_s: float = 10.0) -> int:
+    """Serves Evidently's UI over ``workspace`` on 127.0.0.1:``port`` until interrupted.
+
+    The UI runs as a child process that ends with this one: SIGTERM or SIGINT here
+    is passed on to it (SIGKILL after ``grace_s`` seconds), and any other way out of
+    this function ends it too, so no UI is left listening.
+
+    Args:
+        workspace: the Evidently workspace dir (``robeflow monitor`` writes it).
+        port: port of the UI on 127.0.0.1.
+        command: the child's command line (default: ``evidently ui`` of this interpreter).
+        grace_s: seconds the child has to exit after SIGTERM.
+    """
     if not Path(workspace).is_dir():
         raise FileNotFoundError(f"workspace {workspace} does not exist; run `robeflow monitor` first")
     log("monitor", f"Evidently UI over {workspace} at http://127.0.0.1:{port} (Ctrl-C stops it)")
     env = {**os.environ, "DO_NOT_TRACK": "1"}
+    # `evidently ui` of the running interpreter's environment, bound to loopback only
+    cmd = command or [sys.executable, "-m", "evidently.cli", "ui", "--workspace", str(workspace),
+                      "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env)
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        if proc.poll() is None:
+            proc.terminate()   # only signal here; the loop below waits (and kills after grace_s)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        # `evidently ui` of the running interpreter's environment, bound to loopback only
-        subprocess.run([sys.executable, "-m", "evidently.cli", "ui", "--workspace", str(workspace),
-                        "--host", "127.0.0.1", "--port", str(port)], check=True, env=env)
-    except subprocess.CalledProcessError as err:
-        if err.returncode < 0:   # stopped by a signal: the way a server ends
-            log("monitor", f"Evidently UI stopped (signal {-err.returncode})")
-            return 0
-        raise StepError(f"the Evidently UI over {workspace} exited with status {err.returncode} "
-                        f"(is port {port} in use?)") from None
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received:
+                    _stop(proc, grace_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _stop(proc, grace_s)   # an exception on the way out ends the child as well
+    if received or code < 0:   # stopped by a signal: the way a server ends
+        log("monitor", f"Evidently UI stopped (signal {received[0] if received else -code})")
+        return 0
+    if code != 0:
+        raise StepError(f"the Evidently UI over {workspace} exited with status {code} "
+                        f"(is port {port} in use?)")
     return 0
