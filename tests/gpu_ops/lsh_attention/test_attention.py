@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gpu_ops.lsh_attention import full_attention, lsh_attention, lsh_buckets, num_buckets_for, random_rotations
 
-_FEW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_FEW = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _inputs(N, L, d, dv, seed, dtype=torch.float64):
