@@ -136,7 +136,7 @@ def markdown(rows: list[dict], facts: dict) -> str:
         used = r["compression_vs_used_rows"]
         lines.append(
             f"| {r['config']} | {r['nominal_compression']:g}x | {r['compression']:.1f}x | "
-            f"{'' if not np.isfinite(used) else f'{used:.1f}x'} | {r['embedding_bytes']:,} | "
+            f"{'' if not np.isfinite(used) else f'{used:.3g}x'} | {r['embedding_bytes']:,} | "
             f"{', '.join(str(s) for s in r['best_steps'])} of {', '.join(str(s) for s in r['steps'])} | "
             f"{r['test_auc']:.4f} [{r['auc_lo']:.4f}, {r['auc_hi']:.4f}] | {sd} | {diff} | "
             f"{r['train_samples_per_s']:,.0f} |")
