@@ -53,20 +53,32 @@ def random_rotations(dim: int, n_hashes: int, n_buckets: int, *, generator: torc
     return r.to(device=device, dtype=dtype)
 
 
-def lsh_buckets(x: Tensor, rotations: Tensor, n_buckets: int | None = None) -> Tensor:
+def lsh_buckets(x: Tensor, rotations: Tensor, n_buckets: int | None = None, *,
+                block_elems: int = 1 << 24) -> Tensor:
     """Angular LSH buckets ``argmax([x R; -x R])``: ``(N, L, d)`` -> ``(N, n_hashes, L)`` int64.
 
-    ``n_buckets = 1`` puts every token in bucket 0 (the rotations are then ignored).
+    ``n_buckets = 1`` puts every token in bucket 0 (the rotations are then ignored). With
+    about one bucket per chunk, ``x R`` has ``L * L / c`` entries per row and round; it is
+    formed a slice of the sequence at a time (at most ``block_elems`` entries), so hashing
+    needs no more memory than attention does.
     """
     if rotations.dim() != 3 or rotations.shape[0] != x.shape[-1]:
         raise ValueError(f"rotations must be (d={x.shape[-1]}, n_hashes, n_buckets/2), "
                          f"got {tuple(rotations.shape)}")
     N, L, _ = x.shape
-    H = rotations.shape[1]
+    H, half = rotations.shape[1], rotations.shape[2]
     if n_buckets == 1:
         return torch.zeros(N, H, L, dtype=torch.int64, device=x.device)
-    rotated = torch.einsum("nld,dhr->nhlr", x, rotations.to(x.dtype))   # (N, H, L, nb/2)
-    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)         # (N, H, L)
+    rot = rotations.to(x.dtype)
+    step = max(1, block_elems // max(1, N * H * half))
+    out = []
+    for x_part in x.split(step, dim=1):
+        r = torch.einsum("nld,dhr->nhlr", x_part, rot)                   # (N, H, l, nb/2)
+        hi, hi_idx = r.max(dim=-1)
+        lo, lo_idx = r.min(dim=-1)
+        # argmax of [r; -r] (the first index on a tie, as argmax of the concatenation)
+        out.append(torch.where(hi >= -lo, hi_idx, lo_idx + half))
+    return torch.cat(out, dim=-1)                                         # (N, H, L)
 
 
 # ----------------------------------------------------------------------------------------

@@ -147,6 +147,11 @@ def test_buckets_are_angular_and_in_range():
     # the opposite vector lands in the mirrored bucket (argmax of [xR; -xR] swaps halves)
     assert torch.equal(lsh_buckets(-x, rot), (b + 3) % 6)
     assert num_buckets_for(1000, 64) == 16 and num_buckets_for(10, 64) == 2
+    # hashed a slice of the sequence at a time: the same buckets as [xR; -xR] formed whole
+    r = torch.einsum("nld,dhr->nhlr", x, rot)
+    whole = torch.cat([r, -r], dim=-1).argmax(dim=-1)
+    for block_elems in (1 << 24, 100, 1):
+        assert torch.equal(lsh_buckets(x, rot, block_elems=block_elems), whole)
 
 
 @pytest.mark.parametrize("bad", [
