@@ -21,7 +21,13 @@ of the server and of the load generator; and, in process, where one request's ti
 request of scoring batches of 32. The clients run on the same machine as the server and
 share its cores (with 2 cores, the load generator's CPU time is taken from the server).
 
+Open-loop mode (``--rates 50,100,200,400``): instead of closed-loop clients, requests
+arrive as a Poisson process at each offered rate for ``--seconds``; prints p50/p99 per rate
+(latency from the scheduled arrival, so falling behind counts) and the highest rate whose
+p99 stays under ``--p99-target-ms`` (20) with no errors.
+
     .venv/bin/python benchmarks/serve_bench.py --seconds 20 --clients 50
+    .venv/bin/python benchmarks/serve_bench.py --rates 50,100,200,400 --seconds 10 --breakdown 0
     .venv/bin/python benchmarks/serve_bench.py --features data/features --seconds 30
 """
 
@@ -266,6 +272,78 @@ async def drive(url: str, bodies: list[dict], clients: int, seconds: float, max_
     }
 
 
+async def drive_open(url: str, bodies: list[dict], rate: float, seconds: float, seed: int = 0) -> dict:
+    """Open-loop load: requests arrive as a Poisson process of ``rate`` per second for
+    ``seconds``, whether or not earlier ones were answered (as independent users do).
+
+    A request's latency runs from its scheduled arrival to its answer, so time spent
+    waiting because the server (or this loop) fell behind counts (no coordinated omission).
+    """
+    import aiohttp
+
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, int(rate * seconds * 1.5) + 10)
+    arrivals = np.cumsum(gaps)
+    arrivals = arrivals[arrivals < seconds]   # (n,) offsets in seconds
+    payloads = [json.dumps(b).encode() for b in bodies]
+    headers = {"Content-Type": "application/json"}
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    late: list[float] = []   # how far behind schedule this loop sent (should stay ~0)
+
+    async def one(session, body: bytes, due: float) -> None:
+        try:
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+                if r.status == 200:
+                    latencies.append(time.perf_counter() - due)
+                else:
+                    errors[f"HTTP {r.status}"] = errors.get(f"HTTP {r.status}", 0) + 1
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+
+    connector = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        t0 = time.perf_counter()
+        tasks = []
+        for j, offset in enumerate(arrivals):
+            due = t0 + offset
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            late.append(max(0.0, time.perf_counter() - due))
+            tasks.append(asyncio.create_task(one(session, payloads[j % len(payloads)], due)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1e3
+    return {
+        "offered_rps": rate, "sent": len(arrivals), "ok": len(latencies), "errors": sum(errors.values()),
+        "error_kinds": errors, "answered_rps": len(latencies) / max(wall, 1e-9), "wall_s": wall,
+        "send_late_p99_ms": float(np.percentile(np.array(late) * 1e3, 99)) if late else None,
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+    }
+
+
+def open_loop(url: str, bodies: list[dict], rates: list[float], seconds: float, p99_target_ms: float,
+              label: str) -> list[dict]:
+    """:func:`drive_open` at each rate; prints p50/p99 per rate and the highest rate whose
+    p99 stays under ``p99_target_ms`` with no errors."""
+    runs = []
+    for rate in rates:
+        run = asyncio.run(drive_open(url, bodies, rate, seconds))
+        runs.append(run)
+        print(f"{label:>5} open loop {rate:7.1f} req/s offered: answered {run['answered_rps']:7.1f}/s | "
+              f"p50 {run['p50_ms'] or float('nan'):7.1f} ms  p99 {run['p99_ms'] or float('nan'):8.1f} ms | "
+              f"errors {run['errors']} of {run['sent']} | sender late p99 {run['send_late_p99_ms']:.1f} ms",
+              flush=True)
+    good = [r["offered_rps"] for r in runs
+            if r["p99_ms"] is not None and r["p99_ms"] < p99_target_ms and r["errors"] == 0]
+    print(f"{label:>5} highest offered rate with p99 < {p99_target_ms:g} ms: "
+          f"{max(good) if good else 'none of ' + str(rates)} req/s", flush=True)
+    return runs
+
+
 def breakdown(registry: Path, repo: Path, bodies: list[dict], n: int, batch: int = 32) -> dict[str, float]:
     """Mean ms per request of each serving stage, in this process (1 torch thread): the
     online read (``OnlineFeatures.columns``; first of the request's rows from the store,
@@ -334,7 +412,15 @@ def main() -> None:
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="serve.KEY=VALUE",
                     help="serve parameter for the server, e.g. serve.max_batch_requests=1 (repeatable)")
     ap.add_argument("--breakdown", type=int, default=20, help="requests timed stage by stage in process (0: skip)")
+    ap.add_argument("--rates", default="",
+                    help="open-loop mode: offered rates in req/s, e.g. 50,100,200,400 (Poisson arrivals for "
+                         "--seconds each) instead of the closed-loop clients")
+    ap.add_argument("--p99-target-ms", type=float, default=20.0,
+                    help="open-loop mode: report the highest rate whose p99 stays under this")
     args = ap.parse_args()
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    if any(r <= 0 for r in rates):
+        raise ValueError(f"--rates {args.rates!r}: expected positive requests per second")
 
     import httpx
 
@@ -355,9 +441,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.work, prefix="bundles-") as tmp:
         backends = tuple(args.backends.split(","))
         bundles = make_bundles(Path(tmp), spec, args.table_scale, args.compression, backends)
-        print(f"# {args.clients} clients x {args.candidates} candidates, {args.seconds:.0f} s or "
-              f"{args.max_requests} requests per bundle; virtual tables {next(iter(bundles.values()))['table_rows']:,} rows; "
-              f"{os.cpu_count()} CPUs, shared with the clients ({args.client}); server overrides {args.overrides or 'none'}")
+        load = (f"open loop at {args.rates} req/s, {args.seconds:.0f} s each" if rates else
+                f"{args.clients} clients, {args.seconds:.0f} s or {args.max_requests} requests")
+        print(f"# {load} per bundle; {args.candidates} candidates per request; virtual tables {next(iter(bundles.values()))['table_rows']:,} rows; "
+              f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), shared with the clients ({args.client}); server overrides {args.overrides or 'none'}")
         results = {}
         for backend in backends:
             b = bundles[backend]
@@ -369,6 +456,10 @@ def main() -> None:
                 for body in bodies[:args.warmup]:
                     httpx.post(url, json=body, timeout=60).raise_for_status()
                 server_cpu0, client_cpu0 = cpu_seconds(proc.pid), time.process_time()
+                if rates:
+                    runs = open_loop(url, bodies, rates, args.seconds, args.p99_target_ms, backend)
+                    results[backend] = {**b, "open_loop": runs}
+                    continue
                 run = asyncio.run(drive(url, bodies, args.clients, args.seconds, args.max_requests, args.client))
                 # CPU time per answered request: what the server and the load generator cost
                 done = max(1, run["ok"])
