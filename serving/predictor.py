@@ -69,6 +69,7 @@ class RobeflowModel(kserve.Model):
         self.registry, self.features_repo = str(registry), Path(features_repo)
         self.online = online or self._open_online
         self._failed: tuple[str, Any] | None = None   # (version, pointer time) that failed to load
+        self._following = True   # False after an explicit unload, until the next explicit load
         self._reload_lock: asyncio.Lock | None = None
 
     # ---- state -------------------------------------------------------------------------
@@ -130,13 +131,16 @@ class RobeflowModel(kserve.Model):
     def load(self) -> bool:
         """Loads the production bundle (blocking); then the model is ready."""
         served = self._build()
+        self._following = True
         old, self._served = self._served, served
         if old is not None:
             old.batcher.close()
         return self.ready
 
     def unload(self) -> None:
-        """Stops serving: not ready, predictions answer 503 until a model is loaded."""
+        """Stops serving: not ready, predictions answer 503 until a model is loaded
+        (:meth:`follow` does not load one again on its own: an explicit load does)."""
+        self._following = False
         old, self._served = self._served, None
         if old is not None:
             old.batcher.close()
@@ -158,14 +162,16 @@ class RobeflowModel(kserve.Model):
         to load is logged once (one line) and the old model keeps serving.
 
         Args:
-            retry_failed: try again a version that failed to load before (else it is
-                tried again only once the pointer moves).
+            retry_failed: an explicit load: try again a version that failed to load
+                before (else it is tried again only once the pointer moves), and follow
+                the pointer again after an :meth:`unload`.
 
         Returns:
             True when the served model changed.
         """
         if retry_failed:
             self._failed = None
+            self._following = True
         if self._reload_lock is None:
             self._reload_lock = asyncio.Lock()
         async with self._reload_lock:
@@ -196,13 +202,15 @@ class RobeflowModel(kserve.Model):
 
     async def follow(self, interval_s: float | None = None) -> None:
         """Calls :meth:`reload` every ``interval_s`` (default ``serve.reload_s``) seconds,
-        forever (cancel the task to stop); does nothing when the interval is 0."""
+        forever (cancel the task to stop), except while unloaded by :meth:`unload`; does
+        nothing when the interval is 0."""
         interval = self.cfg.reload_s if interval_s is None else interval_s
         if interval <= 0:
             return
         while True:
             await asyncio.sleep(interval)
-            await self.reload()
+            if self._following:
+                await self.reload()
 
     # ---- protocol ----------------------------------------------------------------------
 

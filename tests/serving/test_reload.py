@@ -101,6 +101,23 @@ def test_a_bundle_that_fails_to_load_is_logged_once_and_the_old_model_keeps_serv
     assert asyncio.run(model.reload()) is False and model.version == "v1"
 
 
+def test_an_explicit_unload_is_not_undone_by_following_the_pointer(site, registry):
+    model = RobeflowModel(ServeConfig(), registry, site.repo)
+    model.load()
+
+    async def run():
+        follower = asyncio.create_task(model.follow(0.01))
+        model.unload()
+        await asyncio.sleep(0.2)   # many polls
+        unloaded = model.ready
+        await model.reload(retry_failed=True)   # what the load endpoint does
+        follower.cancel()
+        return unloaded
+
+    assert asyncio.run(run()) is False
+    assert model.ready and model.version == "v1"
+
+
 def test_reload_interval_is_checked(site, registry):
     with pytest.raises(ValueError, match="serve.reload_s"):
         RobeflowModel(ServeConfig(reload_s=-1), registry, site.repo)
