@@ -53,7 +53,7 @@ class TableSizes:
     query: int = 200_000
 
 
-ENGINES = ("duckdb",)
+ENGINES = ("duckdb", "spark")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class FeaturesConfig:
     memory_limit: str = "2GB"       # the engine's working memory; beyond it, it spills to disk
     threads: int = 0                # engine threads (0 = one per core)
     batch_rows: int = 131_072       # model-ready rows transformed and written at a time (bounds memory)
+    spark_master: str = "local[2]"  # engine spark: the master (local[N], spark://host:7077, k8s://...)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -189,7 +190,7 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
     model_input_dir.parent.mkdir(parents=True, exist_ok=True)
     stats = StatsParams(cfg.rate_prior, cfg.rate_prior_weight, cfg.days_since_cap)
     with tempfile.TemporaryDirectory(dir=model_input_dir.parent, prefix=f".{model_input_dir.name}.work-") as work, \
-            open_engine(cfg.engine, work, cfg.memory_limit, cfg.threads) as engine:
+            open_engine(cfg.engine, work, cfg.memory_limit, cfg.threads, cfg.spark_master) as engine:
         engine.events_from_parquet(files)
         data = summarize(engine)
         if data.rows == 0:

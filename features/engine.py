@@ -6,6 +6,8 @@ Arrow record batches, so the caller's memory follows the batch size, not the dat
 
 - :class:`DuckDBEngine` (the default, ``features.engine: duckdb``): embedded, columnar and
   out of core: it works within ``memory_limit`` and spills to ``temp_directory``.
+- :class:`SparkEngine` (``features.engine: spark``): the same SQL on Spark, local
+  (``local[2]``) or on the cluster ``features.spark_master`` names.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Iterator, Sequence
 
 from features import sql
 
-ENGINES = ("duckdb",)
+ENGINES = ("duckdb", "spark")
 
 
 class DuckDBEngine:
@@ -139,8 +141,94 @@ def _prefetched(reader, depth: int) -> Iterator["object"]:
                 thread.join(timeout=0.05)
 
 
-def open_engine(name: str, work_dir: Path | str, memory_limit: str = "2GB", threads: int = 0) -> DuckDBEngine:
+class SparkEngine:
+    """Spark SQL (PySpark) on ``master``; its scratch space under ``work_dir``.
+
+    Parquet's nanosecond timestamps are read as their integer nanoseconds
+    (``spark.sql.legacy.parquet.nanosAsLong``), so no precision is lost; every time is UTC.
+    """
+
+    dialect = sql.SPARK
+
+    def __init__(self, work_dir: Path | str, master: str = "local[2]", memory_limit: str = "2GB",
+                 conf: dict | None = None):
+        from pyspark.sql import SparkSession
+
+        builder = (SparkSession.builder.master(master).appName("robeflow-features")
+                   .config("spark.sql.session.timeZone", "UTC")
+                   .config("spark.sql.legacy.parquet.nanosAsLong", "true")
+                   .config("spark.local.dir", str(Path(work_dir) / "spark"))
+                   .config("spark.driver.memory", _spark_size(memory_limit))
+                   .config("spark.sql.shuffle.partitions", "8")
+                   .config("spark.ui.enabled", "false")
+                   .config("spark.ui.showConsoleProgress", "false")
+                   .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
+        for k, v in (conf or {}).items():
+            builder = builder.config(k, str(v))
+        self.spark = builder.getOrCreate()
+        self.spark.sparkContext.setLogLevel("ERROR")
+        self._views: list[str] = []
+
+    def events_from_parquet(self, files: Sequence[Path]) -> None:
+        self.spark.read.parquet(*[str(f) for f in files]).createOrReplaceTempView("events_raw")
+        self._events_view("events_raw", "event_timestamp", seq="event_id")
+
+    def events_from_arrow(self, table) -> None:
+        import pyarrow as pa
+
+        i = table.schema.get_field_index("event_timestamp")
+        ns = table.column(i).cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
+        table = table.set_column(i, "event_timestamp", ns)
+        self.spark.createDataFrame(table.to_pandas()).createOrReplaceTempView("events_raw")
+        self._events_view("events_raw", "event_timestamp", seq="seq")
+
+    def _events_view(self, source: str, ts_ns: str, seq: str) -> None:
+        ts = f"CAST({ts_ns} AS BIGINT)"
+        self.spark.sql(f"""
+CREATE OR REPLACE TEMP VIEW events AS
+SELECT event_id, {ts} AS ts_ns, {seq} AS seq, {sql.day_of(self.dialect, ts)} AS day,
+       user_id, item_id, query, category_l1, category_l2, category_l3, brand,
+       CAST(price AS DOUBLE) AS price, CAST(position AS BIGINT) AS position, device, country,
+       CAST(purchased AS BIGINT) AS purchased
+FROM {source}""")
+
+    def materialize(self, name: str, select: str) -> None:
+        df = self.spark.sql(select).persist()
+        df.count()
+        df.createOrReplaceTempView(name)
+
+    def rows(self, select: str) -> list[tuple]:
+        return [tuple(r) for r in self.spark.sql(select).collect()]
+
+    def batches(self, select: str, batch_rows: int) -> Iterator["object"]:
+        """The result as Arrow record batches (collected per Spark partition, in order)."""
+        table = self.spark.sql(select).toArrow()
+        for batch in table.to_batches(max_chunksize=int(batch_rows)):
+            if batch.num_rows:
+                yield batch
+
+    def close(self) -> None:
+        self.spark.catalog.clearCache()
+        self.spark.stop()
+
+    def __enter__(self) -> "SparkEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _spark_size(limit: str) -> str:
+    """DuckDB-style sizes ("2GB", "512MB") as Spark's ("2g", "512m")."""
+    text = str(limit).strip().lower().replace(" ", "").replace("ib", "").replace("b", "")
+    return text if text[-1:] in "kmgt" else f"{text}m"
+
+
+def open_engine(name: str, work_dir: Path | str, memory_limit: str = "2GB", threads: int = 0,
+                spark_master: str = "local[2]", spark_conf: dict | None = None):
     """The engine called ``name`` (``features.engine``)."""
     if name == "duckdb":
         return DuckDBEngine(work_dir, memory_limit, threads)
+    if name == "spark":
+        return SparkEngine(work_dir, spark_master, memory_limit, spark_conf)
     raise ValueError(f"features.engine = {name!r}; expected one of {list(ENGINES)}")
