@@ -26,7 +26,8 @@ class GenerateConfig:
     # the terms only an id (or its history) can carry; 0 switches one off
     item_taste: float = 1.0          # weight of user taste x the item's own deviation from its category
     user_taste: float = 0.6          # weight of a per-user taste vector that browsing does not reveal
-    replenish: float = 1.5           # weight of re-buying a consumable bought 20-60 days earlier
+    replenish: float = 1.5           # weight of re-buying a consumable bought 20-60 days earlier (0: no
+                                     # repeat effect and no buy-again offers)
     user_zipf: float = 0.7           # events per user ~ 1 / rank**user_zipf (heavy users: thousands)
 
     def __post_init__(self) -> None:

@@ -79,6 +79,8 @@ def warm_history(cfg: GenerateConfig, world: World) -> PurchaseHistory:
     repeat effects and without drift, in pieces of ``chunk_rows``.
     """
     history = PurchaseHistory(len(world.item_ids))
+    if cfg.replenish == 0:  # no repeat purchases, no buy-again offers: earlier buys change nothing
+        return history
     days = REPEAT_LAG[1]
     n = int(round(cfg.rows / cfg.days * days))
     rng = np.random.default_rng([cfg.seed, 6])
@@ -220,7 +222,7 @@ def simulate_chunk(cfg: GenerateConfig, world: World, chunk: int,
         day = int(ev["day"][a])
         user = ev["user"][a:b]
         lo, hi = history.ranges(user)
-        again = (hi > lo) & ~ev["search"][a:b] & (u_again[a:b] < BUY_AGAIN_SHARE)
+        again = (hi > lo) & ~ev["search"][a:b] & (u_again[a:b] < BUY_AGAIN_SHARE) & (cfg.replenish > 0)
         pick = np.minimum(lo + (u_pick[a:b] * (hi - lo)).astype(np.int64), max(history.key.size - 1, 0))
         if history.key.size:
             ev["item"][a:b] = np.where(again, history.key[pick] - user.astype(np.int64) * history.n_items,

@@ -26,8 +26,10 @@ from generator.events import build_world, generate_chunk
 from contract.params import as_dict
 from contract.schema import COLUMNS
 
+# a world without repeat purchases or hidden user tastes (item_taste 0.54 = the item's own
+# taste at 0.6 of its category's), at a 3% base rate
 GEN = dict(rows=45_000, users=2_000, items=500, days=40, drift_days=3, corrupt_fraction=0.0,
-           chunk_rows=45_000)
+           chunk_rows=45_000, base_rate=0.03, item_taste=0.54, user_taste=0.0, replenish=0.0)
 SPLIT = dict(test_days=3, valid_days=3)
 TABLES = TableSizes(user=20_000, item=5_000, query=5_000, category_l1=100, category_l2=500,
                     category_l3=2_000, brand=2_000, fav_category_l1=100)
