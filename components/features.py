@@ -218,9 +218,9 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
         split_rows = {}
         with atomic_dir(model_input_dir) as mdir:
             for name in SPLITS:
-                select = sql.model_rows(splits[name][0], splits[name][-1])
-                split_rows[name] = write_model_table(engine.batches(select, cfg.batch_rows), spec,
-                                                     mdir / f"{name}.parquet")
+                # one query per day: each sort holds a day of events, not a split's
+                batches = (b for day in splits[name] for b in engine.batches(sql.model_rows(day, day), cfg.batch_rows))
+                split_rows[name] = write_model_table(batches, spec, mdir / f"{name}.parquet")
             spec.save(mdir / "feature_spec.json")
             if sum(split_rows.values()) != data.rows:
                 raise StepError(f"splits hold {sum(split_rows.values())} rows for {data.rows} events")
