@@ -151,15 +151,18 @@ def evaluate_op(params: dict, model: Input[Model], model_input: Input[Dataset], 
 
 
 @_component
-def push_op(params: dict, model: Input[Model], metrics: Input[Metrics], bundle: Output[Model]) -> str:
-    """Publishes the model to the registry (push.registry) and moves its production pointer."""
+def push_op(params: dict, model: Input[Model], metrics: Input[Metrics], model_input: Input[Dataset],
+            bundle: Output[Model]) -> str:
+    """Publishes the model to the registry (push.registry) and moves its production pointer,
+    when it is not worse than production on the same test rows (``model_input``'s test split)."""
     import json
     from pathlib import Path
 
     from contract.params import from_dict
     from components.push import PushConfig, push
 
-    res = push(from_dict(PushConfig, params, "push"), Path(model.path), Path(metrics.path))
+    res = push(from_dict(PushConfig, params, "push"), Path(model.path), Path(metrics.path),
+               input_dir=Path(model_input.path))
     Path(bundle.path).write_text(json.dumps(res.as_dict(), indent=2))
     bundle.metadata.update({k: v for k, v in res.as_dict().items() if v is not None})
     return res.version or ""

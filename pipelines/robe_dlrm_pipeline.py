@@ -64,7 +64,8 @@ def _train_and_ship(gpu: bool, train: dict, evaluate: dict, push: dict, monitor:
     evaluated = _sized(evaluate_op(params=evaluate, model=trained.outputs["model"],
                                    model_input=model_input, truth=truth), "evaluate")
     with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-        _sized(push_op(params=push, model=trained.outputs["model"], metrics=evaluated.outputs["metrics"]),
+        _sized(push_op(params=push, model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
+                       model_input=model_input),
                "push")
     _sized(monitor_op(params=monitor, model_input=model_input, model=trained.outputs["model"]), "monitor")
 
