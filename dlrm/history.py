@@ -47,8 +47,8 @@ class HistoryConfig:
     heads: int = 2                 # self-attention heads (head width = embedding dim / heads)
     bucket_size: int = 64          # LSH chunk length (tokens); buckets ~ one chunk each
     n_hashes: int = 4              # LSH rounds
-    full_attn_below: int = 1024    # shorter histories use full self-attention: faster there (history_bench:
-                                   # full 3x faster at 256, parity near 1K, LSH 5x faster at 4K on CPU, D=16)
+    full_attn_below: int = 2048    # shorter histories use full self-attention: faster there (history_bench,
+                                   # CPU, D=16: full 2x faster at 256 and 1.4x at 1K, LSH 7.5x faster at 4K)
     ff_mult: int = 4               # feed-forward width / D
     ff_chunks: int = 1             # feed-forward applied to this many sequence slices at a time
     dropout: float = 0.0           # in the feed-forward
