@@ -219,9 +219,10 @@ def scaling(args, base: dict) -> list[dict]:
         below = [L for L in measured if L < cross]
         print(f"Crossover: LSH is faster from L = {cross}"
               + (f" (full attention was faster at L = {below[-1]})" if below else " (the smallest L measured)"))
+    elif measured:
+        print(f"Crossover: full attention was faster at every L where both ran (up to L = {measured[-1]})")
     else:
-        print("Crossover: full attention was faster at every L where both ran"
-              + (f" (up to L = {measured[-1]})" if measured else ""))
+        print("Crossover: not measured (no L where both ran)")
     return rows
 
 
@@ -276,7 +277,8 @@ def plot(scale: list[dict], depth: list[dict], path: Path) -> None:
     ax[2].set_xlabel("blocks")
     ax[2].set_ylabel("MB")
     ax[2].set_title("peak memory vs depth (LSH)")
-    ax[2].legend()
+    if depth:
+        ax[2].legend()
     ax[2].grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
