@@ -43,17 +43,22 @@ def write_events(root, rows: int, users: int = 5000, items: int = 1000, days: in
         part.to_parquet(root / f"day={d}" / "part-0.parquet", index=False)
 
 
+# Runs a command and prints its peak RSS (KiB). The measuring process must be small: a
+# child forked from this test process would count this process's pages in its ru_maxrss.
+_MEASURE = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            "_, status, usage = os.wait4(p.pid, 0); print(usage.ru_maxrss); "
+            "sys.exit(os.waitstatus_to_exitcode(status))")
+
+
 def peak_rss_of_features(validated, out, params) -> float:
     """Peak RSS (MiB) of one `robeflow features` run in a child process."""
-    cmd = [sys.executable, "-m", "pipelines.cli", "features", "--input", str(validated),
-           "--out", str(out / "features"), "--model-input", str(out / "model_input"), "--params", str(params)]
+    cmd = [sys.executable, "-c", _MEASURE, sys.executable, "-m", "pipelines.cli", "features",
+           "--input", str(validated), "--out", str(out / "features"), "--model-input", str(out / "model_input"),
+           "--params", str(params)]
     env = {**os.environ, "FEAST_USAGE": "False", "DO_NOT_TRACK": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.stderr.close()
-    assert os.waitstatus_to_exitcode(status) == 0, err[-2000:]
-    return usage.ru_maxrss / 1024      # KiB on Linux
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stdout.split()[-1]) / 1024      # KiB on Linux
 
 
 @pytest.mark.slow
