@@ -99,12 +99,7 @@ def read_validated(input_dir: Path) -> "pd.DataFrame":
     from contract.schema import COLUMNS
 
     input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise StepError(f"input directory {input_dir} does not exist; run `robeflow validate` first")
-    files = sorted(input_dir.rglob("*.parquet"))
-    if not files:
-        raise StepError(f"input directory {input_dir} holds no Parquet files (expected day=YYYY-MM-DD/*.parquet)")
-    events = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    events = pd.concat([pd.read_parquet(f) for f in validated_files(input_dir)], ignore_index=True)
     missing = [c for c in COLUMNS if c not in events.columns]
     if missing:
         raise StepError(f"transactions in {input_dir} lack column(s) {missing}")

@@ -60,14 +60,7 @@ class DuckDBEngine:
         self._events_view("events_arrow", seq="seq")
 
     def _events_view(self, source: str, seq: str) -> None:
-        ts = "epoch_ns(event_timestamp)"
-        self.con.execute(f"""
-CREATE OR REPLACE TEMP VIEW events AS
-SELECT event_id, {ts} AS ts_ns, {seq} AS seq, {sql.day_of(self.dialect, ts)} AS day,
-       user_id, item_id, query, category_l1, category_l2, category_l3, brand,
-       CAST(price AS DOUBLE) AS price, CAST(position AS BIGINT) AS position, device, country,
-       CAST(purchased AS BIGINT) AS purchased
-FROM {source}""")
+        self.con.execute(sql.events_view(self.dialect, source, "epoch_ns(event_timestamp)", seq))
 
     # ------------------------------------------------------------------ running SQL
 
@@ -183,14 +176,7 @@ class SparkEngine:
         self._events_view("events_raw", "event_timestamp", seq="seq")
 
     def _events_view(self, source: str, ts_ns: str, seq: str) -> None:
-        ts = f"CAST({ts_ns} AS BIGINT)"
-        self.spark.sql(f"""
-CREATE OR REPLACE TEMP VIEW events AS
-SELECT event_id, {ts} AS ts_ns, {seq} AS seq, {sql.day_of(self.dialect, ts)} AS day,
-       user_id, item_id, query, category_l1, category_l2, category_l3, brand,
-       CAST(price AS DOUBLE) AS price, CAST(position AS BIGINT) AS position, device, country,
-       CAST(purchased AS BIGINT) AS purchased
-FROM {source}""")
+        self.spark.sql(sql.events_view(self.dialect, source, f"CAST({ts_ns} AS BIGINT)", seq))
 
     def materialize(self, name: str, select: str) -> None:
         df = self.spark.sql(select).persist()

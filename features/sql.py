@@ -78,6 +78,18 @@ def day_of(dialect: Dialect, ts_ns: str) -> str:
     return dialect.floor_div(ts_ns, DAY_NS)
 
 
+def events_view(dialect: Dialect, source: str, ts_ns: str, seq: str) -> str:
+    """SQL of the ``events`` view both engines run over: the canonical columns of
+    ``source`` with ``ts_ns`` (nanoseconds since the epoch), the row's ``seq`` and its day."""
+    return f"""
+CREATE OR REPLACE TEMP VIEW events AS
+SELECT event_id, {ts_ns} AS ts_ns, {seq} AS seq, {day_of(dialect, ts_ns)} AS day,
+       user_id, item_id, query, category_l1, category_l2, category_l3, brand,
+       CAST(price AS DOUBLE) AS price, CAST(position AS BIGINT) AS position, device, country,
+       CAST(purchased AS BIGINT) AS purchased
+FROM {source}"""
+
+
 def _window(w: int) -> str:
     return f"PARTITION BY k ORDER BY d RANGE BETWEEN {w} PRECEDING AND 1 PRECEDING"
 
