@@ -21,57 +21,14 @@ that layout from the jagged ``(values, offsets)`` form a model input carries.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from dlrm.configs import HistoryConfig
 from dlrm.embeddings import PRIME, EmbeddingBackend, HashedTable, RobeArray
 from gpu_ops import robe_lookup
 from gpu_ops.lsh_attention import LSHEncoder, hamming_topk, simhash_signatures
-
-
-# ----------------------------------------------------------------------------------------
-# Config
-# ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class HistoryConfig:
-    """The history tower (``model.history``)."""
-
-    max_len: int = 256             # events kept per user (the most recent); the recency table's size
-    item_feature: str = "item"     # the sparse feature whose ids the history and the candidate hold
-    table_size: int = 0            # rows of the history id table; 0 = that feature's table size
-    depth: int = 2                 # reversible encoder blocks
-    heads: int = 2                 # self-attention heads (head width = embedding dim / heads)
-    bucket_size: int = 64          # LSH chunk length (tokens); buckets ~ one chunk each
-    n_hashes: int = 4              # LSH rounds
-    full_attn_below: int = 2048    # shorter histories use full self-attention: faster there (history_bench,
-                                   # CPU, D=16: full 2x faster at 256 and 1.4x at 1K, LSH 7.5x faster at 4K)
-    ff_mult: int = 4               # feed-forward width / D
-    ff_chunks: int = 1             # feed-forward applied to this many sequence slices at a time
-    dropout: float = 0.0           # in the feed-forward
-    reversible: bool = True        # recompute activations in backward (memory flat in depth)
-    recency: bool = True           # add a learned embedding of each event's rank from the latest
-    target: Literal["simhash", "full"] = "simhash"  # target attention over top-k or all events
-    topk: int = 64                 # simhash: events the candidate attends to (all when fewer)
-    simhash_bits: int = 16         # simhash: signature length m (Hamming distance in [0, m])
-    seed: int = 0                  # LSH rotations and SimHash hyperplanes
-
-    def __post_init__(self) -> None:
-        if self.table_size < 0:
-            raise ValueError(f"history.table_size must be >= 0 (0 = the item feature's), got {self.table_size}")
-        for name in ("max_len", "depth", "heads", "bucket_size", "n_hashes", "ff_mult",
-                     "ff_chunks", "topk", "simhash_bits"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"history.{name} must be >= 1, got {getattr(self, name)}")
-        if self.full_attn_below < 0:
-            raise ValueError(f"history.full_attn_below must be >= 0, got {self.full_attn_below}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"history.dropout must be in [0, 1), got {self.dropout}")
-        if self.target not in ("simhash", "full"):
-            raise ValueError(f"history.target must be 'simhash' or 'full', got {self.target!r}")
 
 
 # ----------------------------------------------------------------------------------------
