@@ -33,6 +33,7 @@ SCALES = {
 
 
 def windows(scale: str, seed: int, drift: float, out: Path) -> Path:
+    from contract.model_input import write_model_input
     from features.windows import model_ready_windows
     from components.features import TableSizes
     from generator.config import GenerateConfig
@@ -47,9 +48,7 @@ def windows(scale: str, seed: int, drift: float, out: Path) -> Path:
     stats = StatsParams()
     spec = feature_spec(as_dict(TableSizes()), stats)
     out.mkdir(parents=True, exist_ok=True)
-    for name, frame in model_ready_windows(events.astype(COLUMNS), spec, stats, 3, 3).items():
-        frame.to_parquet(out / f"{name}.parquet", index=False)
-    spec.save(out / "feature_spec.json")
+    write_model_input(out, model_ready_windows(events.astype(COLUMNS), spec, stats, 3, 3), spec)
     return out
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from contract.io import StepError, atomic_dir, log
+from contract.model_input import SPEC_FILE, SPLITS, split_path
 from features.windows import split_days
 from contract.params import add_params_args, as_dict, load_config
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 STEP = "features"
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,8 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
             for name in SPLITS:
                 # one query per day: each sort holds a day of events, not a split's
                 batches = (b for day in splits[name] for b in engine.batches(sql.model_rows(day, day), cfg.batch_rows))
-                split_rows[name] = write_model_table(batches, spec, mdir / f"{name}.parquet")
-            spec.save(mdir / "feature_spec.json")
+                split_rows[name] = write_model_table(batches, spec, split_path(mdir, name))
+            spec.save(mdir / SPEC_FILE)
             if sum(split_rows.values()) != data.rows:
                 raise StepError(f"splits hold {sum(split_rows.values())} rows for {data.rows} events")
     seconds = time.perf_counter() - t0

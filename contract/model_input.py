@@ -13,7 +13,7 @@ Training, evaluation, monitoring and the benchmarks read it only through this mo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from contract.spec import FeatureSpec, ModelInput
 
@@ -55,21 +55,6 @@ def read_split(data_dir: Path | str, split: str, spec: FeatureSpec) -> tuple["pd
     """One split as (frame, ModelInput built with ``spec``)."""
     frame = read_frame(data_dir, split)
     return frame, ModelInput.from_frame(frame, spec)
-
-
-def iter_frames(data_dir: Path | str, split: str, batch_rows: int = 65_536) -> Iterator["pd.DataFrame"]:
-    """One split's table in batches of at most ``batch_rows`` rows, in file order, so a
-    reader's memory follows the batch, not the split."""
-    import pyarrow.dataset as ds
-
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    path = split_path(data_dir, split)
-    if not path.exists():
-        raise FileNotFoundError(f"model-ready table {path} does not exist; run `robeflow features` first")
-    for batch in ds.dataset(path, format="parquet").to_batches(batch_size=batch_rows):
-        if batch.num_rows:
-            yield batch.to_pandas()
 
 
 def write_model_input(out_dir: Path | str, tables: dict[str, "pd.DataFrame"], spec: FeatureSpec) -> None:

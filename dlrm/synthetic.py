@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from contract.model_input import write_model_input
 from contract.spec import DenseFeature, FeatureSpec, SparseFeature
 
 PLANTED_SPEC = FeatureSpec(
@@ -58,8 +59,9 @@ def write_planted_dir(out_dir, truth_dir, sizes: dict[str, int] | None = None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
     sizes = sizes or {"train": 4000, "valid": 1500, "test": 1500}
+    tables = {}
     for seed, (split, n) in enumerate(sizes.items(), start=1):
         f = planted_frame(n, seed)
-        f.drop(columns="_prob").to_parquet(out_dir / f"{split}.parquet")
+        tables[split] = f.drop(columns="_prob")
         f[["event_id"]].assign(purchase_prob=f["_prob"]).to_parquet(truth_dir / f"{split}.parquet")
-    PLANTED_SPEC.save(out_dir / "feature_spec.json")
+    write_model_input(out_dir, tables, PLANTED_SPEC)
