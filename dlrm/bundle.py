@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from dlrm.configs import EmbeddingConfig, ModelConfig
 from dlrm.data import TensorData
 from dlrm.model import DLRM
 from contract.spec import FeatureSpec, ModelInput
+
+if TYPE_CHECKING:
+    from dlrm.retrieval import RetrievalConfig, RetrievalModel
 
 BUNDLE_FORMAT = "robeflow.dlrm.v1"
 WEIGHTS = "model.safetensors"
@@ -130,3 +133,113 @@ def predict(model: nn.Module, inputs: ModelInput, batch_size: int = 8192) -> np.
         out[start:stop] = torch.sigmoid(model(b.dense, b.values, b.offsets).float()).cpu().numpy()
     model.train(was_training)
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# The retrieval bundle: user/context tower + item vectors (dlrm/retrieval.py)
+# ---------------------------------------------------------------------------------------
+
+RETRIEVAL_FORMAT = "robeflow.retrieval.v1"
+ITEMS = "items.json"   # the catalogue: item_id of each output row, in order
+
+
+def save_retrieval(model: "RetrievalModel", out_dir: Path, *, spec: FeatureSpec, items: list[str],
+                   popularity: torch.Tensor, config: dict, metrics: dict | None = None) -> None:
+    """Writes a retrieval bundle: ``model.safetensors`` (tower, item vectors and biases, the
+    training popularity), ``items.json`` (item_id per output row) and ``config.json``.
+
+    Args:
+        model: a :class:`dlrm.retrieval.RetrievalModel`.
+        out_dir: the bundle directory (created if needed; files replaced atomically).
+        spec: the context features the tower reads (sparse only), stored under ``"feature_spec"``.
+        items: the catalogue's item ids, one per output row.
+        popularity: ``(N,)`` training purchases per item (the sampled/in-batch heads' Q).
+        config: the run's config as a plain dict, stored under ``"config"``.
+        metrics: stored under ``"metrics"``.
+
+    The LSH tables are not stored: :func:`load_retrieval` rebuilds them from the item vectors.
+    """
+    from safetensors.torch import save_file
+
+    from dlrm.retrieval import RetrievalModel
+
+    if not isinstance(model, RetrievalModel):
+        raise TypeError(f"save_retrieval expects a dlrm.retrieval.RetrievalModel, got {type(model).__name__}")
+    if len(items) != model.num_items or popularity.numel() != model.num_items:
+        raise ValueError(f"{len(items)} item ids and {popularity.numel()} popularities for a model of "
+                         f"{model.num_items} items")
+    if len(spec.sparse) * model.cfg.embedding.dim != model.tower.mlp[0].in_features:
+        raise ValueError(f"feature spec ({len(spec.sparse)} sparse features) does not match the tower")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    emb = model.tower.embedding
+    doc = {
+        "format": RETRIEVAL_FORMAT,
+        "model": plain(asdict(model.cfg)),
+        "num_items": model.num_items,
+        "table_sizes": spec.table_sizes,
+        "feature_spec": json.loads(spec.to_json()),
+        "embedding": {"backend": model.cfg.embedding.backend, "bytes": emb.num_bytes,
+                      "full_bytes": emb.full_bytes, "compression": emb.compression,
+                      "hash": emb.hash_constants()},
+        "config": plain(config),
+        "metrics": plain(metrics or {}),
+    }
+    state = {f"tower.{k}": v.detach().cpu().contiguous() for k, v in model.tower.state_dict().items()}
+    state["items.weight"] = model.head.weight.detach().cpu().contiguous()
+    state["items.bias"] = model.head.bias.detach().cpu().contiguous()
+    state["items.popularity"] = popularity.detach().cpu().to(torch.int64).contiguous()
+    with atomic_file(out_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": RETRIEVAL_FORMAT})
+    with atomic_file(out_dir / ITEMS) as tmp:
+        tmp.write_text(json.dumps(list(map(str, items))) + "\n")
+    with atomic_file(out_dir / CONFIG) as tmp:          # last: a bundle whose config.json exists is whole
+        tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+
+
+def retrieval_config_from_dict(d: dict[str, Any]) -> "RetrievalConfig":
+    """Inverse of ``asdict(RetrievalConfig)``; unknown keys raise ValueError."""
+    from contract.params import from_dict
+    from dlrm.retrieval import RetrievalConfig
+
+    return from_dict(RetrievalConfig, d, "retrieval model config")
+
+
+def load_retrieval(model_dir: Path) -> tuple["RetrievalModel", list[str], dict]:
+    """Reads a bundle written by :func:`save_retrieval` (no pickle anywhere).
+
+    Returns:
+        (model in eval mode on CPU with its LSH tables rebuilt, the item ids of its output
+        rows, the config.json dict; ``FeatureSpec.from_dict(doc["feature_spec"])`` gives the
+        context features the tower reads).
+    """
+    from safetensors.torch import load_file
+
+    from dlrm.retrieval import LSHHead, RetrievalModel
+
+    model_dir = Path(model_dir)
+    for name in (WEIGHTS, CONFIG, ITEMS):
+        if not (model_dir / name).exists():
+            raise FileNotFoundError(f"retrieval bundle {model_dir} lacks {name}")
+    doc = json.loads((model_dir / CONFIG).read_text())
+    if doc.get("format") != RETRIEVAL_FORMAT:
+        raise ValueError(f"{model_dir / CONFIG} has format {doc.get('format')!r}; expected {RETRIEVAL_FORMAT!r}")
+    items = json.loads((model_dir / ITEMS).read_text())
+    state = load_file(str(model_dir / WEIGHTS))
+    if len(items) != doc["num_items"] or state["items.weight"].shape[0] != doc["num_items"]:
+        raise ValueError(f"retrieval bundle {model_dir}: {len(items)} item ids and "
+                         f"{state['items.weight'].shape[0]} item vectors; config says {doc['num_items']}")
+    cfg = retrieval_config_from_dict(doc["model"])
+    model = RetrievalModel(doc["table_sizes"], doc["num_items"], cfg, popularity=state["items.popularity"])
+    stored = doc["embedding"]["hash"]
+    if model.tower.embedding.hash_constants() != stored:
+        raise ValueError(f"hash constants rebuilt from the config {model.tower.embedding.hash_constants()} "
+                         f"differ from the bundle's {stored}; the bundle was written by an incompatible version")
+    model.tower.load_state_dict({k[len("tower."):]: v for k, v in state.items() if k.startswith("tower.")})
+    with torch.no_grad():
+        model.head.weight.copy_(state["items.weight"])
+        model.head.bias.copy_(state["items.bias"])
+    if isinstance(model.head, LSHHead):
+        model.head.layer.index.build(model.head.weight, model.head.bias)
+    model.eval()
+    return model, items, doc
