@@ -150,6 +150,31 @@ def evaluate_op(params: dict, model: Input[Model], model_input: Input[Dataset], 
     return res.passed
 
 
+
+@_component
+def retrieval_op(params: dict, generate: dict, model_input: Input[Dataset], validated: Input[Dataset],
+                 model: Output[Model], metrics: Output[Metrics]):
+    """Whole-catalogue retrieval (user/context tower -> softmax over every item, SLIDE's LSH
+    softmax or a baseline) trained on the purchases; Recall@10/@100 and P@1 on the test window,
+    and the oracle's, from the generator's world rebuilt with the ``generate`` section."""
+    import math
+    import tempfile
+    from pathlib import Path
+
+    from components.retrieval import RetrievalStepConfig, retrieval
+    from contract.params import from_dict
+    from generator.config import GenerateConfig
+
+    scratch = Path(tempfile.mkdtemp(prefix="retrieval-"))
+    res = retrieval(from_dict(RetrievalStepConfig, params, "retrieval"), Path(model_input.path), Path(model.path),
+                    scratch / "retrieval_metrics.json", validated=Path(validated.path),
+                    world=from_dict(GenerateConfig, generate, "generate"))
+    for key, value in res.metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            metrics.log_metric(key, float(value))
+    model.metadata.update({k: res.metrics[k] for k in ("method", "items", "recall_at_100")})
+    model.metadata["framework"] = "pytorch"
+
 @_component
 def push_op(params: dict, model: Input[Model], metrics: Input[Metrics], model_input: Input[Dataset],
             bundle: Output[Model]) -> str:

@@ -1,7 +1,8 @@
 """The robeflow Kubeflow pipeline: wiring only (the steps live in components/).
 
     generate -> ingest -> validate -> features -> train -> evaluate -> (gate) push
-                                                              \-> monitor
+                                                  \            \-> monitor
+                                                   \-> retrieval
 
 Arguments mirror ``params.yaml``: one dict per section (an empty dict means the step's
 built-in defaults), plus ``device``: ``cuda`` runs the train step on a GPU node.
@@ -19,13 +20,14 @@ from pipelines.ops import (
     ingest_op,
     monitor_op,
     push_op,
+    retrieval_op,
     train_op,
     validate_op,
 )
 
 # params.yaml sections the pipeline takes as arguments, in pipeline order.
 SECTIONS: tuple[str, ...] = ("generate", "ingest", "validate", "features", "train", "evaluate", "push",
-                             "monitor")
+                             "monitor", "retrieval")
 
 # (cpu request, memory request, memory limit) per step; the train step's GPU variant adds
 # one nvidia.com/gpu.
@@ -38,6 +40,7 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "evaluate": ("1", "4Gi", "8Gi"),
     "push": ("500m", "1Gi", "2Gi"),
     "monitor": ("1", "4Gi", "8Gi"),
+    "retrieval": ("1", "4Gi", "8Gi"),
 }
 
 
@@ -84,12 +87,16 @@ def robe_dlrm_pipeline(
     evaluate: dict = {},
     push: dict = {},
     monitor: dict = {},
+    retrieval: dict = {},
     device: str = "cpu",
 ):
     gen = _sized(generate_op(params=generate), "generate")
     ing = _sized(ingest_op(params=ingest, raw=gen.outputs["raw"]), "ingest")
     val = _sized(validate_op(params=validate, ingested=ing.outputs["ingested"]), "validate")
     feat = _sized(features_op(params=features, validated=val.outputs["validated"]), "features")
+    # beside the ranker: the oracle's metrics rebuild the generated world from its parameters
+    _sized(retrieval_op(params=retrieval, generate=generate, model_input=feat.outputs["model_input"],
+                        validated=val.outputs["validated"]), "retrieval")
     tail = dict(train=train, evaluate=evaluate, push=push, monitor=monitor, model_input=feat.outputs["model_input"],
                 truth=gen.outputs["truth"])
     with dsl.If(device == "cuda", name="train-on-gpu"):
