@@ -139,18 +139,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its threads so far."""
+def _tree(pid: int) -> list:
+    """The server process and its worker processes (serve.workers > 1)."""
     import psutil
 
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
+    proc = psutil.Process(pid)
+    return [proc, *proc.children(recursive=True)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the server and its workers, threads included, so far."""
+    total = 0.0
+    for p in _tree(pid):
+        t = p.cpu_times()
+        total += t.user + t.system
+    return total
 
 
 def rss_bytes(pid: int) -> int:
-    import psutil
-
-    return psutil.Process(pid).memory_info().rss
+    """Resident bytes of the server and its workers (each counted whole: shared pages twice)."""
+    return sum(p.memory_info().rss for p in _tree(pid))
 
 
 def start_server(registry: Path, repo: Path, port: int, log: Path, overrides: list[str]) -> subprocess.Popen:
@@ -418,6 +426,8 @@ def main() -> None:
     ap.add_argument("--p99-target-ms", type=float, default=20.0,
                     help="open-loop mode: report the highest rate whose p99 stays under this")
     args = ap.parse_args()
+    # kserve parses sys.argv when imported (--work would read as its --workers): it gets none
+    sys.argv = sys.argv[:1]
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if any(r <= 0 for r in rates):
         raise ValueError(f"--rates {args.rates!r}: expected positive requests per second")

@@ -121,7 +121,8 @@ def predict(model: nn.Module, inputs: ModelInput, batch_size: int = 8192) -> np.
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
-    model.eval()
+    if was_training:   # eval() walks every module: ~0.2 ms a call, paid per served request
+        model.eval()
     device = next(model.parameters()).device
     data = TensorData(inputs, len(model.table_sizes))
     if data.dense.shape[1] != model.num_dense:
@@ -131,7 +132,8 @@ def predict(model: nn.Module, inputs: ModelInput, batch_size: int = 8192) -> np.
         stop = min(start + batch_size, data.num_rows)
         b = data.range_batch(start, stop).to(device)
         out[start:stop] = torch.sigmoid(model(b.dense, b.values, b.offsets).float()).cpu().numpy()
-    model.train(was_training)
+    if was_training:
+        model.train()
     return out
 
 

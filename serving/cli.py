@@ -35,23 +35,33 @@ def serve(cfg: ServeConfig, registry: str, features_repo: Path) -> None:
     if not Path(features_repo, "feature_store.yaml").is_file():
         raise FileNotFoundError(f"{features_repo} is not a materialised Feast repo (no feature_store.yaml); "
                                 "run `robeflow features` first")
-    if cfg.workers != 1:
-        # KServe would pickle the model (with its open online store) into each worker process.
-        raise ValueError(f"serve.workers = {cfg.workers}; this predictor runs in one process: "
-                         "scale out with replicas (the InferenceService's autoscaling) instead")
+    if cfg.workers < 1:
+        raise ValueError(f"serve.workers = {cfg.workers}; expected >= 1 (server processes on the port)")
+    if cfg.workers > 1 and cfg.grpc_port:
+        raise ValueError(f"serve.grpc_port = {cfg.grpc_port} needs serve.workers = 1 (gRPC is served by one process)")
     if cfg.online_cache_s < 0:
         raise ValueError(f"serve.online_cache_s = {cfg.online_cache_s}; expected >= 0")
     if cfg.reload_s < 0:
         raise ValueError(f"serve.reload_s = {cfg.reload_s}; expected >= 0 (0 = never reload)")
     if cfg.max_candidates < 1:
         raise ValueError(f"serve.max_candidates = {cfg.max_candidates}; expected >= 1")
+    if cfg.workers > 1:
+        from model_registry.registry import Registry
+        from serving.workers import serve_workers
+
+        if Registry(registry).production() is None:   # said once here, not by every worker
+            raise FileNotFoundError(f"registry {registry} has no production model (no 'production' pointer); "
+                                    "run `robeflow push` first")
+        status = serve_workers(cfg, registry, features_repo)
+        if status:
+            raise StepError("the server's workers kept dying; see the log above")
+        return
     model = RobeflowModel(cfg, registry, features_repo)
     model.load()
     follows = f"following its production pointer every {cfg.reload_s:g} s" if cfg.reload_s > 0 else "not reloaded"
     log(STEP, f"model {cfg.model_name} = {model.version} of {registry} ({follows}); listening on "
               f"http://{cfg.host}:{cfg.http_port}")
-    run_server(model, host=cfg.host, port=cfg.http_port, workers=cfg.workers,
-               grpc_port=cfg.grpc_port or None)
+    run_server(model, host=cfg.host, port=cfg.http_port, grpc_port=cfg.grpc_port or None)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ class ServeConfig:
     host: str = "127.0.0.1"        # listen address (the pod's manifest sets 0.0.0.0)
     http_port: int = 8080          # KServe's default
     grpc_port: int = 0             # 0 = no gRPC server
-    workers: int = 1               # one process (more is refused: replicas scale out)
+    workers: int = 1               # server processes on the port (serving.workers); replicas scale out
     max_candidates: int = 1000     # most items per request (more is a 400)
     torch_threads: int = 1         # intra-op threads; 1 suits per-request batches of ~100 rows
     online_reader: Literal["lean", "feast"] = "lean"  # lean: direct online-store read, same values

@@ -11,7 +11,8 @@ def repo(tmp_path):
 
 
 @pytest.mark.parametrize("cfg, message", [
-    (ServeConfig(workers=2), "serve.workers = 2"),
+    (ServeConfig(workers=0), "serve.workers = 0"),
+    (ServeConfig(workers=2, grpc_port=8081), "serve.grpc_port = 8081 needs serve.workers = 1"),
     (ServeConfig(online_cache_s=-1), "serve.online_cache_s"),
     (ServeConfig(max_candidates=0), "serve.max_candidates"),
 ])
