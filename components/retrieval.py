@@ -42,6 +42,7 @@ KS = (10, 100)
 # features that describe the offered item: a tower reading them would see the label
 ITEM_SIDE = frozenset({"item", "category_l1", "category_l2", "category_l3", "brand", "price_band"})
 SPLITS = ("train", "valid", "test")
+EVAL_CELLS = 1 << 25   # most exact scores (test rows x items) held at once: 128 MB of float32
 
 
 # the fields of dlrm.retrieval.RetrievalConfig, named at the top of the section (a test keeps
@@ -292,8 +293,9 @@ def retrieval(cfg: RetrievalStepConfig, input_dir: Path, model_out: Path, metric
         trained = train_retrieval(model, train_data, eval_every=steps_per_epoch, log=lambda m: log(STEP, m))
         model.eval()
         with torch.no_grad():
+            rows = max(1, min(cfg.eval_batch_size, EVAL_CELLS // len(catalogue)))   # (rows, N) scores at a time
             top = torch.cat([model.recommend(b, min(max(KS), len(catalogue)))
-                             for b in test_data.batches(cfg.eval_batch_size)]).numpy()
+                             for b in test_data.batches(rows)]).numpy()
             lsh_overlap = retrieval_overlap(model, test_data, k=min(100, len(catalogue))) \
                 if cfg.model.method == "lsh" else None
     labels = test_data.items.numpy()
