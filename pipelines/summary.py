@@ -18,6 +18,8 @@ OUTPUTS: tuple[tuple[str, str], ...] = (
     ("data/model_input", "model-ready train/valid/test tables and feature_spec.json"),
     ("models/model", "trained model"),
     ("reports/metrics.json", "evaluation metrics and gate"),
+    ("models/retrieval", "whole-catalogue retrieval model"),
+    ("reports/retrieval_metrics.json", "retrieval metrics (Recall@K, P@1, the oracle's)"),
     ("registry", "model registry (bundles v1, v2, ... and the production pointer)"),
     ("reports/drift.json", "drift summary"),
     ("reports/drift.html", "drift report"),
@@ -26,6 +28,8 @@ OUTPUTS: tuple[tuple[str, str], ...] = (
 HEADLINES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reports/validation/validation.json", ("rows_in", "rows_valid", "rows_quarantined")),
     ("reports/metrics.json", ("auc", "auc_lo", "auc_hi", "target_auc", "passed", "compression", "embedding_bytes")),
+    ("reports/retrieval_metrics.json", ("method", "items", "recall_at_10", "recall_at_100", "p_at_1",
+                                        "oracle_recall_at_100")),
     ("reports/drift.json", ("drift_detected", "drift_share")),
 )
 

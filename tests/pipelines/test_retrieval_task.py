@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.commands import COMPILED, pipeline_arguments
+from pipelines.summary import summary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,3 +33,14 @@ def test_submit_passes_the_retrieval_section():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert args["retrieval"] == {**params["retrieval"], "method": "lsh"}
     assert args["generate"] == params["generate"]
+
+
+def test_summary_shows_the_retrieval_outputs(tmp_path):
+    (tmp_path / "models" / "retrieval").mkdir(parents=True)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "retrieval_metrics.json").write_text(
+        '{"method": "full", "items": 5000, "recall_at_10": 0.48, "recall_at_100": 0.77, "p_at_1": 0.2, '
+        '"oracle_recall_at_100": 0.92}')
+    out = summary(tmp_path)
+    assert "models/retrieval" in out
+    assert "retrieval_metrics.json: method=full, items=5000, recall_at_10=0.48, recall_at_100=0.77" in out
