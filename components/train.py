@@ -3,6 +3,10 @@
 Reads ``<input>/{train,valid}.parquet`` + ``feature_spec.json`` (or ``--criteo PATH``,
 whose last rows form the validation window), trains as the ``train`` section of
 params.yaml says, and writes the model bundle, checkpoints and training reports.
+
+``--workers N`` (``train.workers``) trains data-parallel in N local processes; under
+torchrun or a Kubeflow TrainJob (RANK/WORLD_SIZE set) the same command is every worker's
+entry point. Rank 0 writes the outputs (:mod:`dlrm.distributed`).
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ class TrainStepResult:
 
 
 def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints: Path,
-          reports: Path, *, criteo: Path | None = None, resume: bool = False) -> TrainStepResult:
+          reports: Path, *, criteo: Path | None = None, resume: bool = False) -> TrainStepResult | None:
     """Trains a DLRM and writes ``model_out`` (bundle), ``checkpoints`` and ``reports``.
+
+    With ``cfg.workers > 1``, or inside a world the environment names (RANK, WORLD_SIZE),
+    training is data-parallel and rank 0 writes the outputs; the result is rank 0's (None on
+    the other ranks of an environment-launched world).
 
     Args:
         cfg: the ``train`` section of params.yaml.
@@ -45,7 +53,17 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
             (or ``train.criteo.stream``) is read as a stream, never whole.
         resume: continue from the newest checkpoint in ``checkpoints``.
     """
+    from dlrm.distributed import launch
+
+    return launch(_train, (cfg, input_dir, model_out, checkpoints, reports, criteo, resume), cfg.workers,
+                  device=cfg.device, threads=cfg.threads)
+
+
+def _train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints: Path, reports: Path,
+           criteo: Path | None, resume: bool) -> TrainStepResult | None:
+    """:func:`train` in one process (one rank of a data-parallel run)."""
     from dlrm.bundle import save_model
+    from dlrm.distributed import DataParallel
     from contract.model_input import read_split, read_spec, split_path
     from contract.spec import ModelInput
     from dlrm.train import train_model
@@ -74,18 +92,22 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
         train_in = read_split(input_dir, "train", spec)[1]
         valid_in = read_split(input_dir, "valid", spec)[1] if split_path(input_dir, "valid").exists() else None
         source = str(input_dir)
+    dp = DataParallel.current()
+    say = (lambda msg: log(STEP, msg)) if dp.is_main else (lambda _msg: None)
     train_rows = train_in.num_rows if isinstance(train_in, ModelInput) else None
-    log(STEP, f"{train_rows if train_rows is not None else 'streamed'} training rows, "
-              f"{valid_in.num_rows if valid_in else 0} validation rows from {source}; "
-              f"backend {cfg.model.embedding.backend}")
+    say(f"{train_rows if train_rows is not None else 'streamed'} training rows, "
+        f"{valid_in.num_rows if valid_in else 0} validation rows from {source}; "
+        f"backend {cfg.model.embedding.backend}" + (f"; {dp.world_size} data-parallel workers" if dp.parallel else ""))
 
     with torch_threads(cfg.threads):
         result = train_model(cfg, spec, train_in, valid_in, checkpoint_dir=Path(checkpoints), resume=resume,
                              log=lambda msg: log(STEP, msg))
+    if not dp.is_main:
+        return None
     if train_rows is None and result.epochs_completed >= 1:  # a stream: rows of one epoch
         train_rows = round(result.samples / result.epochs_completed)
     metrics = {**result.metrics(), "target_auc": cfg.target_auc, "train_rows": train_rows,
-               "valid_rows": valid_in.num_rows if valid_in else 0, "source": source}
+               "valid_rows": valid_in.num_rows if valid_in else 0, "source": source, "workers": dp.world_size}
     with atomic_dir(model_out) as tmp:
         save_model(result.model.cpu(), tmp, spec=spec, config=as_dict(cfg), metrics=metrics)
     reports = Path(reports)
@@ -106,6 +128,7 @@ def train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoints
 def _criteo_stream(cfg: TrainConfig, path: Path):
     """(training stream, held-out rows in memory, spec) of a Criteo file or folder read as a
     stream (a folder of parts or the day_0..day_23 layout always is)."""
+    from dlrm.distributed import DataParallel
     from dlrm.stream import CriteoStream
     from features.criteo import criteo_spec
 
@@ -114,14 +137,16 @@ def _criteo_stream(cfg: TrainConfig, path: Path):
                          "Criteo input needs one int or a list of 26 table sizes")
     spec = criteo_spec(cfg.criteo.table_size)
     kw = dict(valid_fraction=cfg.criteo.valid_fraction, max_malformed=cfg.criteo.max_malformed)
-    stream = CriteoStream(path, spec.table_sizes, batch_size=cfg.batch_size, seed=cfg.seed,
-                          shuffle_buffer=cfg.criteo.shuffle_buffer, **kw)
+    dp = DataParallel.current()  # each rank streams its shard, in its part of the global batch
+    stream = CriteoStream(path, spec.table_sizes, batch_size=dp.part_size(cfg.batch_size), seed=cfg.seed,
+                          shuffle_buffer=cfg.criteo.shuffle_buffer, rank=dp.rank, world_size=dp.world_size, **kw)
     valid = CriteoStream(path, spec.table_sizes, batch_size=8192, split="valid", **kw).model_input()
     return stream, valid, spec
 
 
 def _main(args: argparse.Namespace) -> int:
-    cfg = load_config(TrainConfig, STEP, args.params, args.overrides)
+    overrides = list(args.overrides) + ([f"train.workers={args.workers}"] if args.workers is not None else [])
+    cfg = load_config(TrainConfig, STEP, args.params, overrides)
     if args.input is None and args.criteo is None:
         raise StepError("give the model-ready dir (--input) or a Criteo file (--criteo)", exit_code=2)
     train(cfg, args.input, args.model_out, args.checkpoints, args.reports, criteo=args.criteo,
@@ -137,5 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoints", type=Path, required=True, help="checkpoint dir (models/checkpoints)")
     p.add_argument("--reports", type=Path, required=True, help="training reports dir (reports/train)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-parallel processes (overrides train.workers; torchrun's RANK/WORLD_SIZE win)")
     add_params_args(p)
     p.set_defaults(func=_main)

@@ -91,6 +91,9 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0             # torch CPU threads for the step; 0 = torch's default (one per core)
+    # data-parallel processes (torch.distributed; each holds the whole model); RANK/WORLD_SIZE
+    # in the environment (torchrun, a Kubeflow TrainJob) take precedence
+    workers: int = 1
     bf16: bool = True            # bf16 autocast on GPU (ignored on CPU)
     progress: bool = True        # tqdm bar on stderr
 

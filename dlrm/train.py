@@ -6,6 +6,10 @@ of epoch e is drawn from a generator seeded with ``(seed, e)``; a checkpoint sto
 step, the epoch and the position inside it, the optimizer states, the RNG states and the
 history, so a resumed run takes exactly the batches the uninterrupted run would have
 taken (bitwise the same weights on CPU).
+
+Data-parallel: inside processes started by :func:`dlrm.distributed.launch` every rank runs
+this loop on its part of each global batch (:mod:`dlrm.distributed`); rank 0 evaluates and
+writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import nn
 from dlrm.bundle import plain
 from dlrm.configs import OptimConfig, TrainConfig
 from dlrm.data import Batch, TensorData
+from dlrm.distributed import DataParallel
 from dlrm.embeddings import RobeArray
 from dlrm.metrics import auc as auc_score
 from dlrm.model import DLRM
@@ -35,9 +40,9 @@ from gpu_ops.robe.optim import SparseRobeOptimizer
 
 CHECKPOINT_FORMAT = "robeflow.dlrm.checkpoint.v1"
 # Config keys that may change between a checkpoint and its resumption (they do not
-# change the trajectory).
+# change the trajectory; ``workers`` changes only the float summation order).
 RESUMABLE_CHANGES = frozenset({"progress", "checkpoint_every", "keep_checkpoints", "epochs", "device",
-                               "threads", "patience"})
+                               "threads", "patience", "workers"})
 
 
 @dataclass
@@ -262,6 +267,8 @@ class _Run:
     say: Callable[[str], None]
     loss_fn: nn.Module = field(default_factory=nn.BCEWithLogitsLoss)
     best_model: dict[str, torch.Tensor] | None = None  # CPU copy of the best evaluation's weights
+    dp: DataParallel = field(default_factory=DataParallel)  # this process's rank (a plain run: 0 of 1)
+    net: nn.Module | None = None       # what the step runs forward: the model, or its DDP wrapper
 
     @property
     def total_steps(self) -> int | None:
@@ -280,15 +287,16 @@ class _Run:
 class _InMemory:
     """A window held as tensors: each epoch a fresh permutation, cut into batches."""
 
-    def __init__(self, data: TensorData, batch_size: int, seed: int) -> None:
-        self.data, self.batch_size, self.seed = data, batch_size, seed
+    def __init__(self, data: TensorData, batch_size: int, seed: int, dp: DataParallel = DataParallel()) -> None:
+        self.data, self.batch_size, self.seed, self.dp = data, batch_size, seed, dp
         self.steps_per_epoch: int | None = math.ceil(data.num_rows / batch_size)
 
-    def epoch(self, epoch: int, skip: int) -> Iterator[Batch]:
-        """Batches of ``epoch`` after the first ``skip``."""
+    def epoch(self, epoch: int, skip: int) -> Iterator[tuple[Batch, int]]:
+        """(this rank's part of the batch, the global batch's rows) of ``epoch`` after the first ``skip``."""
         perm = epoch_permutation(self.data.num_rows, self.seed, epoch).to(self.data.dense.device)
         for pos in range(skip, self.steps_per_epoch):
-            yield self.data.batch(perm[pos * self.batch_size:(pos + 1) * self.batch_size])
+            rows = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+            yield self.data.batch(self.dp.shard(rows)), rows.numel()
 
 
 class _Streamed:
@@ -297,17 +305,34 @@ class _Streamed:
 
     steps_per_epoch: int | None = None
 
-    def __init__(self, stream: Iterable[Batch]) -> None:
-        self.stream = stream
+    def __init__(self, stream: Iterable[Batch], dp: DataParallel = DataParallel()) -> None:
+        self.stream, self.dp = stream, dp
+        self.empty: Batch | None = None  # a 0-row batch, for a rank whose shard ran out first
 
-    def epoch(self, epoch: int, skip: int) -> Iterator[Batch]:
-        """Batches of ``epoch`` after the first ``skip`` (read and dropped: the stream's order
-        is a function of its seed and the epoch, so a resumed run sees the same batches)."""
+    def epoch(self, epoch: int, skip: int) -> Iterator[tuple[Batch, int]]:
+        """(batch, global rows) of ``epoch`` after the first ``skip`` (read and dropped: the
+        stream's order is a function of its seed and the epoch, so a resumed run sees the same
+        batches). Data-parallel, each rank reads its shard of the stream; the epoch lasts
+        while any rank has rows left, a rank whose shard ran out trains on an empty part."""
         if hasattr(self.stream, "set_epoch"):
             self.stream.set_epoch(epoch)
-        for pos, batch in enumerate(self.stream):
+        batches = iter(self.stream)
+        pos = 0
+        while True:
+            batch = next(batches, None)
+            rows = self.dp.gather_rows(0 if batch is None else batch.labels.numel())
+            if max(rows) == 0:
+                return
+            if batch is None:
+                if self.empty is None:
+                    raise ValueError(f"rank {self.dp.rank} of {self.dp.world_size} has no training rows in "
+                                     f"its shard of the stream")
+                batch = self.empty
+            else:
+                self.empty = Batch(batch.dense[:0], batch.values[:0], batch.offsets[:1] * 0, batch.labels[:0])
             if pos >= skip:
-                yield batch
+                yield batch, sum(rows)
+            pos += 1
 
 
 def _check_inputs(cfg: TrainConfig, spec: FeatureSpec, train: ModelInput | Iterable[Batch],
@@ -339,9 +364,10 @@ def _validation_sample(cfg: TrainConfig, valid: ModelInput, vdata: TensorData, n
 def _start(run: _Run, resume: bool) -> TrainState:
     """A fresh state, or the newest checkpoint's (model, optimizers and RNG restored)."""
     ckpt_dir = run.checkpoint_dir
-    path = latest_checkpoint(ckpt_dir) if resume and ckpt_dir is not None else None
-    if path is not None:
-        saved = _load_checkpoint(path, run.cfg, run.spec)
+    path = latest_checkpoint(ckpt_dir) if resume and ckpt_dir is not None and run.dp.is_main else None
+    # rank 0 reads the checkpoint and sends it to the others (no shared file system needed)
+    saved = run.dp.broadcast(_load_checkpoint(path, run.cfg, run.spec) if path is not None else None)
+    if saved is not None:
         run.model.load_state_dict(saved["model"])
         for opt, sd in zip(run.optimizers, saved["optimizers"]):
             opt.load_state_dict(sd)
@@ -349,20 +375,20 @@ def _start(run: _Run, resume: bool) -> TrainState:
         if run.device.type == "cuda" and saved.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(saved["rng_cuda"])
         state = TrainState.from_checkpoint(saved)
-        run.best_model = saved.get("best_model")
+        run.best_model = saved.get("best_model") if run.dp.is_main else None  # rank 0 evaluates
         run.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.pos})")
         return state
     if resume:
         run.say(f"no checkpoint in {ckpt_dir}; starting from scratch")
-    elif ckpt_dir is not None:
+    elif ckpt_dir is not None and run.dp.is_main:
         for old in Path(ckpt_dir).glob("step-*.pt"):  # a fresh run starts a fresh series
             old.unlink()
     return TrainState()
 
 
 def _checkpoint(run: _Run, state: TrainState) -> None:
-    """Writes ``step-<n>.pt`` (nothing when the run has no checkpoint dir)."""
-    if run.checkpoint_dir is None:
+    """Writes ``step-<n>.pt`` (nothing when the run has no checkpoint dir, or off rank 0)."""
+    if run.checkpoint_dir is None or not run.dp.is_main:
         return
     _save_checkpoint(Path(run.checkpoint_dir), {
         "format": CHECKPOINT_FORMAT, "config": _config_dict(run.cfg), "feature_spec": plain(asdict(run.spec)),
@@ -375,19 +401,21 @@ def _checkpoint(run: _Run, state: TrainState) -> None:
     }, run.cfg.keep_checkpoints)
 
 
-def _train_step(run: _Run, batch: Batch, step: int) -> torch.Tensor:
-    """One optimizer step on ``batch``; returns the (device) loss."""
+def _train_step(run: _Run, batch: Batch, step: int, global_rows: int) -> torch.Tensor:
+    """One optimizer step on ``batch`` (this rank's part of a global batch of ``global_rows``);
+    returns the (device) loss."""
     b = batch.to(run.device)
     factor = lr_factor(step, run.cfg.optim)
     for opt in run.optimizers:
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
-        logits = run.model(b.dense, b.values, b.offsets)
-    loss = run.loss_fn(logits.float(), b.labels)
+        logits = run.net(b.dense, b.values, b.offsets)
+    loss = run.dp.loss(logits.float(), b.labels, global_rows, run.loss_fn)
     for opt in run.optimizers:
         opt.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # data-parallel: DDP averages the dense gradients meanwhile
+    run.dp.sync_embedding_grads(run.model.embedding.parameters())
     for opt in run.optimizers:
         opt.step()
     return loss.detach()
@@ -471,7 +499,8 @@ def train_model(
         A TrainResult (the model is in eval mode, on the training device).
     """
     _check_inputs(cfg, spec, train, valid)
-    device = resolve_device(cfg.device)
+    dp = DataParallel.current()
+    device = dp.device(resolve_device(cfg.device))
     T = len(spec.sparse)
     torch.manual_seed(cfg.seed)
     model = DLRM(cfg.model, len(spec.dense), spec.table_sizes).to(device)
@@ -481,17 +510,19 @@ def train_model(
     if device.type == "cuda":
         for d in {id(x): x for x in (data, vdata, sample) if x is not None}.values():
             d.to(device)
-    source = _InMemory(data, cfg.batch_size, cfg.seed) if data is not None else _Streamed(train)
+    source = _InMemory(data, cfg.batch_size, cfg.seed, dp) if data is not None else _Streamed(train, dp)
     run = _Run(cfg, spec, model, build_optimizers(model, cfg.optim), device, cfg.bf16 and device.type == "cuda",
-               source, sample, vdata, checkpoint_dir, log or (lambda _msg: None))
+               source, sample, vdata, checkpoint_dir, log if log is not None and dp.is_main else (lambda _msg: None),
+               dp=dp)
     state = _start(run, resume)
+    run.net = dp.wrap(model, model.embedding, cfg.batch_size)
     # distinct ids: of the window, or counted over a stream's first epoch (when trained whole)
     distinct = None if data is not None or state.step else _DistinctIds(T)
     rows_used = distinct_rows(data) if data is not None else []
 
     from tqdm import tqdm
 
-    bar = tqdm(total=run.total_steps, initial=state.step, disable=not cfg.progress, file=sys.stderr,
+    bar = tqdm(total=run.total_steps, initial=state.step, disable=not (cfg.progress and dp.is_main), file=sys.stderr,
                unit="step", dynamic_ncols=True, mininterval=0.5)
     model.train()
     interrupted = done = False
@@ -501,18 +532,19 @@ def train_model(
         while state.epoch < cfg.epochs and not done and not interrupted:
             batches = source.epoch(state.epoch, state.pos)
             t0 = time.perf_counter()
-            batch = next(batches, None)
-            while batch is not None:
-                loss = _train_step(run, batch, state.step)
+            item = next(batches, None)
+            while item is not None:
+                batch, global_rows = item
+                loss = _train_step(run, batch, state.step, global_rows)
                 loss_acc += loss
                 if distinct is not None and state.epoch == 0:
                     distinct.add(batch)
                 state.step += 1
                 state.pos += 1
-                state.samples += batch.labels.numel()
+                state.samples += global_rows
                 state.loss_n += 1
-                batch = next(batches, None)  # look ahead: was this the epoch's last batch?
-                last_of_epoch = batch is None
+                item = next(batches, None)  # look ahead: was this the epoch's last batch?
+                last_of_epoch = item is None
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 state.train_s += time.perf_counter() - t0
@@ -520,11 +552,13 @@ def train_model(
                 if run.evaluates_after(state.step, last_of_epoch, state.epoch == cfg.epochs - 1):
                     state.loss_sum += float(loss_acc)
                     loss_acc.zero_()
-                    value = _evaluate(run, state, t_start)
-                    bar.set_postfix(samples_s=f"{state.samples / max(state.train_s, 1e-9):.0f}",
-                                    loss=f"{state.history[-1]['loss']:.4f}", auc=f"{value:.4f}")
-                    done = _reached_target(run, state, value)
-                    done = _keep_best(run, state, value) or done
+                    if dp.is_main:
+                        value = _evaluate(run, state, t_start)
+                        bar.set_postfix(samples_s=f"{state.samples / max(state.train_s, 1e-9):.0f}",
+                                        loss=f"{state.history[-1]['loss']:.4f}", auc=f"{value:.4f}")
+                        done = _reached_target(run, state, value)
+                        done = _keep_best(run, state, value) or done
+                    done = dp.broadcast(done)  # rank 0 decides; the others wait here
                 elif state.step % 50 == 0 and cfg.progress:
                     bar.set_postfix(samples_s=f"{state.samples / max(state.train_s, 1e-9):.0f}",
                                     loss=f"{float(loss):.4f}")
@@ -556,7 +590,7 @@ def train_model(
         model.load_state_dict(run.best_model)
         best_step = state.best_step
     full_auc = None
-    if not interrupted and vdata is not None:
+    if not interrupted and vdata is not None and dp.is_main:
         # the whole window once at the end (the periodic AUCs are on the sample)
         if sample is vdata and state.history:
             full_auc = state.best_auc if best_step == state.best_step else state.history[-1]["auc"]
