@@ -72,9 +72,11 @@ def check_host(host: str, timeout_s: float = 5.0) -> str:
     return host
 
 
-def pipeline_arguments(params: Path | None, overrides: list[str]) -> dict[str, Any]:
+def pipeline_arguments(params: Path | None, overrides: list[str], *, cluster: bool = True) -> dict[str, Any]:
     """The pipeline's arguments: one dict per params.yaml section, with -S overrides applied,
-    plus the ``pipeline`` section's settings (``device``) as arguments of their own."""
+    plus the ``pipeline`` section's settings (``device``, ``train_staging``) and
+    ``train.workers`` (``workers``: above 1 the train step is a TrainJob) as arguments of
+    their own. ``cluster=False`` (run-local) needs no staging: the train step stays one pod."""
     from pipelines.robe_dlrm_pipeline import SECTIONS
 
     data = read_params(params)
@@ -88,14 +90,23 @@ def pipeline_arguments(params: Path | None, overrides: list[str]) -> dict[str, A
         args[section] = _drop_nulls(apply_overrides(section, data.get(section) or {}, mine))
     settings = apply_overrides("pipeline", data.get("pipeline") or {},
                                [o for o in overrides if o.split(".", 1)[0] == "pipeline"])
-    extra = sorted(set(settings) - {"device"})
+    extra = sorted(set(settings) - {"device", "train_staging"})
     if extra:
         raise ValueError(f"unknown pipeline setting(s) {', '.join(f'pipeline.{k}' for k in extra)}; "
-                         "known: pipeline.device")
+                         "known: pipeline.device, pipeline.train_staging")
     device = settings.get("device", "cpu")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"pipeline.device = {device!r}; expected 'cpu' or 'cuda'")
     args["device"] = device
+    workers = args["train"].get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"train.workers = {workers!r}; expected an int >= 1")
+    staging = settings.get("train_staging") or ""
+    if workers > 1 and cluster and not staging:
+        raise ValueError(f"train.workers = {workers} runs the train step as a Kubeflow TrainJob, which needs "
+                         "pipeline.train_staging: an fsspec URL (s3://..., gs://...) or shared-volume path "
+                         "its pods can read and write")
+    args["workers"], args["train_staging"] = workers, str(staging)
     return args
 
 
@@ -158,6 +169,9 @@ def run_local(workdir: Path, arguments: dict[str, Any]) -> dict[str, Any]:
     from pipelines.robe_dlrm_pipeline import robe_dlrm_pipeline
 
     workdir.mkdir(parents=True, exist_ok=True)
+    # No cluster here: the train step runs in one local process, which itself starts
+    # train.workers data-parallel processes (a TrainJob needs Kubeflow Trainer).
+    arguments = {**arguments, "workers": 1}
     # A relative registry lives under the run's workdir, not wherever the command ran.
     push = dict(arguments.get("push") or {})
     registry = str(push.get("registry", "registry"))
@@ -178,7 +192,7 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if args.action == "schedule":
         kfp_cron(args.cron)  # fail on a bad cron before anything else
-    arguments = pipeline_arguments(args.params, args.overrides)
+    arguments = pipeline_arguments(args.params, args.overrides, cluster=args.action != "run-local")
     if args.action == "run-local":
         log("pipeline", f"running {PIPELINE_NAME} locally under {args.workdir}")
         outputs = run_local(args.workdir, arguments)

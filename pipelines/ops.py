@@ -114,6 +114,41 @@ def train_op(params: dict, device: str, model_input: Input[Dataset], model: Outp
 
 
 @_component
+def train_job_op(params: dict, device: str, workers: int, staging: str, image: str, model_input: Input[Dataset],
+                 model: Output[Model], train_metrics: Output[Metrics]):
+    """The train step as a Kubeflow Trainer TrainJob of ``workers`` nodes, data-parallel
+    (``train.workers > 1``): stages the model-ready tables under ``staging``
+    (``pipeline.train_staging``), creates the job, waits, and returns its bundle and metrics
+    as ``train_op`` does. Why a TrainJob and how: ``pipelines/trainjob.py``."""
+    import json
+    import uuid
+
+    import fsspec
+    from kubernetes import client, config
+
+    from pipelines.trainjob import copy_tree, current_namespace, run_train_job, train_job_manifest
+
+    if not staging:
+        raise ValueError("train.workers > 1 runs a TrainJob, which needs pipeline.train_staging: an fsspec URL "
+                         "(s3://..., gs://...) or shared-volume path that the job's pods can read and write")
+    name = f"robeflow-train-{uuid.uuid4().hex[:10]}"
+    job_dir = f"{staging.rstrip('/')}/{name}"
+    copy_tree(model_input.path, f"{job_dir}/model_input")
+    config.load_incluster_config()
+    manifest = train_job_manifest(name, image=image, workers=workers, params=params, staging=job_dir,
+                                  device=device)
+    run_train_job(client.CustomObjectsApi(), current_namespace(), manifest)
+    copy_tree(f"{job_dir}/out/model", model.path)
+    with fsspec.open(f"{job_dir}/out/reports/train_metrics.json") as fh:
+        metrics = json.load(fh)
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            train_metrics.log_metric(key, float(value))
+    model.metadata.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+    model.metadata.update({"framework": "pytorch", "train_job": name})
+
+
+@_component
 def evaluate_op(params: dict, model: Input[Model], model_input: Input[Dataset], truth: Input[Dataset],
                 metrics: Output[Metrics], roc: Output[ClassificationMetrics],
                 predictions: Output[Dataset]) -> bool:

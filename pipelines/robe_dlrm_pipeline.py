@@ -5,8 +5,10 @@
                                                    \-> retrieval
 
 Arguments mirror ``params.yaml``: one dict per section (an empty dict means the step's
-built-in defaults), plus ``device``: ``cuda`` runs the train step on a GPU node.
-Importing or compiling this module runs nothing.
+built-in defaults), plus ``device``: ``cuda`` runs the train step on a GPU node;
+``workers`` (``train.workers``): above 1 the train step is a Kubeflow Trainer TrainJob of
+that many nodes, staged under ``train_staging`` (``pipeline.train_staging``; see
+``pipelines/trainjob.py``). Importing or compiling this module runs nothing.
 """
 
 
@@ -14,6 +16,7 @@ from kfp import dsl
 from kfp.dsl.pipeline_channel import PipelineChannel
 
 from pipelines.ops import (
+    IMAGE,
     evaluate_op,
     features_op,
     generate_op,
@@ -21,6 +24,7 @@ from pipelines.ops import (
     monitor_op,
     push_op,
     retrieval_op,
+    train_job_op,
     train_op,
     validate_op,
 )
@@ -37,6 +41,7 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "validate": ("1", "4Gi", "8Gi"),
     "features": ("2", "8Gi", "16Gi"),
     "train": ("4", "8Gi", "16Gi"),
+    "train_job": ("250m", "512Mi", "1Gi"),   # only waits: the TrainJob's nodes train
     "evaluate": ("1", "4Gi", "8Gi"),
     "push": ("500m", "1Gi", "2Gi"),
     "monitor": ("1", "4Gi", "8Gi"),
@@ -51,19 +56,32 @@ def _sized(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
 
 
 def _train_and_ship(gpu: bool, train: dict, evaluate: dict, push: dict, monitor: dict,
-                    model_input: PipelineChannel, truth: PipelineChannel) -> None:
-    """Adds the steps after the features to the current branch: train (on a GPU node when
-    ``gpu``) -> evaluate -> push, which runs only when the evaluate gate passed; and the
-    drift monitor of the newest window, scored by the trained model.
+                    model_input: PipelineChannel, truth: PipelineChannel, workers: PipelineChannel,
+                    train_staging: PipelineChannel) -> None:
+    """Adds the steps after the features to the current branch: train -> evaluate -> push,
+    which runs only when the evaluate gate passed; and the drift monitor of the newest
+    window, scored by the trained model. The train step is a TrainJob of ``workers`` nodes
+    when ``workers > 1`` (GPU nodes when ``gpu``), else one pod (on a GPU node when ``gpu``).
 
-    Called once in each branch of ``device == "cuda"``, so no artifact has to be merged
-    across branches (KFP's local runner can merge neither artifacts with dsl.OneOf nor
-    resolve a task output inside a nested pipeline's condition).
+    Called once in each branch of ``device == "cuda"`` and of ``workers > 1``, so no
+    artifact has to be merged across branches (KFP's local runner can merge neither
+    artifacts with dsl.OneOf nor resolve a task output inside a nested pipeline's condition).
     """
-    trained = _sized(train_op(params=train, device="cuda" if gpu else "cpu", model_input=model_input),
-                     "train")
-    if gpu:
-        trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    device = "cuda" if gpu else "cpu"
+    with dsl.If(workers > 1, name="train-job"):
+        job = _sized(train_job_op(params=train, device=device, workers=workers, staging=train_staging, image=IMAGE,
+                                  model_input=model_input), "train_job")
+        _ship(job, evaluate, push, monitor, model_input, truth)
+    with dsl.Else(name="train-pod"):
+        trained = _sized(train_op(params=train, device=device, model_input=model_input), "train")
+        if gpu:
+            trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        _ship(trained, evaluate, push, monitor, model_input, truth)
+
+
+def _ship(trained: dsl.PipelineTask, evaluate: dict, push: dict, monitor: dict, model_input: PipelineChannel,
+          truth: PipelineChannel) -> None:
+    """evaluate -> (gate) push, and monitor, of the model ``trained`` wrote."""
     evaluated = _sized(evaluate_op(params=evaluate, model=trained.outputs["model"],
                                    model_input=model_input, truth=truth), "evaluate")
     with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
@@ -89,6 +107,8 @@ def robe_dlrm_pipeline(
     monitor: dict = {},
     retrieval: dict = {},
     device: str = "cpu",
+    workers: int = 1,
+    train_staging: str = "",
 ):
     gen = _sized(generate_op(params=generate), "generate")
     ing = _sized(ingest_op(params=ingest, raw=gen.outputs["raw"]), "ingest")
@@ -98,7 +118,7 @@ def robe_dlrm_pipeline(
     _sized(retrieval_op(params=retrieval, generate=generate, model_input=feat.outputs["model_input"],
                         validated=val.outputs["validated"]), "retrieval")
     tail = dict(train=train, evaluate=evaluate, push=push, monitor=monitor, model_input=feat.outputs["model_input"],
-                truth=gen.outputs["truth"])
+                truth=gen.outputs["truth"], workers=workers, train_staging=train_staging)
     with dsl.If(device == "cuda", name="train-on-gpu"):
         _train_and_ship(gpu=True, **tail)
     with dsl.Else(name="train-on-cpu"):
