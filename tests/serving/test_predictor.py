@@ -180,3 +180,19 @@ def test_batcher_waits_for_company_only_after_concurrent_requests(monkeypatch):
     one, burst, after = asyncio.run(run())
     assert one == [["u0"], ["u1"], ["u2"]] and burst == [["b0"], ["b1"], ["b2"], ["b3"]] and after == ["late"]
     assert waits == [0.5]  # the batch after the burst of 4 waited for company
+
+
+def test_a_closed_batcher_answers_queued_requests_not_ready_instead_of_leaving_them_waiting():
+    from kserve.errors import ModelNotReady
+
+    async def run():
+        batcher = Batcher(lambda reqs: [r.user_id for r in reqs], max_requests=8)
+        first = asyncio.ensure_future(batcher.submit([ScoreRequest("u0", ("i",))]))
+        await asyncio.sleep(0)   # queued; its batch has not run yet
+        batcher.close()
+        done = await asyncio.wait_for(asyncio.gather(first, return_exceptions=True), timeout=5)
+        late = await asyncio.gather(batcher.submit([ScoreRequest("u1", ("i",))]), return_exceptions=True)
+        return done[0], late[0]
+
+    first, late = asyncio.run(run())
+    assert isinstance(first, ModelNotReady) and isinstance(late, ModelNotReady)
