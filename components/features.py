@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from contract.io import StepError, atomic_dir, log
+from contract.io import StepError, atomic_dir, log, remove_stale, scratch_name
 from contract.model_input import SPEC_FILE, SPLITS, split_path
 from features.windows import split_days
 from contract.params import add_params_args, as_dict, load_config
@@ -140,20 +140,6 @@ def validated_files(input_dir: Path) -> list[Path]:
     return files
 
 
-def remove_leftovers(*outputs: Path) -> None:
-    """Removes what a killed run left beside ``outputs``: the temporary and scratch
-    directories (``.NAME.tmp-*``, ``.NAME.old-*``, ``.NAME.work-*``), never the outputs."""
-    import shutil
-
-    for out in outputs:
-        out = Path(out)
-        if not out.parent.is_dir():
-            continue
-        for kind in ("tmp", "old", "work"):
-            for p in out.parent.glob(f".{out.name}.{kind}-*"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
 def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_dir: Path) -> FeaturesResult:
     """Runs the features step.
 
@@ -181,10 +167,11 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
     t0 = time.perf_counter()
     files = validated_files(input_dir)
     out_dir, model_input_dir = Path(out_dir), Path(model_input_dir)
-    remove_leftovers(out_dir, model_input_dir)
+    for out in (out_dir, model_input_dir):
+        remove_stale(out)
     model_input_dir.parent.mkdir(parents=True, exist_ok=True)
     stats = StatsParams(cfg.rate_prior, cfg.rate_prior_weight, cfg.days_since_cap)
-    with tempfile.TemporaryDirectory(dir=model_input_dir.parent, prefix=f".{model_input_dir.name}.work-") as work, \
+    with tempfile.TemporaryDirectory(dir=model_input_dir.parent, prefix=scratch_name(model_input_dir, "work").name[:-8]) as work, \
             open_engine(cfg.engine, work, cfg.memory_limit, cfg.threads, cfg.spark_master) as engine:
         engine.events_from_parquet(files)
         data = summarize(engine)

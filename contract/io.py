@@ -25,16 +25,59 @@ def log(step: str, message: str) -> None:
     print(f"[{step}] {message}", file=sys.stderr, flush=True)
 
 
+SCRATCH_KINDS = ("tmp", "old", "work")   # .NAME.<kind>-<pid>-<hex>: a step's scratch beside NAME
+
+
+def scratch_name(path: Path | str, kind: str) -> Path:
+    """A scratch path beside ``path``, ``.NAME.<kind>-<pid>-<hex>``: the pid tells a later
+    run whether the writer is still alive (see :func:`remove_stale`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's live process
+        return True
+    return True
+
+
+def remove_stale(path: Path | str) -> list[Path]:
+    """Removes what killed runs left beside ``path``: scratch entries ``.NAME.tmp-*``,
+    ``.NAME.old-*``, ``.NAME.work-*`` whose writer (the pid in the name) is no longer
+    running on this machine, and those named without a pid. Never ``path`` itself, nor
+    the scratch of a run still in progress. Returns what it removed."""
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for kind in SCRATCH_KINDS:
+        for p in path.parent.glob(f".{path.name}.{kind}-*"):
+            pid, _, rest = p.name[len(path.name) + len(kind) + 3:].partition("-")
+            if rest and pid.isdigit() and _alive(int(pid)):
+                continue
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 @contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yields a fresh temporary directory that replaces ``path`` only if the block succeeds.
 
     Readers never see a half-written output: on error the old ``path`` (if any) is
-    untouched and the temporary directory is removed.
+    untouched and the temporary directory is removed. What a killed run left beside
+    ``path`` is removed first (:func:`remove_stale`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    remove_stale(path)
+    tmp = scratch_name(path, "tmp")
     tmp.mkdir()
     try:
         yield tmp
@@ -43,7 +86,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         raise
     old = None
     if path.exists():
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        old = scratch_name(path, "old")
         os.replace(path, old)
     os.replace(tmp, path)
     if old is not None:
@@ -62,7 +105,8 @@ def atomic_file(path: Path | str) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    remove_stale(path)
+    tmp = scratch_name(path, "tmp")
     try:
         yield tmp
         os.replace(tmp, path)
