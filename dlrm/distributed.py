@@ -128,7 +128,8 @@ class DataParallel:
         DDP._set_params_and_buffers_to_ignore_for_model(model, ignore)
         dev = next(model.parameters()).device
         # no buffers to keep in step (no batch norm): skip DDP's per-forward broadcast
-        return DDP(model, device_ids=[dev] if dev.type == "cuda" else None, forward_sync_buffers=False)
+        return DDP(model, device_ids=[dev] if dev.type == "cuda" else None, forward_sync_buffers=False,
+                   gradient_as_bucket_view=True, static_graph=True)
 
     # ------------------------------------------------------------------ data
 
@@ -209,9 +210,15 @@ class DataParallel:
         for buf, n in zip(out, sizes):
             idxs.append(buf[:n_idx].view(idx.dtype).view(sd, m)[:, :n])
             vals.append(buf[n_idx:].view(val.dtype).view(m, *row_shape)[:n])
-        total = torch.sparse_coo_tensor(torch.cat(idxs, 1), torch.cat(vals), shape, check_invariants=False).coalesce()
-        return torch.sparse_coo_tensor(total.indices(), total.values().div_(self.world_size), shape,
-                                       is_coalesced=True)
+        idx_all, val_all = torch.cat(idxs, 1), torch.cat(vals)
+        if sd == 1 and not idx_all.is_cuda and all(_sorted_distinct(i[0]) for i in idxs):
+            slots, summed = merge_sorted_slots([i[0] for i in idxs], vals)
+            idx_all, val_all = slots.unsqueeze(0), summed
+        else:  # coalesce: a sort of every entry (deterministic on CUDA, where index_add_ is not)
+            total = torch.sparse_coo_tensor(idx_all, val_all, shape, check_invariants=False).coalesce()
+            idx_all, val_all = total.indices(), total.values()
+        return torch.sparse_coo_tensor(idx_all, val_all.div_(self.world_size), shape, is_coalesced=True,
+                                       check_invariants=False)
 
     # ------------------------------------------------------------------ agreement
 
@@ -232,6 +239,49 @@ class DataParallel:
         if dist.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+
+
+def _sorted_distinct(x: torch.Tensor) -> bool:
+    return bool((x[1:] > x[:-1]).all())
+
+
+def merge_sorted_slots(slots: Sequence[torch.Tensor], values: Sequence[torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The union of several sorted, distinct slot lists ``slots[r]`` (S_r,) and the sum of
+    their ``values[r]`` (S_r, ...) slot by slot: ``(union (U,), sums (U, ...))``, union sorted.
+
+    A ROBE gradient's slots come in runs of consecutive slots (every id reads a window of Z
+    floats), so the lists are cut into runs and only the runs are sorted (tens of times
+    fewer keys than slots); merged runs give every slot's position in the union, and one
+    ``index_add_`` (sequential on CPU: the same order, so the same bits, on every rank) sums.
+    """
+    starts, lens = [], []
+    for s in slots:  # runs of consecutive slots: (start, length)
+        cut = torch.nonzero(s[1:] - s[:-1] != 1).squeeze(1) + 1
+        first = torch.cat([cut.new_zeros(1), cut]) if s.numel() else cut
+        starts.append(s[first])
+        lens.append(torch.diff(torch.cat([first, first.new_tensor([s.numel()])])))
+    st, ln = torch.cat(starts), torch.cat(lens)                   # (R,) runs in value order
+    order = torch.argsort(st, stable=True)
+    s_st, s_en = st[order], (st + ln)[order]                      # (R,) sorted by start
+    reach = torch.cummax(s_en, 0).values                          # furthest end so far
+    new = torch.ones_like(s_st, dtype=torch.bool)
+    new[1:] = s_st[1:] > reach[:-1]                               # a gap: a new merged interval
+    group = torch.cumsum(new, 0) - 1                              # (R,) merged interval of each run
+    g_start = s_st[new]                                           # (G,)
+    g_end = torch.zeros_like(g_start).scatter_reduce_(0, group, s_en, "amax", include_self=False)
+    g_len = g_end - g_start
+    g_base = torch.cumsum(g_len, 0) - g_len                       # (G,) first position in the union
+    total = int(g_len.sum())
+    union = torch.repeat_interleave(g_start - g_base, g_len, output_size=total) + torch.arange(total)
+    run_base = torch.empty_like(st)
+    run_base[order] = g_base[group] + (s_st - g_start[group])     # (R,) position of each run's start
+    n = int(ln.sum())
+    run_off = torch.cumsum(ln, 0) - ln
+    where = torch.repeat_interleave(run_base - run_off, ln, output_size=n) + torch.arange(n)  # (n,)
+    val = torch.cat(list(values))
+    sums = val.new_zeros((total, *val.shape[1:])).index_add_(0, where, val)
+    return union, sums
 
 
 def dense_exchange(embedding: nn.Module, batch_rows: int) -> bool:

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contract.spec import ModelInput
 from dlrm.bundle import predict
-from dlrm.distributed import DataParallel, dense_exchange, env_world, launch
+from dlrm.distributed import DataParallel, dense_exchange, env_world, launch, merge_sorted_slots
 from dlrm.embeddings import RobeArray
 from dlrm.metrics import auc
 from dlrm.model import DLRM
@@ -70,6 +72,25 @@ def test_the_environment_names_the_world(monkeypatch):
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError, match="RANK=4"):
         env_world()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 400), st.integers(1, 40), st.integers(0, 2**31 - 1))
+def test_merging_sorted_slot_lists_equals_coalescing(ranks, size, windows, seed):
+    """The sparse exchange's merge of the ranks' (sorted, distinct) slots: windows of up to 8
+    consecutive slots, overlapping within and across ranks, as ROBE gradients have."""
+    g = torch.Generator().manual_seed(seed)
+    slots, values = [], []
+    for _ in range(ranks):
+        n = int(torch.randint(0, windows + 1, (1,), generator=g))
+        starts = torch.randint(0, size, (n,), generator=g)
+        s = torch.unique((starts.unsqueeze(1) + torch.arange(8)).reshape(-1).clamp(max=size + 7))
+        slots.append(s)
+        values.append(torch.randn(s.numel(), generator=g))
+    union, sums = merge_sorted_slots(slots, values)
+    ref = torch.sparse_coo_tensor(torch.cat(slots).unsqueeze(0), torch.cat(values), (size + 8,)).coalesce()
+    assert torch.equal(union, ref.indices()[0])
+    torch.testing.assert_close(sums, ref.values(), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True])
