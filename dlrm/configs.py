@@ -94,6 +94,11 @@ class TrainConfig:
     # data-parallel processes (torch.distributed; each holds the whole model); RANK/WORLD_SIZE
     # in the environment (torchrun, a Kubeflow TrainJob) take precedence
     workers: int = 1
+    # id dropout: this share of the rows' ids of each feature in `id_dropout_features` is
+    # replaced by the feature's unseen id while training; the server maps users and items the
+    # online store does not know to it, so they score near the average (0 = off)
+    id_dropout: float = 0.0
+    id_dropout_features: list[str] = field(default_factory=lambda: ["user", "item"])
     bf16: bool = True            # bf16 autocast on GPU (ignored on CPU)
     progress: bool = True        # tqdm bar on stderr
 

@@ -71,3 +71,19 @@ class TensorData:
         off = self.offsets[start * T: stop * T + 1]
         return Batch(self.dense[start:stop], self.values[off[0]:off[-1]], off - off[0],
                      self.labels[start:stop])
+
+
+def drop_ids(batch: Batch, tables: list[int], unseen: list[int], num_tables: int, p: float) -> Batch:
+    """Id dropout: in each single-hot table of ``tables``, each row's id is replaced by
+    that table's ``unseen`` id with probability ``p`` (torch's global RNG, so a resumed
+    run draws the same), so the unseen id's embedding learns what an entity the model
+    never saw is worth; the server maps users and items it does not know to it."""
+    if not tables or p <= 0:
+        return batch
+    rows = batch.dense.shape[0]
+    values = batch.values.clone()
+    drop = torch.rand(rows, len(tables), device=values.device) < p          # (B, k)
+    for k, (t, u) in enumerate(zip(tables, unseen)):
+        r = drop[:, k].nonzero().squeeze(1)
+        values[batch.offsets[r * num_tables + t]] = u
+    return Batch(batch.dense, values, batch.offsets, batch.labels)

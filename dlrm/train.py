@@ -29,11 +29,12 @@ from torch import nn
 
 from dlrm.bundle import plain
 from dlrm.configs import OptimConfig, TrainConfig
-from dlrm.data import Batch, TensorData
+from dlrm.data import Batch, TensorData, drop_ids
 from dlrm.distributed import DataParallel
 from dlrm.embeddings import RobeArray
 from dlrm.metrics import auc as auc_score
 from dlrm.model import DLRM
+from contract.hashing import UNSEEN, category_id
 from contract.spec import FeatureSpec, ModelInput
 from gpu_ops.robe.optim import MODES as ROBE_MODES
 from gpu_ops.robe.optim import SparseRobeOptimizer
@@ -269,6 +270,7 @@ class _Run:
     best_model: dict[str, torch.Tensor] | None = None  # CPU copy of the best evaluation's weights
     dp: DataParallel = field(default_factory=DataParallel)  # this process's rank (a plain run: 0 of 1)
     net: nn.Module | None = None       # what the step runs forward: the model, or its DDP wrapper
+    dropped: tuple[list[int], list[int]] = ([], [])  # id dropout: (tables, their unseen ids)
 
     @property
     def total_steps(self) -> int | None:
@@ -351,6 +353,21 @@ def _check_inputs(cfg: TrainConfig, spec: FeatureSpec, train: ModelInput | Itera
         raise ValueError(f"train.target_auc = {cfg.target_auc} needs a validation window with rows")
 
 
+def id_dropout_tables(cfg: TrainConfig, spec: FeatureSpec) -> tuple[list[int], list[int]]:
+    """(tables, unseen id of each) of the ``train.id_dropout_features`` the spec has (a
+    Criteo spec has none of the defaults: nothing is dropped there)."""
+    if not 0 <= cfg.id_dropout < 1:
+        raise ValueError(f"train.id_dropout = {cfg.id_dropout}; expected 0 <= x < 1")
+    if cfg.id_dropout == 0:
+        return [], []
+    index = {f.name: t for t, f in enumerate(spec.sparse)}
+    tables = [index[name] for name in cfg.id_dropout_features if name in index]
+    multi = [spec.sparse[t].name for t in tables if spec.sparse[t].multi_hot]
+    if multi:
+        raise ValueError(f"train.id_dropout_features {multi} are multi-hot; id dropout takes single-hot features")
+    return tables, [category_id(spec.sparse[t].name, UNSEEN, spec.sparse[t].table_size) for t in tables]
+
+
 def _validation_sample(cfg: TrainConfig, valid: ModelInput, vdata: TensorData, num_tables: int) -> TensorData:
     """A fixed random subset of ``eval_rows`` validation rows (in window order), the same at
     every periodic evaluation; the whole window when ``eval_rows`` is 0 or covers it."""
@@ -404,7 +421,7 @@ def _checkpoint(run: _Run, state: TrainState) -> None:
 def _train_step(run: _Run, batch: Batch, step: int, global_rows: int) -> torch.Tensor:
     """One optimizer step on ``batch`` (this rank's part of a global batch of ``global_rows``);
     returns the (device) loss."""
-    b = batch.to(run.device)
+    b = drop_ids(batch.to(run.device), *run.dropped, len(run.spec.sparse), run.cfg.id_dropout)
     factor = lr_factor(step, run.cfg.optim)
     for opt in run.optimizers:
         for g in opt.param_groups:
@@ -514,6 +531,9 @@ def train_model(
     run = _Run(cfg, spec, model, build_optimizers(model, cfg.optim), device, cfg.bf16 and device.type == "cuda",
                source, sample, vdata, checkpoint_dir, log if log is not None and dp.is_main else (lambda _msg: None),
                dp=dp)
+    run.dropped = id_dropout_tables(cfg, spec)
+    if cfg.id_dropout > 0:
+        run.say(f"id dropout {cfg.id_dropout:g} on {[spec.sparse[t].name for t in run.dropped[0]] or 'no feature'}")
     state = _start(run, resume)
     run.net = dp.wrap(model, model.embedding, cfg.batch_size)
     # distinct ids: of the window, or counted over a stream's first epoch (when trained whole)

@@ -17,6 +17,7 @@ from typing import Any, ContextManager, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from contract.hashing import UNSEEN
 from contract.spec import FeatureSpec, ModelInput
 from features.transform import build_model_frame
 
@@ -58,10 +59,14 @@ class OnlineFeatures:
         return self.lean.prefetched(entity_rows) if self.lean is not None else nullcontext()
 
     def columns(self, user_id: str, item_ids: Sequence[str],
-                context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                context: Mapping[str, Any] | None = None, unseen: Sequence[str] = ()) -> dict[str, Any]:
         """:meth:`rows` as plain columns (name -> list of n values; ``event_timestamp`` a
         (n,) datetime64[ns] array in UTC), what :func:`~features.transform.model_columns`
-        reads; no pandas objects, so a server pays no per-request frame overhead."""
+        reads; no pandas objects, so a server pays no per-request frame overhead.
+
+        ``unseen``: join keys (``user_id``, ``item_id``) whose entities the store does not
+        know (no feature value in their view) read as :data:`contract.hashing.UNSEEN`, the
+        id a model trained with ``train.id_dropout`` learned for entities it never saw."""
         context = dict(context or {})
         unknown = sorted(set(context) - CONTEXT_KEYS)
         if unknown:
@@ -101,7 +106,23 @@ class OnlineFeatures:
         for name, values in response.to_dict().items():
             if name not in ("user_id", "item_id"):
                 columns[name] = list(values)
+        for key in unseen:
+            names = self._view_features().get(key)
+            if names is None:
+                raise ValueError(f"{key!r} is not the join key of a feature view of {self.service.name}")
+            known = [any(v is not None for v in vals) for vals in zip(*(columns[f] for f in names))]
+            columns[key] = [v if k else UNSEEN for v, k in zip(columns[key], known)]
         return columns
+
+    def _view_features(self) -> dict[str, list[str]]:
+        """Join key -> the names of the service's features in views keyed by it."""
+        if getattr(self, "_by_key", None) is None:
+            by_key: dict[str, list[str]] = {}
+            for proj in self.service.feature_view_projections:
+                for key in self.store.get_feature_view(proj.name).join_keys:
+                    by_key.setdefault(key, []).extend(f.name for f in proj.features)
+            self._by_key = by_key
+        return self._by_key
 
     def rows(self, user_id: str, item_ids: Sequence[str],
              context: Mapping[str, Any] | None = None) -> pd.DataFrame:

@@ -58,6 +58,17 @@ def load_production(registry: str | Path, version: str | None = None) -> LoadedB
     return LoadedBundle(model=model, doc=doc, version=version)
 
 
+def unseen_sources(doc: dict[str, Any], spec: Any) -> list[str]:
+    """The id columns (``user_id``, ``item_id``) a bundle trained with id dropout
+    (``train.id_dropout``) scores unknown entities of by its unseen id; none otherwise."""
+    config = doc.get("config") or {}
+    if not config.get("id_dropout"):
+        return []
+    names = {f.name for f in spec.sparse}
+    sources = spec.extra.get("sources", {})
+    return [sources.get(f, f) for f in config.get("id_dropout_features", []) if f in names]
+
+
 class Ranker:
     """Scores candidates of :class:`ScoreRequest` s with a model and an online feature reader.
 
@@ -66,13 +77,19 @@ class Ranker:
         spec: the FeatureSpec it was trained on.
         features: the online feature reader (a :class:`features.online.OnlineFeatures`):
             ``columns(user_id, item_ids, context)`` and, optionally, ``prefetched(rows)``.
+        unseen: id columns whose entities the store does not know are scored as the
+            model's unseen id (:func:`unseen_sources` of the bundle).
     """
 
-    def __init__(self, model: Any, spec: Any, features: Any):
+    def __init__(self, model: Any, spec: Any, features: Any, unseen: Sequence[str] = ()):
         self.model, self.spec, self.features = model, spec, features
+        self.unseen = tuple(unseen)
 
     def _columns(self, request: ScoreRequest) -> dict[str, Any]:
         try:
+            if self.unseen:
+                return self.features.columns(request.user_id, list(request.item_ids), request.context,
+                                             unseen=self.unseen)
             return self.features.columns(request.user_id, list(request.item_ids), request.context)
         except ValueError as e:  # a context value the feature reader cannot use
             raise InvalidInput(f"cannot build features for user {request.user_id!r}: {e}") from None
