@@ -28,7 +28,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from contract.io import log
 from serving.batcher import Batcher
 from serving.config import ServeConfig
-from serving.ranker import Ranker, load_production
+from serving.ranker import Ranker, load_production, unseen_sources
 from serving.requests import CONTEXT_FIELDS, INT_CONTEXT, ScoreRequest, parse_v1, parse_v2
 
 VERSION_HEADER = "x-model-version"   # every predict response names the version that scored it
@@ -123,7 +123,7 @@ class RobeflowModel(kserve.Model):
             torch.set_num_threads(self.cfg.torch_threads)
         bundle = load_production(self.registry, version)
         spec = FeatureSpec.from_dict(bundle.doc["feature_spec"])
-        ranker = Ranker(bundle.model, spec, self.online(spec))
+        ranker = Ranker(bundle.model, spec, self.online(spec), unseen=unseen_sources(bundle.doc, spec))
         ranker.rank(ScoreRequest("warm-up-user", ("warm-up-item",), {}))
         batcher = Batcher(ranker.rank_many, self.cfg.max_batch_requests, self.cfg.batch_wait_ms / 1e3)
         return Served(bundle.version, ranker, batcher)
