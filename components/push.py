@@ -32,9 +32,17 @@ The bundle it publishes (see :mod:`model_registry.registry` for the layout):
   ``dvc.lock`` records; null without a dvc.lock) and ``registry`` (version, time,
   weights sha256);
 - ``MODEL_CARD.md``: what it was trained on, metrics against the target, size against
-  the full tables.
+  the full tables, and the retrieval model's metrics when one is pushed with it;
+- ``retrieval/`` (with ``--retrieval models/retrieval``): the retrieval bundle of
+  ``robeflow retrieval`` as it is (``model.safetensors``, ``items.json``, ``config.json``;
+  no pickle, LSH tables rebuilt at load), so the server answers "what should this user
+  see?" from the same version. It is published in the same version as the ranker, never
+  alone: the registry writes the version whole before the pointer moves. The gates judge
+  the ranker only; the retrieval model's own metrics are recorded (config.json
+  ``retrieval``, the card).
 
-A model whose weights equal the current production bundle's is not published again.
+A model whose weights equal the current production bundle's (and pushed with the same
+retrieval bundle, or with none as production) is not published again.
 """
 
 from __future__ import annotations
@@ -55,6 +63,10 @@ from contract.params import add_params_args, load_config
 STEP = "push"
 GATE_FAILED_EXIT = 3
 BUNDLE_FILES = ("model.safetensors", "config.json", "MODEL_CARD.md")
+RETRIEVAL_DIR = "retrieval"   # the retrieval bundle's folder inside a published version
+# the headline figures of the retrieval metrics copied into config.json and the card
+RETRIEVAL_METRICS = ("recall_at_10", "recall_at_100", "p_at_1", "oracle_recall_at_100", "popular_recall_at_100",
+                     "lsh_recall_vs_exact_at_100", "items", "method")
 DATA_DEP = "data/model_input"
 
 
@@ -84,6 +96,7 @@ class PushResult:
     gate_passed: bool | None = None  # the evaluate gate's outcome (None for a rollback)
     challenger: dict[str, Any] | None = None  # the champion/challenger comparison (None: not run)
     forced: bool = False         # published by push.force although a gate refused
+    retrieval: dict[str, Any] | None = None  # the retrieval bundle pushed with it (None: none given)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +138,47 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def retrieval_summary(retrieval_dir: Path, ranker_doc: dict[str, Any]) -> dict[str, Any]:
+    """Checks a retrieval bundle (``robeflow retrieval --model-out``) for publishing with the
+    ranker whose config.json is ``ranker_doc``, and sums it up.
+
+    The tower's context features are computed at serving time by the ranker's feature
+    transform, so each must be a feature the ranker's spec knows how to compute.
+
+    Returns:
+        ``{"format", "method", "items", "context", "sha256", "metrics"}``: ``sha256`` of the
+        bundle's files together, ``metrics`` its headline test metrics.
+
+    Raises:
+        FileNotFoundError: a bundle file is missing.
+        ValueError: not a retrieval bundle, or its features are not the ranker's.
+    """
+    from dlrm.bundle import CONFIG, ITEMS, RETRIEVAL_FORMAT, WEIGHTS
+
+    retrieval_dir = Path(retrieval_dir)
+    for name in (WEIGHTS, ITEMS, CONFIG):
+        if not (retrieval_dir / name).is_file():
+            raise FileNotFoundError(f"retrieval bundle {retrieval_dir} lacks {name}; run `robeflow retrieval` first")
+    doc = json.loads((retrieval_dir / CONFIG).read_text())
+    if doc.get("format") != RETRIEVAL_FORMAT:
+        raise ValueError(f"{retrieval_dir / CONFIG} has format {doc.get('format')!r}; expected {RETRIEVAL_FORMAT!r} "
+                         "(give --retrieval the folder `robeflow retrieval --model-out` wrote)")
+    context = [f["name"] for f in doc["feature_spec"]["sparse"]]
+    sources = ranker_doc["feature_spec"].get("extra", {}).get("sources", {})
+    unknown = [c for c in context if c not in sources]
+    if unknown:
+        raise ValueError(f"the retrieval model reads context feature(s) {unknown} that the ranker's feature spec "
+                         f"({ranker_doc['feature_spec'].get('version')}) cannot compute (it computes "
+                         f"{sorted(sources)}): train both on the same model-ready data")
+    h = hashlib.sha256()
+    for name in (WEIGHTS, ITEMS, CONFIG):
+        h.update(sha256_file(retrieval_dir / name).encode())
+    metrics = doc.get("metrics", {})
+    return {"format": RETRIEVAL_FORMAT, "method": doc["model"]["method"], "items": int(doc["num_items"]),
+            "context": context, "sha256": h.hexdigest(),
+            "metrics": {k: metrics[k] for k in RETRIEVAL_METRICS if k in metrics}}
+
+
 # ---- the model card --------------------------------------------------------------------
 
 def _fmt(x: Any, spec: str = ".5f") -> str:
@@ -159,6 +213,30 @@ def _release_lines(release: dict[str, Any] | None) -> list[str]:
         lines.append("- **forced by push.force** although: " + "; ".join(release.get("refusals", [])))
     lines.append("")
     return lines
+
+
+def _retrieval_lines(summary: dict[str, Any] | None) -> list[str]:
+    """The card's retrieval section (none without a retrieval bundle)."""
+    if not summary:
+        return []
+    m = summary.get("metrics", {})
+    return [
+        "## Retrieval (served when a request sends no item_ids)",
+        f"- {summary['method']} output layer over {summary['items']:,} items; the tower reads "
+        f"{', '.join(summary['context'])}",
+        "",
+        "| metric (test window, all items ranked) | value |",
+        "|---|---|",
+        f"| Recall@10 | {_fmt(m.get('recall_at_10'))} |",
+        f"| Recall@100 | {_fmt(m.get('recall_at_100'))} |",
+        f"| P@1 | {_fmt(m.get('p_at_1'))} |",
+        f"| oracle Recall@100 | {_fmt(m.get('oracle_recall_at_100'))} |",
+        f"| popularity Recall@100 | {_fmt(m.get('popular_recall_at_100'))} |",
+        f"| LSH tables' share of the exact top 100 | {_fmt(m.get('lsh_recall_vs_exact_at_100'))} |",
+        "",
+        f"Load it with `dlrm.bundle.load_retrieval(dir/{RETRIEVAL_DIR})` (safetensors + JSON, no pickle).",
+        "",
+    ]
 
 
 def model_card(doc: dict[str, Any], version: str) -> str:
@@ -197,6 +275,7 @@ def model_card(doc: dict[str, Any], version: str) -> str:
         f"| normalised entropy | {_fmt(ev.get('ne'))} |",
         "",
         *_release_lines(doc.get("release")),
+        *_retrieval_lines(doc.get("retrieval")),
         "## Size",
         f"- embedding: {emb['bytes']:,} bytes against {emb['full_bytes']:,} bytes of full float32 "
         f"tables ({_fmt(emb['compression'], '.1f')}x smaller)",
@@ -287,7 +366,8 @@ def champion_challenger(cfg: PushConfig, model_dir: Path, registry: Any, champio
 # ---- the core --------------------------------------------------------------------------
 
 def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path | None = None,
-         registry: str | None = None, input_dir: Path | None = None) -> PushResult:
+         registry: str | None = None, input_dir: Path | None = None,
+         retrieval_dir: Path | None = None) -> PushResult:
     """Publishes the bundle in ``model_dir`` as the next version and moves ``production``
     to it, if the evaluate gate in ``metrics_path`` passed and the candidate is not worse
     than production on the same test rows (or ``cfg.force``).
@@ -301,6 +381,8 @@ def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path
         input_dir: the model-ready dir (``data/model_input``) whose test split both the
             candidate and production are scored on; needed once a production model exists
             (without it the comparison cannot run and only ``cfg.force`` publishes).
+        retrieval_dir: the retrieval bundle (``models/retrieval``), published inside the
+            same version (``vN/retrieval/``); None publishes the ranker alone.
 
     Returns:
         a :class:`PushResult`; ``pushed`` is False (and nothing changed) when a gate
@@ -336,14 +418,17 @@ def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path
     if metrics.get("backend") not in (None, doc["embedding"]["backend"]):
         raise ValueError(f"{metrics_path} evaluated a {metrics['backend']!r} model but {model_dir} holds a "
                          f"{doc['embedding']['backend']!r} one; run `robeflow evaluate` on this model")
+    retrieval = None if retrieval_dir is None else retrieval_summary(Path(retrieval_dir), doc)
     reg = Registry(url)
     current = reg.production()
     gate_passed = bool(metrics["passed"])
     if current is not None:
-        cur = json.loads(reg.read_text(current, CONFIG)).get("registry", {})
-        if cur.get("weights_sha256") == sha:
-            return PushResult(False, url, current, current, f"this model already is production ({current})",
-                              gate_passed=gate_passed)
+        cur_doc = json.loads(reg.read_text(current, CONFIG))
+        same_retrieval = (cur_doc.get("retrieval") or {}).get("sha256") == (retrieval or {}).get("sha256")
+        if cur_doc.get("registry", {}).get("weights_sha256") == sha and same_retrieval:
+            what = "this model" + (" and retrieval bundle" if retrieval else "")
+            return PushResult(False, url, current, current, f"{what} already is production ({current})",
+                              gate_passed=gate_passed, retrieval=retrieval)
 
     refusals = []
     if not gate_passed:
@@ -361,7 +446,7 @@ def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path
             refusals.append(challenger["reason"])
     if refusals and not cfg.force:
         return PushResult(False, url, None, current, "; ".join(refusals) + "; registry unchanged",
-                          gate_passed=gate_passed, challenger=challenger)
+                          gate_passed=gate_passed, challenger=challenger, retrieval=retrieval)
     forced = bool(refusals)
 
     # the number the bundle will most likely get (a concurrent push may take it first;
@@ -378,8 +463,16 @@ def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path
         "weights_bytes": (model_dir / WEIGHTS).stat().st_size,
         "previous_production": current,
     }
+    doc["retrieval"] = retrieval
     with tempfile.TemporaryDirectory(prefix="robeflow-push-") as tmp:
         staging = Path(tmp)
+        if retrieval_dir is not None:
+            # the retrieval bundle's files as they are, uploaded in the same version
+            from dlrm.bundle import ITEMS
+
+            (staging / RETRIEVAL_DIR).mkdir()
+            for name in (WEIGHTS, ITEMS, CONFIG):
+                shutil.copyfile(Path(retrieval_dir) / name, staging / RETRIEVAL_DIR / name)
         shutil.copyfile(model_dir / WEIGHTS, staging / WEIGHTS)
         (staging / CONFIG).write_text(json.dumps(doc, indent=2, default=float) + "\n")
         (staging / "MODEL_CARD.md").write_text(model_card(doc, version))
@@ -390,9 +483,10 @@ def push(cfg: PushConfig, model_dir: Path, metrics_path: Path, *, dvc_lock: Path
     else:
         why = (f"gate passed (AUC {_fmt(metrics.get('auc'))} >= {_fmt(metrics.get('target_auc'))})"
                + (f"; {challenger['reason']}" if challenger else "; no production model to compare with"))
-    reason = f"{why}; published {version}" + (f", was {current}" if current else "")
+    reason = (f"{why}; published {version}" + (" with its retrieval model" if retrieval else "")
+              + (f", was {current}" if current else ""))
     return PushResult(True, url, version, version, reason, gate_passed=gate_passed, challenger=challenger,
-                      forced=forced)
+                      forced=forced, retrieval=retrieval)
 
 
 def rollback(cfg: PushConfig, registry: str | None = None) -> PushResult:
@@ -413,7 +507,7 @@ def _main(args: argparse.Namespace) -> int:
             raise StepError("give the model bundle (--model) and the evaluation metrics (--metrics), "
                             "or --rollback", exit_code=2)
         result = push(cfg, args.model, args.metrics, dvc_lock=args.dvc_lock, registry=args.registry,
-                      input_dir=args.input)
+                      input_dir=args.input, retrieval_dir=args.retrieval)
     log(STEP, f"{result.reason}; production = {result.production} in {result.registry}")
     if args.report is not None:
         write_json(args.report, result.as_dict())
@@ -431,6 +525,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", type=Path, default=None,
                    help="model-ready dir (data/model_input): candidate and production are compared on its "
                         "test split (needed once a production model exists)")
+    p.add_argument("--retrieval", type=Path, default=None,
+                   help="retrieval bundle dir (models/retrieval): published in the same version, so the server "
+                        "can recommend from the whole catalogue (optional)")
     p.add_argument("--dvc-lock", type=Path, default=None,
                    help="dvc.lock, for the data and params versions (recorded as null when absent)")
     p.add_argument("--registry", help="registry directory or fsspec URL (default: push.registry)")

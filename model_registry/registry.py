@@ -4,13 +4,16 @@ A registry is a directory, or any fsspec URL (``s3://bucket/registry``, ``gs://.
 ``memory://`` stands in for an object store in tests)::
 
     REGISTRY/v1/{model.safetensors, config.json, MODEL_CARD.md}
-    REGISTRY/v2/...
+    REGISTRY/v2/{model.safetensors, config.json, MODEL_CARD.md,
+                 retrieval/{model.safetensors, items.json, config.json}}
     REGISTRY/production        JSON: {"version": "v2", "history": ["v1"], "updated_at": ...}
 
-A bundle is written under a temporary name, renamed to ``vN`` once complete, and only
-then does the pointer move (written to a temporary file, then renamed over
-``production``). A crash at any point leaves ``production`` naming a complete bundle;
-at worst a temporary directory or an unreferenced ``vN`` is left behind.
+A bundle is a folder; its files may sit in subfolders (a version's ``retrieval/`` holds the
+retrieval model pushed with the ranker), named by their path relative to the version
+(``retrieval/config.json``). A bundle is written whole under a temporary name, renamed to
+``vN`` once complete, and only then does the pointer move (written to a temporary file,
+then renamed over ``production``). A crash at any point leaves ``production`` naming a
+complete bundle; at worst a temporary directory or an unreferenced ``vN`` is left behind.
 
 Example:
     >>> reg = Registry("registry")                    # doctest: +SKIP
@@ -86,18 +89,29 @@ class Registry:
         return None if doc is None else str(doc["version"])
 
     def files(self, version: str) -> list[str]:
-        """File names of a bundle version."""
+        """The files of a bundle version, as paths relative to it (``config.json``,
+        ``retrieval/items.json``), sorted."""
         self._check_version(version)
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self._path(version), detail=False))
+        base = self.fs._strip_protocol(self._path(version)).rstrip("/") + "/"
+        found = [self.fs._strip_protocol(p) for p in self.fs.find(self._path(version))]
+        return sorted(p[len(base):] for p in found if p.startswith(base))
+
+    def has(self, version: str, name: str) -> bool:
+        """True when the bundle holds the file ``name`` (a path relative to the version)."""
+        return name in self.files(version)
 
     def read_text(self, version: str, name: str) -> str:
-        """One text file of a bundle (e.g. ``config.json``)."""
+        """One text file of a bundle (e.g. ``config.json``, ``retrieval/config.json``)."""
         self._check_version(version)
         with self.fs.open(self._path(version, name), "rb") as fh:
             return fh.read().decode("utf-8")
 
-    def fetch(self, version: str | None, dest: Path) -> tuple[str, Path]:
+    def fetch(self, version: str | None, dest: Path, under: str | None = None) -> tuple[str, Path]:
         """Copies a bundle (default: the production one) into the local dir ``dest``.
+
+        Args:
+            under: copy only the files in this subfolder of the bundle (e.g. ``"retrieval"``),
+                to the top of ``dest``.
 
         Returns:
             (the version fetched, ``dest``).
@@ -110,8 +124,14 @@ class Registry:
         self._check_version(version)
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
-        for name in self.files(version):
-            self.fs.get_file(self._path(version, name), str(dest / name))
+        prefix = "" if under is None else under.strip("/") + "/"
+        names = [n for n in self.files(version) if n.startswith(prefix)]
+        if under is not None and not names:
+            raise FileNotFoundError(f"registry {self.url} bundle {version} has no {under!r} folder")
+        for name in names:
+            target = dest / name[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(self._path(version, name), str(target))
         return version, dest
 
     def local_dir(self, version: str) -> Path | None:
@@ -130,7 +150,8 @@ class Registry:
     # ---- writing -------------------------------------------------------------------
 
     def publish(self, bundle_dir: Path) -> str:
-        """Uploads the files of the local dir ``bundle_dir`` as the next version.
+        """Uploads the files of the local dir ``bundle_dir``, subfolders included, as the
+        next version.
 
         The files go to a temporary directory first, which is renamed to ``vN`` once all
         are written; the production pointer does not move (see :meth:`set_production`).
@@ -139,15 +160,17 @@ class Registry:
             the new version, e.g. ``"v3"``.
         """
         bundle_dir = Path(bundle_dir)
-        files = sorted(p for p in bundle_dir.iterdir() if p.is_file())
-        if not files:
-            raise ValueError(f"bundle dir {bundle_dir} holds no files")
+        files = sorted(p.relative_to(bundle_dir) for p in bundle_dir.rglob("*") if p.is_file())
+        if not any(len(f.parts) == 1 for f in files):
+            raise ValueError(f"bundle dir {bundle_dir} holds no files at its top")
         self.fs.makedirs(self.root, exist_ok=True)
         tmp = self._path(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
         self.fs.makedirs(tmp, exist_ok=True)
         try:
             for f in files:
-                self.fs.put_file(str(f), f"{tmp}/{f.name}")
+                if len(f.parts) > 1:
+                    self.fs.makedirs(f"{tmp}/{f.parent.as_posix()}", exist_ok=True)
+                self.fs.put_file(str(bundle_dir / f), f"{tmp}/{f.as_posix()}")
             for attempt in range(5):
                 version = self.next_version()
                 try:

@@ -23,3 +23,25 @@ class ServeConfig:
     online_cache_s: float = 60.0   # lean reader: seconds an entity row may be served from memory (0 = no cache)
     reload_s: float = 10.0         # seconds between looks at the registry's production pointer (0 = never)
     control_token_env: str = "ROBEFLOW_CONTROL_TOKEN"  # env var whose value opens /v2/repository/* (unset: closed)
+    # recommendations from the whole catalogue (a request without item_ids; serving/retrieval.py)
+    retrieve_k: int = 10               # items returned when the request gives no k
+    max_k: int = 100                   # the largest k a request may ask for (more is a 400)
+    retrieve_candidates: int = 200     # items the retrieval model hands to the ranker (at least k)
+    retrieval_index: Literal["auto", "exact", "lsh"] = "auto"  # auto: exact up to exact_max_items, else lsh
+    exact_max_items: int = 100_000     # auto: exact inner products over catalogues up to this size
+    lsh_bits: int = 8                  # lsh: K bits per table (2^K buckets)
+    lsh_tables: int = 32               # lsh: L tables over the item vectors
+    lsh_bucket_size: int = 256         # lsh: ids kept per bucket
+    lsh_budget: int = 4000             # lsh: table hits scored exactly per request (most votes first)
+    lsh_seed: int = 0                  # lsh: hash functions' seed
+
+    def __post_init__(self) -> None:
+        for name in ("retrieve_k", "max_k", "retrieve_candidates", "exact_max_items", "lsh_bits", "lsh_tables",
+                     "lsh_bucket_size", "lsh_budget"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"serve.{name} = {value!r}; expected an integer >= 1")
+        if self.retrieve_k > self.max_k:
+            raise ValueError(f"serve.retrieve_k = {self.retrieve_k} exceeds serve.max_k = {self.max_k}")
+        if self.retrieval_index not in ("auto", "exact", "lsh"):
+            raise ValueError(f"serve.retrieval_index = {self.retrieval_index!r}; expected auto, exact or lsh")

@@ -3,12 +3,14 @@
 The work is done by :class:`serving.ranker.Ranker` (bundle + features -> scores) and
 :class:`serving.batcher.Batcher` (requests that arrive together are scored together);
 this class maps KServe's protocol onto them and is configured by one
-:class:`serving.config.ServeConfig`.
+:class:`serving.config.ServeConfig`. A request without ``item_ids`` is first given its
+candidates by the version's retrieval model (:class:`serving.retrieval.Retriever`), then
+ranked the same way; a version published without one answers such requests 400.
 
 Live updates: :meth:`RobeflowModel.follow` looks at the registry's ``production`` pointer
 every ``serve.reload_s`` seconds; when it names another version, that bundle is loaded
-and warmed up beside the serving one, then one reference (ranker, batcher, version) is
-swapped. A request takes that reference once, so it is scored and answered entirely by
+and warmed up beside the serving one, then one reference (ranker, retriever, batcher,
+version) is swapped. A request takes that reference once, so it is scored and answered entirely by
 the model it started on; the old batcher finishes what it holds before it stops. A bundle
 that fails to load is logged once and the old model keeps serving.
 """
@@ -29,7 +31,9 @@ from contract.io import log
 from serving.batcher import Batcher
 from serving.config import ServeConfig
 from serving.ranker import Ranker, load_production, unseen_sources
-from serving.requests import CONTEXT_FIELDS, INT_CONTEXT, ScoreRequest, parse_v1, parse_v2
+from serving.requests import (CONTEXT_FIELDS, INT_CONTEXT, RetrievalLimits, RetrieveRequest, ScoreRequest, parse_v1,
+                              parse_v2)
+from serving.retrieval import Retriever, load_retriever
 
 VERSION_HEADER = "x-model-version"   # every predict response names the version that scored it
 STEP = "serve"
@@ -42,6 +46,7 @@ class Served:
     version: str
     ranker: Ranker
     batcher: Batcher
+    retriever: Retriever | None = None   # the version's retrieval model (None: it has none)
 
 
 class RobeflowModel(kserve.Model):
@@ -66,6 +71,7 @@ class RobeflowModel(kserve.Model):
         if cfg.reload_s < 0:
             raise ValueError(f"serve.reload_s = {cfg.reload_s}; expected >= 0 (0 = never reload)")
         self.cfg = cfg
+        self.limits = RetrievalLimits(default_k=cfg.retrieve_k, max_k=cfg.max_k)
         self.registry, self.features_repo = str(registry), Path(features_repo)
         self.online = online or self._open_online
         self._failed: tuple[str, Any] | None = None   # (version, pointer time) that failed to load
@@ -98,6 +104,10 @@ class RobeflowModel(kserve.Model):
     def batcher(self) -> Batcher | None:
         return None if self._served is None else self._served.batcher
 
+    @property
+    def retriever(self) -> Retriever | None:
+        return None if self._served is None else self._served.retriever
+
     async def healthy(self) -> bool:
         return self.ready
 
@@ -113,8 +123,9 @@ class RobeflowModel(kserve.Model):
     # ---- loading -----------------------------------------------------------------------
 
     def _build(self, version: str | None = None) -> Served:
-        """Loads a bundle (default: production), opens its online reader and scores one
-        warm-up request (the first call of the embedding op is slow)."""
+        """Loads a bundle (default: production) and its retrieval model if it has one, opens
+        its online reader and answers one warm-up request (the first call of the embedding
+        op is slow)."""
         import torch
 
         from contract.spec import FeatureSpec
@@ -125,8 +136,13 @@ class RobeflowModel(kserve.Model):
         spec = FeatureSpec.from_dict(bundle.doc["feature_spec"])
         ranker = Ranker(bundle.model, spec, self.online(spec), unseen=unseen_sources(bundle.doc, spec))
         ranker.rank(ScoreRequest("warm-up-user", ("warm-up-item",), {}))
+        retriever = load_retriever(self.registry, bundle.version, spec, ranker.features, self.cfg)
+        if retriever is not None:
+            (warm,) = retriever.retrieve_many([RetrieveRequest("warm-up-user", 1, {"hour": 0})])
+            if not isinstance(warm, Exception):
+                ranker.rank(ScoreRequest("warm-up-user", warm.items, {"hour": 0}))
         batcher = Batcher(ranker.rank_many, self.cfg.max_batch_requests, self.cfg.batch_wait_ms / 1e3)
-        return Served(bundle.version, ranker, batcher)
+        return Served(bundle.version, ranker, batcher, retriever)
 
     def load(self) -> bool:
         """Loads the production bundle (blocking); then the model is ready."""
@@ -215,10 +231,12 @@ class RobeflowModel(kserve.Model):
     # ---- protocol ----------------------------------------------------------------------
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        """v2 metadata of the request tensors (-1: any length)."""
+        """v2 metadata of the request tensors (-1: any length). Without ``item_ids`` the
+        server recommends ``k`` items of the whole catalogue."""
         return [
             {"name": "user_id", "datatype": "BYTES", "shape": [1]},
-            {"name": "item_ids", "datatype": "BYTES", "shape": [-1]},
+            {"name": "item_ids", "datatype": "BYTES", "shape": [-1], "parameters": {"optional": True}},
+            {"name": "k", "datatype": "INT64", "shape": [1], "parameters": {"optional": True}},
             *({"name": k, "datatype": "INT64" if k in INT_CONTEXT else "BYTES", "shape": [1],
                "parameters": {"optional": True}} for k in CONTEXT_FIELDS),
         ]
@@ -227,6 +245,31 @@ class RobeflowModel(kserve.Model):
         """v2 metadata of the response tensors: the items best first and their scores."""
         return [{"name": "item_ids", "datatype": "BYTES", "shape": [-1]},
                 {"name": "scores", "datatype": "FP32", "shape": [-1]}]
+
+    async def _answer(self, served: Served, requests: list[ScoreRequest | RetrieveRequest]) -> list[dict[str, Any]]:
+        """Per request ``{"item_ids", "scores"}`` best first; a retrieval request's answer is
+        its top k and adds ``"retrieved": True`` and ``"fallback"`` (None or "popular")."""
+        found: dict[int, Any] = {}
+        wanted = [i for i, r in enumerate(requests) if isinstance(r, RetrieveRequest)]
+        if wanted:
+            if served.retriever is None:
+                raise InvalidInput(f"model version {served.version} was published without a retrieval model, so it "
+                                   "cannot recommend without candidates: send item_ids to rank them, or publish one "
+                                   "with `robeflow push --retrieval models/retrieval`")
+            for i, got in zip(wanted, served.retriever.retrieve_many([requests[i] for i in wanted])):
+                if isinstance(got, Exception):
+                    raise got
+                found[i] = got
+        scored = [ScoreRequest(r.user_id, found[i].items, r.context) if i in found else r
+                  for i, r in enumerate(requests)]
+        out = []
+        for i, (r, (items, scores)) in enumerate(zip(requests, await served.batcher.submit(scored))):
+            if i in found:
+                out.append({"item_ids": items[:r.k], "scores": scores[:r.k], "retrieved": True,
+                            "fallback": found[i].fallback})
+            else:
+                out.append({"item_ids": items, "scores": scores})
+        return out
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> Any:
@@ -237,20 +280,23 @@ class RobeflowModel(kserve.Model):
         if response_headers is not None:
             response_headers[VERSION_HEADER] = served.version
         if isinstance(payload, InferRequest):
-            request = parse_v2(payload, self.cfg.max_candidates)
-            (items, scores), = await served.batcher.submit([request])
+            request = parse_v2(payload, self.cfg.max_candidates, self.limits)
+            (answer,) = await self._answer(served, [request])
+            items, scores = answer["item_ids"], answer["scores"]
             outputs = [
                 InferOutput(name="item_ids", shape=[len(items)], datatype="BYTES", data=items),
                 InferOutput(name="scores", shape=[len(scores)], datatype="FP32", data=scores),
             ]
+            parameters = None
+            if answer.get("retrieved"):
+                parameters = {"retrieved": True, **({"fallback": answer["fallback"]} if answer["fallback"] else {})}
             return InferResponse(response_id=payload.id or uuid.uuid4().hex, model_name=self.name,
-                                 model_version=served.version, infer_outputs=outputs)
+                                 model_version=served.version, infer_outputs=outputs, parameters=parameters)
         if isinstance(payload, (bytes, bytearray)):
             raise InvalidInput("the request body must be JSON (Content-Type: application/json)")
-        requests = parse_v1(payload, self.cfg.max_candidates)
-        ranked = await served.batcher.submit(requests)
+        requests = parse_v1(payload, self.cfg.max_candidates, limits=self.limits)
         return {
-            "predictions": [{"user_id": r.user_id, "item_ids": items, "scores": scores}
-                            for r, (items, scores) in zip(requests, ranked)],
+            "predictions": [{"user_id": r.user_id, **answer}
+                            for r, answer in zip(requests, await self._answer(served, requests))],
             "model_version": served.version,
         }

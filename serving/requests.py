@@ -11,8 +11,14 @@ v1 (``POST /v1/models/NAME:predict``)::
     -> {"predictions": [{"user_id": "u42", "item_ids": ["i7", "i1"], "scores": [0.31, 0.02]}],
         "model_version": "v3"}
 
+An instance without ``item_ids`` asks for recommendations from the whole catalogue
+(retrieval, then ranking): ``{"user_id": "u42", "k": 5, "context": {...}}`` -> the top
+``k`` items (default ``serve.retrieve_k``, at most ``serve.max_k``) with ``"retrieved":
+true`` (see :mod:`serving.retrieval`). ``k`` belongs to such requests only.
+
 v2 (``POST /v2/models/NAME/infer``): one user per request; tensors ``user_id`` (BYTES,
-[1]), ``item_ids`` (BYTES, [K]), optional ``query`` / ``device`` / ``country`` /
+[1]), ``item_ids`` (BYTES, [K]; left out: recommend from the catalogue), ``k`` (INT32 or
+INT64, [1]; only without ``item_ids``), optional ``query`` / ``device`` / ``country`` /
 ``timestamp`` (BYTES, [1]) and ``hour`` (INT32 or INT64, [1]). The response has
 ``item_ids`` (BYTES, [K]) and ``scores`` (FP32, [K]), best first.
 """
@@ -28,7 +34,7 @@ from kserve.errors import InvalidInput
 STRING_CONTEXT = ("query", "device", "country", "timestamp")
 INT_CONTEXT = ("hour",)
 CONTEXT_FIELDS = (*STRING_CONTEXT, *INT_CONTEXT)
-INSTANCE_FIELDS = ("user_id", "item_ids", "context")
+INSTANCE_FIELDS = ("user_id", "item_ids", "k", "context")
 MAX_ID_CHARS = 256
 
 
@@ -39,6 +45,32 @@ class ScoreRequest:
     user_id: str
     item_ids: tuple[str, ...]
     context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrieveRequest:
+    """One user (and context) asking for the top ``k`` items of the whole catalogue."""
+
+    user_id: str
+    k: int
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrievalLimits:
+    """What a retrieval request may ask for (from :class:`serving.config.ServeConfig`)."""
+
+    default_k: int = 10   # k when the request gives none
+    max_k: int = 100      # the largest k accepted (more is a 400)
+
+
+def _check_k(value: Any, where: str, limits: RetrievalLimits) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{where} must be an integer in 1..{limits.max_k}, got {value!r:.40}")
+    if not 1 <= value <= limits.max_k:
+        raise InvalidInput(f"{where} = {value} is out of range: expected 1..{limits.max_k} "
+                           f"(serve.max_k)")
+    return value
 
 
 def _check_id(value: Any, where: str) -> str:
@@ -94,8 +126,11 @@ def _check_context(context: Any, where: str) -> dict[str, Any]:
     return out
 
 
-def parse_v1(payload: Any, max_candidates: int, max_instances: int = 64) -> list[ScoreRequest]:
-    """The requests of a v1 body ``{"instances": [{user_id, item_ids, context?}, ...]}``."""
+def parse_v1(payload: Any, max_candidates: int, max_instances: int = 64,
+             limits: RetrievalLimits = RetrievalLimits()) -> list[ScoreRequest | RetrieveRequest]:
+    """The requests of a v1 body ``{"instances": [{user_id, item_ids?, k?, context?}, ...]}``:
+    a :class:`ScoreRequest` per instance with ``item_ids``, a :class:`RetrieveRequest` per
+    instance without."""
     if not isinstance(payload, dict):
         raise InvalidInput(f"the request body must be a JSON object with 'instances', got {type(payload).__name__}")
     unknown = sorted(set(payload) - {"instances"})
@@ -116,14 +151,19 @@ def parse_v1(payload: Any, max_candidates: int, max_instances: int = 64) -> list
         unknown = sorted(set(inst) - set(INSTANCE_FIELDS))
         if unknown:
             raise InvalidInput(f"{where} has unknown field(s) {unknown}; expected {list(INSTANCE_FIELDS)}")
-        for key in ("user_id", "item_ids"):
-            if key not in inst:
-                raise InvalidInput(f"{where} lacks the field {key!r}")
-        out.append(ScoreRequest(
-            user_id=_check_id(inst["user_id"], f"{where}.user_id"),
-            item_ids=_check_items(inst["item_ids"], f"{where}.item_ids", max_candidates),
-            context=_check_context(inst.get("context"), f"{where}.context"),
-        ))
+        if "user_id" not in inst:
+            raise InvalidInput(f"{where} lacks the field 'user_id'")
+        user_id = _check_id(inst["user_id"], f"{where}.user_id")
+        context = _check_context(inst.get("context"), f"{where}.context")
+        if "item_ids" in inst:
+            if "k" in inst:
+                raise InvalidInput(f"{where}.k applies to recommendations (an instance without item_ids); "
+                                   f"a ranking request returns all its items")
+            out.append(ScoreRequest(user_id, _check_items(inst["item_ids"], f"{where}.item_ids", max_candidates),
+                                    context))
+        else:
+            k = _check_k(inst["k"], f"{where}.k", limits) if "k" in inst else limits.default_k
+            out.append(RetrieveRequest(user_id, k, context))
     return out
 
 
@@ -158,32 +198,36 @@ def _tensor_values(inp: Any) -> list:
     return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
 
 
-def parse_v2(request: Any, max_candidates: int) -> ScoreRequest:
-    """The request of a v2 :class:`kserve.InferRequest` (tensors named as in the module doc)."""
+def parse_v2(request: Any, max_candidates: int,
+             limits: RetrievalLimits = RetrievalLimits()) -> ScoreRequest | RetrieveRequest:
+    """The request of a v2 :class:`kserve.InferRequest` (tensors named as in the module doc):
+    a :class:`ScoreRequest` with ``item_ids``, a :class:`RetrieveRequest` without."""
     inputs = {}
     for inp in request.inputs:
         if inp.name in inputs:
             raise InvalidInput(f"input {inp.name!r} appears twice")
         inputs[inp.name] = inp
-    allowed = ("user_id", "item_ids", *CONTEXT_FIELDS)
+    allowed = ("user_id", "item_ids", "k", *CONTEXT_FIELDS)
     unknown = sorted(set(inputs) - set(allowed))
     if unknown:
-        raise InvalidInput(f"unknown input(s) {unknown}; expected user_id, item_ids and optionally "
+        raise InvalidInput(f"unknown input(s) {unknown}; expected user_id, and optionally item_ids (else k) and "
                            f"{list(CONTEXT_FIELDS)}")
-    for key in ("user_id", "item_ids"):
-        if key not in inputs:
-            raise InvalidInput(f"the request lacks the input {key!r}")
+    if "user_id" not in inputs:
+        raise InvalidInput("the request lacks the input 'user_id'")
+    if "k" in inputs and "item_ids" in inputs:
+        raise InvalidInput("input 'k' applies to recommendations (a request without item_ids); a ranking "
+                           "request returns all its items")
     for name, inp in inputs.items():
-        want = ("INT32", "INT64") if name in INT_CONTEXT else ("BYTES",)
+        want = ("INT32", "INT64") if name in (*INT_CONTEXT, "k") else ("BYTES",)
         if inp.datatype not in want:
             raise InvalidInput(f"input {name!r} has datatype {inp.datatype}; expected {' or '.join(want)}")
     values = {name: _tensor_values(inp) for name, inp in inputs.items()}
     for name, vals in values.items():
         if name != "item_ids" and len(vals) != 1:
             raise InvalidInput(f"input {name!r} must hold exactly one value (shape [1]), got {len(vals)}")
-    context = {k: values[k][0] for k in CONTEXT_FIELDS if k in values}
-    return ScoreRequest(
-        user_id=_check_id(values["user_id"][0], "user_id"),
-        item_ids=_check_items(values["item_ids"], "item_ids", max_candidates),
-        context=_check_context(context, "context"),
-    )
+    context = _check_context({k: values[k][0] for k in CONTEXT_FIELDS if k in values}, "context")
+    user_id = _check_id(values["user_id"][0], "user_id")
+    if "item_ids" in values:
+        return ScoreRequest(user_id, _check_items(values["item_ids"], "item_ids", max_candidates), context)
+    k = _check_k(values["k"][0], "k", limits) if "k" in values else limits.default_k
+    return RetrieveRequest(user_id, k, context)

@@ -64,7 +64,8 @@ BAD = [
     (V1, b"", "application/json", 400, "Unrecognized request format"),
     (V1, b"5", "application/json", 400, "JSON object with 'instances'"),
     (V1, b"plain words", "text/plain", 400, "must be JSON"),
-    (V1, {"instances": [{"user_id": "u1"}]}, None, 400, "lacks the field 'item_ids'"),
+    # no item_ids: a recommendation, which a version published without a retrieval model cannot give
+    (V1, {"instances": [{"user_id": "u1"}]}, None, 400, "published without a retrieval model"),
     (V1, {"instances": [{"user_id": 42, "item_ids": ["i1"]}]}, None, 400, "user_id must be a string"),
     (V1, {"instances": [{"user_id": "u1", "item_ids": []}]}, None, 400, "is empty"),
     (V1, {"instances": [{"user_id": "u1", "item_ids": [f"i{k}" for k in range(51)]}]}, None, 400,
@@ -74,7 +75,7 @@ BAD = [
     (V2, b"{not json", "application/json", 422, "JSON decode error"),
     (V2, {"inputs": "nope"}, None, 422, "valid list"),
     (V2, {"inputs": [{"name": "user_id", "shape": [1], "datatype": "BYTES", "data": ["u1"]}]}, None, 400,
-     "lacks the input 'item_ids'"),
+     "published without a retrieval model"),
     (V2, {"inputs": [{"name": "user_id", "shape": [1], "datatype": "BYTES", "data": ["u1"]},
                      {"name": "item_ids", "shape": [3], "datatype": "BYTES", "data": ["i1"]}]}, None, 400,
      "1 values but shape [3]"),

@@ -6,7 +6,7 @@ import pytest
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from serving.requests import ScoreRequest, parse_v1, parse_v2
+from serving.requests import RetrievalLimits, RetrieveRequest, ScoreRequest, parse_v1, parse_v2
 
 GOOD = {"user_id": "u1", "item_ids": ["i1", "i2"], "context": {"query": "red", "device": "mobile",
                                                                "country": "DE", "hour": 7}}
@@ -17,6 +17,19 @@ def test_v1_parses_instances():
     assert got == [ScoreRequest("u1", ("i1", "i2"), GOOD["context"]), ScoreRequest("u2", ("i9",), {})]
 
 
+def test_an_instance_without_item_ids_asks_for_recommendations():
+    limits = RetrievalLimits(default_k=7, max_k=20)
+    got = parse_v1({"instances": [{"user_id": "u1"}, {"user_id": "u2", "k": 20, "context": {"hour": 3}}, GOOD]},
+                   max_candidates=10, limits=limits)
+    assert got == [RetrieveRequest("u1", 7, {}), RetrieveRequest("u2", 20, {"hour": 3}),
+                   ScoreRequest("u1", ("i1", "i2"), GOOD["context"])]
+    with pytest.raises(InvalidInput, match=r"k = 21 is out of range: expected 1..20 \(serve.max_k\)"):
+        parse_v1({"instances": [{"user_id": "u1", "k": 21}]}, max_candidates=10, limits=limits)
+    assert parse_v2(v2(USER), 10, limits) == RetrieveRequest("u1", 7, {})
+    assert parse_v2(v2(USER, InferInput("k", [1], "INT32", [4]), InferInput("device", [1], "BYTES", ["mobile"])),
+                    10, limits) == RetrieveRequest("u1", 4, {"device": "mobile"})
+
+
 @pytest.mark.parametrize("payload, message", [
     ([GOOD], "JSON object with 'instances'"),
     ({}, "lacks 'instances'"),
@@ -25,7 +38,11 @@ def test_v1_parses_instances():
     ({"instances": [GOOD], "extra": 1}, "unknown field"),
     ({"instances": ["u1"]}, r"instances\[0\] must be an object"),
     ({"instances": [{"item_ids": ["i1"]}]}, "lacks the field 'user_id'"),
-    ({"instances": [{"user_id": "u1"}]}, "lacks the field 'item_ids'"),
+    ({"instances": [{"user_id": "u1", "k": 101}]}, r"instances\[0\]\.k = 101 is out of range: expected 1..100"),
+    ({"instances": [{"user_id": "u1", "k": 0}]}, r"instances\[0\]\.k = 0 is out of range"),
+    ({"instances": [{"user_id": "u1", "k": "5"}]}, r"instances\[0\]\.k must be an integer"),
+    ({"instances": [{"user_id": "u1", "k": True}]}, r"instances\[0\]\.k must be an integer"),
+    ({"instances": [{**GOOD, "k": 1}]}, r"k applies to recommendations"),
     ({"instances": [{**GOOD, "user_id": 7}]}, "user_id must be a string"),
     ({"instances": [{**GOOD, "user_id": ""}]}, "non-empty string"),
     ({"instances": [{**GOOD, "item_ids": "i1"}]}, "must be a list"),
@@ -63,7 +80,10 @@ def test_v2_parses_tensors():
 
 @pytest.mark.parametrize("request_, message", [
     (v2(ITEMS), "lacks the input 'user_id'"),
-    (v2(USER), "lacks the input 'item_ids'"),
+    (v2(USER, InferInput("k", [1], "INT64", [101])), r"k = 101 is out of range: expected 1..100"),
+    (v2(USER, InferInput("k", [1], "FP32", [3.0])), "input 'k' has datatype FP32"),
+    (v2(USER, InferInput("k", [2], "INT64", [3, 4])), "'k' must hold exactly one value"),
+    (v2(USER, ITEMS, InferInput("k", [1], "INT64", [3])), "'k' applies to recommendations"),
     (v2(USER, ITEMS, InferInput("color", [1], "BYTES", ["red"])), r"unknown input\(s\) \['color'\]"),
     (v2(USER, ITEMS, ITEMS), "appears twice"),
     (v2(InferInput("user_id", [1], "INT32", [1]), ITEMS), "datatype INT32; expected BYTES"),
