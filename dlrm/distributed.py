@@ -27,14 +27,18 @@ One step (:class:`DataParallel`)
       * sparse (large arrays): the array stays out of DDP and
         :meth:`DataParallel.sync_embedding_grads` exchanges its gradient after the backward
         pass: all-gather every rank's (slot indices, values), padded to the largest; each
-        rank concatenates them in rank order, coalesces (sums duplicate slots) and divides
-        by ``world_size``. Bytes moved and work follow the batch, not |M|: two collectives
-        (the sizes, then the packed entries), (N-1) x S x 12 bytes in, N x S keys sorted.
+        rank merges them in rank order (:func:`merge_sorted_slots`: the slot lists are
+        sorted runs of consecutive slots, so only the runs are sorted) and divides by
+        ``world_size``. Bytes moved and work follow the batch, not |M|: two collectives
+        (the sizes, then the packed entries), (N-1) x S x 12 bytes in.
       * dense (small arrays): the array takes a dense ``(|M|,)`` gradient and joins the MLPs
-        in DDP's bucket, so a step costs one all-reduce in all, no sort. Chosen when |M| is at
-        most the floats a global batch can read (rows x tables x dim): the pipeline's default
+        in DDP's bucket, so a step costs one all-reduce in all. Chosen when |M| is at most
+        the floats a global batch can read (rows x tables x dim): the pipeline's default
         15K-float array (batch 1024 reads ~245K floats, mostly the same slots): dense; a
-        100 MB array: sparse. ``ROBEFLOW_DDP_EXCHANGE=dense|sparse`` forces one (to measure).
+        100 MB array (a 100 MB all-reduce a step): sparse. Measured on the default model, 2
+        gloo ranks: 11.6 ms CPU a step this way, against 13.4 ms for the sparse gradient
+        scattered into a zero array and all-reduced after the backward.
+        ``ROBEFLOW_DDP_EXCHANGE=dense|sparse`` forces one (to measure).
 
       Other embedding backends with sparse gradients (full tables) go through the same
       exchange (all-gathered, or all-reduced dense when that is smaller, chosen per step from
