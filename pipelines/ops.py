@@ -212,9 +212,10 @@ def retrieval_op(params: dict, generate: dict, model_input: Input[Dataset], vali
 
 @_component
 def push_op(params: dict, model: Input[Model], metrics: Input[Metrics], model_input: Input[Dataset],
-            bundle: Output[Model]) -> str:
-    """Publishes the model to the registry (push.registry) and moves its production pointer,
-    when it is not worse than production on the same test rows (``model_input``'s test split)."""
+            retrieval: Input[Model], bundle: Output[Model]) -> str:
+    """Publishes the model, with the retrieval model (``retrieval``, published in the same
+    version), to the registry (push.registry) and moves its production pointer, when it is
+    not worse than production on the same test rows (``model_input``'s test split)."""
     import json
     from pathlib import Path
 
@@ -222,7 +223,7 @@ def push_op(params: dict, model: Input[Model], metrics: Input[Metrics], model_in
     from components.push import PushConfig, push
 
     res = push(from_dict(PushConfig, params, "push"), Path(model.path), Path(metrics.path),
-               input_dir=Path(model_input.path))
+               input_dir=Path(model_input.path), retrieval_dir=Path(retrieval.path))
     Path(bundle.path).write_text(json.dumps(res.as_dict(), indent=2))
     bundle.metadata.update({k: v for k, v in res.as_dict().items() if v is not None})
     return res.version or ""

@@ -57,9 +57,10 @@ def _sized(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
 
 def _train_and_ship(gpu: bool, train: dict, evaluate: dict, push: dict, monitor: dict,
                     model_input: PipelineChannel, truth: PipelineChannel, workers: PipelineChannel,
-                    train_staging: PipelineChannel) -> None:
-    """Adds the steps after the features to the current branch: train -> evaluate -> push,
-    which runs only when the evaluate gate passed; and the drift monitor of the newest
+                    train_staging: PipelineChannel, retrieval: PipelineChannel) -> None:
+    """Adds the steps after the features to the current branch: train -> evaluate -> push
+    (with the retrieval model ``retrieval``), which runs only when the evaluate gate
+    passed; and the drift monitor of the newest
     window, scored by the trained model. The train step is a TrainJob of ``workers`` nodes
     when ``workers > 1`` (GPU nodes when ``gpu``), else one pod (on a GPU node when ``gpu``).
 
@@ -71,22 +72,22 @@ def _train_and_ship(gpu: bool, train: dict, evaluate: dict, push: dict, monitor:
     with dsl.If(workers > 1, name="train-job"):
         job = _sized(train_job_op(params=train, device=device, workers=workers, staging=train_staging, image=IMAGE,
                                   model_input=model_input), "train_job")
-        _ship(job, evaluate, push, monitor, model_input, truth)
+        _ship(job, evaluate, push, monitor, model_input, truth, retrieval)
     with dsl.Else(name="train-pod"):
         trained = _sized(train_op(params=train, device=device, model_input=model_input), "train")
         if gpu:
             trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-        _ship(trained, evaluate, push, monitor, model_input, truth)
+        _ship(trained, evaluate, push, monitor, model_input, truth, retrieval)
 
 
 def _ship(trained: dsl.PipelineTask, evaluate: dict, push: dict, monitor: dict, model_input: PipelineChannel,
-          truth: PipelineChannel) -> None:
-    """evaluate -> (gate) push, and monitor, of the model ``trained`` wrote."""
+          truth: PipelineChannel, retrieval: PipelineChannel) -> None:
+    """evaluate -> (gate) push with the retrieval model, and monitor, of the model ``trained`` wrote."""
     evaluated = _sized(evaluate_op(params=evaluate, model=trained.outputs["model"],
                                    model_input=model_input, truth=truth), "evaluate")
     with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
         _sized(push_op(params=push, model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
-                       model_input=model_input),
+                       model_input=model_input, retrieval=retrieval),
                "push")
     _sized(monitor_op(params=monitor, model_input=model_input, model=trained.outputs["model"]), "monitor")
 
@@ -115,10 +116,11 @@ def robe_dlrm_pipeline(
     val = _sized(validate_op(params=validate, ingested=ing.outputs["ingested"]), "validate")
     feat = _sized(features_op(params=features, validated=val.outputs["validated"]), "features")
     # beside the ranker: the oracle's metrics rebuild the generated world from its parameters
-    _sized(retrieval_op(params=retrieval, generate=generate, model_input=feat.outputs["model_input"],
-                        validated=val.outputs["validated"]), "retrieval")
+    retrieved = _sized(retrieval_op(params=retrieval, generate=generate, model_input=feat.outputs["model_input"],
+                                    validated=val.outputs["validated"]), "retrieval")
     tail = dict(train=train, evaluate=evaluate, push=push, monitor=monitor, model_input=feat.outputs["model_input"],
-                truth=gen.outputs["truth"], workers=workers, train_staging=train_staging)
+                truth=gen.outputs["truth"], workers=workers, train_staging=train_staging,
+                retrieval=retrieved.outputs["model"])
     with dsl.If(device == "cuda", name="train-on-gpu"):
         _train_and_ship(gpu=True, **tail)
     with dsl.Else(name="train-on-cpu"):
