@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import uuid
 
 import numpy as np
@@ -345,3 +346,56 @@ def test_without_test_rows_production_is_not_replaced(project, tmp_path):
     push(PushConfig(), project / "random", project / "random-metrics.json", registry=str(reg))
     result = push(PushConfig(), project / "trained", project / "trained-metrics.json", registry=str(reg))
     assert not result.pushed and "give --input" in result.reason and Registry(str(reg)).production() == "v1"
+
+
+# ---- the retrieval bundle in the version -------------------------------------------------
+
+def _retrieval_bundle(out, feature_names=("user", "device")):
+    from contract.spec import FeatureSpec, SparseFeature
+    from dlrm.bundle import save_retrieval
+    from dlrm.retrieval import RetrievalConfig, RetrievalModel
+
+    spec = FeatureSpec(dense=(), sparse=tuple(SparseFeature(n, 50) for n in feature_names))
+    cfg = RetrievalConfig(method="full", embedding=EmbeddingConfig(backend="robe", dim=4, compression=2, block=2),
+                          tower=(8,), dim=8)
+    model = RetrievalModel(spec.table_sizes, 6, cfg)
+    save_retrieval(model, out, spec=spec, items=[f"i{k}" for k in range(6)], popularity=torch.arange(6),
+                   config={}, metrics={"recall_at_100": 0.5, "items": 6, "method": "full"})
+    return out
+
+
+def test_registry_publishes_subfolders_whole_and_fetches_them(tmp_path, registry_url):
+    bundle = tmp_path / "bundle"
+    (bundle / "retrieval").mkdir(parents=True)
+    (bundle / "config.json").write_text("{}")
+    (bundle / "retrieval" / "items.json").write_text('["i1"]')
+    reg = Registry(registry_url)
+    version = reg.publish(bundle)
+    assert reg.files(version) == ["config.json", "retrieval/items.json"]
+    assert reg.has(version, "retrieval/items.json") and not reg.has(version, "retrieval/config.json")
+    assert reg.read_text(version, "retrieval/items.json") == '["i1"]'
+    _, out = reg.fetch(version, tmp_path / "only", under="retrieval")
+    assert sorted(p.name for p in out.iterdir()) == ["items.json"]
+    _, out = reg.fetch(version, tmp_path / "all")
+    assert (out / "retrieval" / "items.json").read_text() == '["i1"]'
+    with pytest.raises(FileNotFoundError, match="no 'history' folder"):
+        reg.fetch(version, tmp_path / "none", under="history")
+    (tmp_path / "nested-only" / "sub").mkdir(parents=True)
+    (tmp_path / "nested-only" / "sub" / "f.json").write_text("{}")
+    with pytest.raises(ValueError, match="no files at its top"):
+        reg.publish(tmp_path / "nested-only")
+
+
+def test_a_retrieval_bundle_the_ranker_cannot_feed_is_refused(tmp_path):
+    model_dir, metrics = make_bundle(tmp_path, seed=1)
+    retrieval = _retrieval_bundle(tmp_path / "retrieval")
+    # the planted spec computes no context features from raw events (it has no sources)
+    with pytest.raises(ValueError, match=r"context feature\(s\) \['user', 'device'\]"):
+        push(FORCE, model_dir, metrics, registry=str(tmp_path / "reg"), retrieval_dir=retrieval)
+    with pytest.raises(ValueError, match="expected 'robeflow.retrieval.v1'"):
+        (tmp_path / "fake").mkdir()
+        for name in ("model.safetensors", "items.json"):
+            (tmp_path / "fake" / name).write_text("x")
+        shutil.copyfile(model_dir / "config.json", tmp_path / "fake" / "config.json")
+        push(FORCE, model_dir, metrics, registry=str(tmp_path / "reg"), retrieval_dir=tmp_path / "fake")
+    assert not (tmp_path / "reg").exists()
