@@ -73,17 +73,36 @@ class TensorData:
                      self.labels[start:stop])
 
 
-def drop_ids(batch: Batch, tables: list[int], unseen: list[int], num_tables: int, p: float) -> Batch:
-    """Id dropout: in each single-hot table of ``tables``, each row's id is replaced by
-    that table's ``unseen`` id with probability ``p`` (torch's global RNG, so a resumed
-    run draws the same), so the unseen id's embedding learns what an entity the model
-    never saw is worth; the server maps users and items it does not know to it."""
-    if not tables or p <= 0:
+
+@dataclass(frozen=True)
+class EntityDrop:
+    """What id dropout replaces for one entity (a user, an item): its id by the unseen id,
+    and the features the online store holds for it by what the server computes for an
+    entity the store does not know (missing categories, filled numbers)."""
+
+    table: int                                   # the id's sparse table
+    unseen: int                                  # its unseen id
+    sparse: tuple[tuple[int, int], ...] = ()     # (single-hot table, id of a missing value)
+    dense: tuple[tuple[int, float], ...] = ()    # (dense column, transformed fill value)
+
+
+def drop_ids(batch: Batch, drops: list[EntityDrop], num_tables: int, p: float) -> Batch:
+    """Id dropout: for each entity of ``drops``, each row's entity is replaced with
+    probability ``p`` by an unknown one (:class:`EntityDrop`), drawn from torch's global
+    RNG (a resumed run draws the same). The unseen id then learns what an entity the model
+    never saw is worth, with the features such an entity has at serving time."""
+    if not drops or p <= 0:
         return batch
     rows = batch.dense.shape[0]
-    values = batch.values.clone()
-    drop = torch.rand(rows, len(tables), device=values.device) < p          # (B, k)
-    for k, (t, u) in enumerate(zip(tables, unseen)):
+    values, dense = batch.values.clone(), batch.dense
+    drop = torch.rand(rows, len(drops), device=values.device) < p          # (B, k)
+    for k, d in enumerate(drops):
         r = drop[:, k].nonzero().squeeze(1)
-        values[batch.offsets[r * num_tables + t]] = u
-    return Batch(batch.dense, values, batch.offsets, batch.labels)
+        values[batch.offsets[r * num_tables + d.table]] = d.unseen
+        for t, missing in d.sparse:
+            values[batch.offsets[r * num_tables + t]] = missing
+        if d.dense:
+            dense = dense.clone() if dense is batch.dense else dense
+            for col, fill in d.dense:
+                dense[r, col] = fill
+    return Batch(dense, values, batch.offsets, batch.labels)

@@ -29,7 +29,7 @@ from torch import nn
 
 from dlrm.bundle import plain
 from dlrm.configs import OptimConfig, TrainConfig
-from dlrm.data import Batch, TensorData, drop_ids
+from dlrm.data import Batch, EntityDrop, TensorData, drop_ids
 from dlrm.distributed import DataParallel
 from dlrm.embeddings import RobeArray
 from dlrm.metrics import auc as auc_score
@@ -270,7 +270,7 @@ class _Run:
     best_model: dict[str, torch.Tensor] | None = None  # CPU copy of the best evaluation's weights
     dp: DataParallel = field(default_factory=DataParallel)  # this process's rank (a plain run: 0 of 1)
     net: nn.Module | None = None       # what the step runs forward: the model, or its DDP wrapper
-    dropped: tuple[list[int], list[int]] = ([], [])  # id dropout: (tables, their unseen ids)
+    dropped: list[EntityDrop] = field(default_factory=list)  # id dropout's entities
 
     @property
     def total_steps(self) -> int | None:
@@ -353,19 +353,34 @@ def _check_inputs(cfg: TrainConfig, spec: FeatureSpec, train: ModelInput | Itera
         raise ValueError(f"train.target_auc = {cfg.target_auc} needs a validation window with rows")
 
 
-def id_dropout_tables(cfg: TrainConfig, spec: FeatureSpec) -> tuple[list[int], list[int]]:
-    """(tables, unseen id of each) of the ``train.id_dropout_features`` the spec has (a
-    Criteo spec has none of the defaults: nothing is dropped there)."""
+def id_dropout_groups(cfg: TrainConfig, spec: FeatureSpec) -> list[EntityDrop]:
+    """The entities id dropout replaces: one per ``train.id_dropout_features`` the spec has
+    (a Criteo spec has none of the defaults: nothing is dropped there). The features that
+    belong to entity ``E`` (the id feature's name) are those whose source column is named
+    ``E_*``, as the feature store's views name them (``item_brand``, ``user_offers_7d``)."""
+    import math
+
     if not 0 <= cfg.id_dropout < 1:
         raise ValueError(f"train.id_dropout = {cfg.id_dropout}; expected 0 <= x < 1")
     if cfg.id_dropout == 0:
-        return [], []
+        return []
     index = {f.name: t for t, f in enumerate(spec.sparse)}
-    tables = [index[name] for name in cfg.id_dropout_features if name in index]
-    multi = [spec.sparse[t].name for t in tables if spec.sparse[t].multi_hot]
+    named = [n for n in cfg.id_dropout_features if n in index]
+    multi = [n for n in named if spec.sparse[index[n]].multi_hot]
     if multi:
         raise ValueError(f"train.id_dropout_features {multi} are multi-hot; id dropout takes single-hot features")
-    return tables, [category_id(spec.sparse[t].name, UNSEEN, spec.sparse[t].table_size) for t in tables]
+    sources = spec.extra.get("sources", {})
+    missing = spec.extra.get("missing_token", "<missing>")
+    fill = spec.extra.get("fill", {})
+    drops = []
+    for name in named:
+        t, own = index[name], f"{name}_"
+        sparse = tuple((u, category_id(f.name, missing, f.table_size)) for u, f in enumerate(spec.sparse)
+                       if u != t and not f.multi_hot and str(sources.get(f.name, "")).startswith(own))
+        dense = tuple((j, math.log1p(max(fill[f.name], 0.0)) if f.transform == "log1p" else float(fill[f.name]))
+                      for j, f in enumerate(spec.dense) if f.name.startswith(own) and f.name in fill)
+        drops.append(EntityDrop(t, category_id(name, UNSEEN, spec.sparse[t].table_size), sparse, dense))
+    return drops
 
 
 def _validation_sample(cfg: TrainConfig, valid: ModelInput, vdata: TensorData, num_tables: int) -> TensorData:
@@ -421,7 +436,7 @@ def _checkpoint(run: _Run, state: TrainState) -> None:
 def _train_step(run: _Run, batch: Batch, step: int, global_rows: int) -> torch.Tensor:
     """One optimizer step on ``batch`` (this rank's part of a global batch of ``global_rows``);
     returns the (device) loss."""
-    b = drop_ids(batch.to(run.device), *run.dropped, len(run.spec.sparse), run.cfg.id_dropout)
+    b = drop_ids(batch.to(run.device), run.dropped, len(run.spec.sparse), run.cfg.id_dropout)
     factor = lr_factor(step, run.cfg.optim)
     for opt in run.optimizers:
         for g in opt.param_groups:
@@ -531,9 +546,11 @@ def train_model(
     run = _Run(cfg, spec, model, build_optimizers(model, cfg.optim), device, cfg.bf16 and device.type == "cuda",
                source, sample, vdata, checkpoint_dir, log if log is not None and dp.is_main else (lambda _msg: None),
                dp=dp)
-    run.dropped = id_dropout_tables(cfg, spec)
+    run.dropped = id_dropout_groups(cfg, spec)
     if cfg.id_dropout > 0:
-        run.say(f"id dropout {cfg.id_dropout:g} on {[spec.sparse[t].name for t in run.dropped[0]] or 'no feature'}")
+        run.say(f"id dropout {cfg.id_dropout:g}: " + ("; ".join(
+            f"{spec.sparse[d.table].name} with {len(d.sparse)} sparse and {len(d.dense)} dense features"
+            for d in run.dropped) or "no feature of the spec"))
     state = _start(run, resume)
     run.net = dp.wrap(model, model.embedding, cfg.batch_size)
     # distinct ids: of the window, or counted over a stream's first epoch (when trained whole)

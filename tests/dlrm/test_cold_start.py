@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from contract.hashing import UNSEEN, category_id
-from contract.spec import ModelInput, SparseFeature
+from contract.spec import DenseFeature, FeatureSpec, ModelInput, SparseFeature
 from dlrm import predict
-from dlrm.data import Batch, drop_ids
+from dlrm.data import Batch, EntityDrop, drop_ids
 from dlrm.synthetic import PLANTED_SPEC, planted_frame
-from dlrm.train import id_dropout_tables, train_model
+from dlrm.train import id_dropout_groups, train_model
 from tests.dlrm.test_train import small_cfg
 
 
@@ -25,27 +25,51 @@ def _wide_spec():
     return replace(PLANTED_SPEC, sparse=sparse), category_id("item", UNSEEN, size)
 
 
-def test_drop_ids_replaces_about_p_of_the_chosen_tables_only():
+def test_drop_ids_replaces_about_p_of_the_entities_with_their_features():
     torch.manual_seed(0)
     B, T = 4000, 3
     values = torch.arange(B * T, dtype=torch.int64)
-    batch = Batch(torch.zeros(B, 2), values, torch.arange(B * T + 1), torch.zeros(B))
-    out = drop_ids(batch, [1], [-7], T, 0.1)
+    dense = torch.ones(B, 2)
+    batch = Batch(dense, values, torch.arange(B * T + 1), torch.zeros(B))
+    out = drop_ids(batch, [EntityDrop(1, -7, sparse=((2, -9),), dense=((0, 0.5),))], T, 0.1)
     grid = out.values.view(B, T)
-    share = (grid[:, 1] == -7).float().mean().item()
-    assert 0.08 < share < 0.12
-    assert torch.equal(grid[:, [0, 2]], values.view(B, T)[:, [0, 2]])   # other tables untouched
-    assert torch.equal(batch.values, values)                            # the input is not modified
-    assert drop_ids(batch, [1], [-7], T, 0.0) is batch
+    dropped = grid[:, 1] == -7
+    assert 0.08 < dropped.float().mean().item() < 0.12
+    # the dropped rows' entity features read as an unknown entity's; nothing else changes
+    assert torch.equal(grid[:, 2] == -9, dropped) and torch.equal(out.dense[:, 0] == 0.5, dropped)
+    assert torch.equal(grid[:, 0], values.view(B, T)[:, 0]) and bool((out.dense[:, 1] == 1).all())
+    assert torch.equal(batch.values, values) and bool((batch.dense == 1).all())   # the input is not modified
+    assert drop_ids(batch, [EntityDrop(1, -7)], T, 0.0) is batch
 
 
 def test_dropout_features_are_checked():
     with pytest.raises(ValueError, match="multi-hot"):
-        id_dropout_tables(small_cfg(id_dropout=0.1, id_dropout_features=["query"]), PLANTED_SPEC)
+        id_dropout_groups(small_cfg(id_dropout=0.1, id_dropout_features=["query"]), PLANTED_SPEC)
     with pytest.raises(ValueError, match="train.id_dropout"):
-        id_dropout_tables(small_cfg(id_dropout=1.5), PLANTED_SPEC)
-    assert id_dropout_tables(small_cfg(id_dropout=0.1, id_dropout_features=["user", "item", "C1"]),
-                             PLANTED_SPEC)[0] == [0, 1]   # features the spec lacks are skipped
+        id_dropout_groups(small_cfg(id_dropout=1.5), PLANTED_SPEC)
+    drops = id_dropout_groups(small_cfg(id_dropout=0.1, id_dropout_features=["user", "item", "C1"]), PLANTED_SPEC)
+    assert [d.table for d in drops] == [0, 1]   # features the spec lacks are skipped
+
+
+def test_an_entity_drops_the_features_its_view_holds():
+    """Features whose source column is named ``item_*`` belong to the item; the missing
+    value's id and the transformed fill are what the server computes for an unknown item."""
+    import math
+
+    spec = FeatureSpec(
+        dense=(DenseFeature("item_offers_7d", "log1p"), DenseFeature("user_offers_7d", "log1p"),
+               DenseFeature("item_rate", "identity"), DenseFeature("price", "log1p")),
+        sparse=(SparseFeature("user", 50), SparseFeature("item", 60), SparseFeature("brand", 7),
+                SparseFeature("device", 4), SparseFeature("query", 9, multi_hot=True)),
+        extra={"sources": {"user": "user_id", "item": "item_id", "brand": "item_brand", "device": "device",
+                           "query": "query"},
+               "fill": {"item_offers_7d": 3.0, "user_offers_7d": 0.0, "item_rate": 0.03, "price": 0.0},
+               "missing_token": "<missing>"})
+    user, item = id_dropout_groups(small_cfg(id_dropout=0.1, id_dropout_features=["user", "item"]), spec)
+    assert (user.table, user.sparse, user.dense) == (0, (), ((1, 0.0),))
+    assert item.table == 1 and item.unseen == category_id("item", UNSEEN, 60)
+    assert item.sparse == ((2, category_id("brand", "<missing>", 7)),)
+    assert item.dense == ((0, pytest.approx(math.log1p(3.0))), (2, 0.03))
 
 
 def _unseen_item_scores(dropout: float) -> tuple[np.ndarray, float, float]:
