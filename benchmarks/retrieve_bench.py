@@ -1,0 +1,216 @@
+"""Retrieval + ranking latency: `robeflow serve` answering "what should this user see?"
+(a v1 request without item_ids) with one client, at several catalogue sizes.
+
+What it does, per catalogue size N (``--items 100000,1000000``):
+
+1. The feature repo and the ROBE ranker of ``benchmarks/serve_bench.py`` (random weights,
+   the ``train.model`` section of params.yaml; latency does not depend on training).
+2. A retrieval bundle of N items written by ``dlrm.bundle.save_retrieval``: the tower of the
+   ``retrieval`` section (random weights) and item vectors laid out like a trained
+   catalogue: the planted world of ``dlrm/retrieval_world.py`` (clusters of 100 items;
+   vector = cluster centre + item offset, padded with small noise to the tower's width;
+   bias = the item's planted popularity). Item ids ``i0 .. i{N-1}``: the feature repo knows
+   the first few thousand, the rest are read as unknown items (features filled as in
+   training).
+3. Both pushed into one registry version with ``robeflow push --retrieval``'s core;
+   ``robeflow serve`` started on loopback with ``--set`` overrides (e.g.
+   ``serve.retrieval_index=lsh``), one closed-loop client sends ``--requests`` bodies
+   ``{"user_id", "k": 10, "context"}`` one after the other.
+
+Prints per N and index: p50/p95/p99 latency (ms) over HTTP, and in process where the time
+goes (retrieval: features + tower + top candidates; ranking of the candidates) and the
+share of the exact top 100 the LSH index finds (its recall against exact inner-product
+search) on the same users.
+
+    .venv/bin/python benchmarks/retrieve_bench.py --items 100000,1000000 --requests 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+from serve_bench import build_repo, free_port, make_bundles, start_server, stop_server  # noqa: E402
+
+
+def retrieval_bundle(work: Path, ranker_spec, n: int) -> Path:
+    """A retrieval bundle of ``n`` items (random tower, planted item vectors) for the repo's spec."""
+    import torch
+
+    from components.retrieval import RetrievalStepConfig, _context_spec
+    from contract.params import load_config
+    from dlrm.bundle import save_retrieval
+    from dlrm.retrieval import RetrievalModel
+    from dlrm.retrieval_world import PlantedWorld, WorldConfig
+
+    out = work / f"retrieval-{n}"
+    if (out / "config.json").is_file():
+        return out
+    cfg = load_config(RetrievalStepConfig, "retrieval", REPO_ROOT / "params.yaml")
+    spec = _context_spec(work / "model_input", cfg.context)
+    model = RetrievalModel(spec.table_sizes, n, cfg.model)
+    world = PlantedWorld(WorldConfig(items=n, cluster_size=100, latent=16))
+    k = torch.arange(n) // 100
+    g = torch.Generator().manual_seed(1)
+    d = cfg.model.dim
+    with torch.no_grad():
+        model.head.weight.copy_(torch.cat([4 * world.centres[k] + 3 * world.offsets,
+                                           0.05 * torch.randn(n, d - 16, generator=g)], 1))
+        model.head.bias.copy_(world.item_pop)
+    popularity = torch.poisson(torch.exp(world.item_pop + world.cluster_pop[k]), generator=g).long()
+    save_retrieval(model, out, spec=spec, items=[f"i{j}" for j in range(n)], popularity=popularity,
+                   config=cfg.as_params(), metrics={"items": n, "method": "benchmark (planted vectors)"})
+    return out
+
+
+def push_both(work: Path, ranker: dict, retrieval_dir: Path, n: int) -> Path:
+    from components.push import PushConfig, push
+
+    registry = work / f"registry-retrieval-{n}"
+    if (registry / "production").is_file():
+        return registry
+    model_dir = work / "model-robe"
+    res = push(PushConfig(force=True), model_dir, work / "metrics-robe.json", registry=str(registry),
+               retrieval_dir=retrieval_dir)
+    assert res.pushed, res.reason
+    return registry
+
+
+def bodies(users: list[str], n: int, k: int = 10, seed: int = 2) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    devices, countries = ("mobile", "desktop", "app_ios", "app_android"), ("DE", "FR", "US", "GB")
+    terms = ("shampoo", "men", "red", "kids", "gift", "organic")
+    return [{"instances": [{"user_id": str(rng.choice(users)), "k": k, "context": {
+        "device": str(rng.choice(devices)), "country": str(rng.choice(countries)), "hour": int(rng.integers(0, 24)),
+        "query": " ".join(rng.choice(terms, int(rng.integers(0, 3))))}}]} for _ in range(n)]
+
+
+def over_http(registry: Path, repo: Path, work: Path, reqs: list[dict], overrides: list[str], warmup: int) -> dict:
+    import httpx
+
+    port = free_port()
+    proc = start_server(registry, repo, port, work / "retrieve_server.log", ["serve.reload_s=0", *overrides])
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models/robeflow:predict"
+        lat, errors = [], 0
+        with httpx.Client(timeout=30) as client:
+            for i, body in enumerate(reqs):
+                t0 = time.perf_counter()
+                r = client.post(url, json=body)
+                dt = time.perf_counter() - t0
+                if r.status_code != 200 or not r.json()["predictions"][0].get("retrieved"):
+                    errors += 1
+                elif i >= warmup:
+                    lat.append(dt * 1e3)
+    finally:
+        stop_server(proc)
+    a = np.array(lat)
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99)), "requests": len(a), "errors": errors}
+
+
+def in_process(registry: Path, repo: Path, reqs: list[dict], overrides: dict, n_time: int) -> dict:
+    """Where a request's time goes, and the LSH index's recall against exact search."""
+    import torch
+
+    from serving.config import ServeConfig
+    from serving.predictor import RobeflowModel
+    from serving.requests import RetrieveRequest, ScoreRequest
+
+    model = RobeflowModel(ServeConfig(reload_s=0, **overrides), registry, repo)
+    t0 = time.perf_counter()
+    model.load()
+    load_s = time.perf_counter() - t0
+    ret, ranker = model.retriever, model.ranker
+    rq = [RetrieveRequest(b["instances"][0]["user_id"], 10, b["instances"][0]["context"]) for b in reqs[:n_time]]
+    t_ret, t_rank = [], []
+    for r in rq:
+        t0 = time.perf_counter()
+        (c,) = ret.retrieve_many([r])
+        t1 = time.perf_counter()
+        ranker.rank(ScoreRequest(r.user_id, c.items, r.context))
+        t_rank.append(time.perf_counter() - t1)
+        t_ret.append(t1 - t0)
+    out = {"method": ret.method, "load_s": load_s, "retrieval_ms_p50": 1e3 * float(np.median(t_ret)),
+           "retrieval_ms_p99": 1e3 * float(np.percentile(t_ret, 99)), "ranking_ms_p50": 1e3 * float(np.median(t_rank)),
+           "ranking_ms_p99": 1e3 * float(np.percentile(t_rank, 99)), "candidates": model.cfg.retrieve_candidates}
+    if ret.index is not None:   # recall of the tables' top 100 against exact inner products, same users
+        from features.transform import model_columns
+        from contract.spec import ModelInput
+
+        found = 0
+        for r in rq:
+            cols = ret.features.columns(r.user_id, [ret.anchor], r.context)
+            mi = ModelInput.from_columns(model_columns(cols, 1, ret.spec), ret.spec)
+            with torch.no_grad():
+                h = ret.model.tower(torch.from_numpy(mi.sparse_values), torch.from_numpy(mi.sparse_offsets)).float()
+                exact = set((h @ ret.weight.t() + ret.bias)[0].topk(100).indices.tolist())
+            found += len(exact & set(ret.top(h, 100)))
+        out["lsh_recall_vs_exact_at_100"] = found / (100 * len(rq))
+    model.unload()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "serve_bench")
+    ap.add_argument("--items", default="100000,1000000", help="catalogue sizes, comma-separated")
+    ap.add_argument("--indexes", default="auto", help="serve.retrieval_index values to run, comma-separated")
+    ap.add_argument("--requests", type=int, default=300, help="sequential requests per run (one client)")
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--breakdown", type=int, default=100, help="requests timed stage by stage in process")
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="serve.KEY=VALUE")
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args()
+    sys.argv = sys.argv[:1]   # kserve parses the command line when imported (--work reads as its --workers)
+
+    from contract.spec import FeatureSpec
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    repo = build_repo(args.work, rows=30000, users=3000, items=2000)
+    spec = FeatureSpec.load(args.work / "model_input" / "feature_spec.json")
+    ranker = make_bundles(args.work, spec, 10, 1000.0, ("robe",))["robe"]
+    users = [f"u{u}" for u in range(3000)]
+    reqs = bodies(users, args.requests)
+    results = []
+    for n in [int(x) for x in args.items.split(",")]:
+        t0 = time.perf_counter()
+        registry = push_both(args.work, ranker, retrieval_bundle(args.work, spec, n), n)
+        print(f"{n:,} items: bundle ready in {time.perf_counter() - t0:.0f}s", flush=True)
+        for index in args.indexes.split(","):
+            sets = [f"serve.retrieval_index={index}", *args.overrides]
+            kv = {s.split("=", 1)[0].removeprefix("serve."): s.split("=", 1)[1] for s in sets}
+            from serving.config import ServeConfig
+            from dataclasses import fields
+
+            types = {f.name: f.type for f in fields(ServeConfig)}
+            typed = {k: (int(v) if types[k] == "int" else float(v) if types[k] == "float" else v) for k, v in kv.items()}
+            proc = in_process(registry, repo, reqs, typed, args.breakdown)
+            http = over_http(registry, repo, args.work, reqs, sets, args.warmup)
+            row = {"items": n, "index": index, **proc, **{f"http_{k}": v for k, v in http.items()}}
+            results.append(row)
+            recall = f", LSH recall@100 vs exact {row['lsh_recall_vs_exact_at_100']:.3f}" \
+                if "lsh_recall_vs_exact_at_100" in row else ""
+            print(f"{n:>9,} items  {index:5s} -> {row['method']:5s}: HTTP one client p50 {http['p50_ms']:.1f} ms, "
+                  f"p95 {http['p95_ms']:.1f}, p99 {http['p99_ms']:.1f} ms ({http['requests']} requests, "
+                  f"{http['errors']} errors); in process retrieval p50 {row['retrieval_ms_p50']:.1f} / p99 "
+                  f"{row['retrieval_ms_p99']:.1f} ms, ranking {row['candidates']} candidates p50 "
+                  f"{row['ranking_ms_p50']:.1f} / p99 {row['ranking_ms_p99']:.1f} ms; load {row['load_s']:.0f}s"
+                  f"{recall}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    main()
