@@ -71,8 +71,12 @@ class FeaturesConfig:
     threads: int = 0                # engine threads (0 = one per core)
     batch_rows: int = 131_072       # model-ready rows transformed and written at a time (bounds memory)
     spark_master: str = "local[2]"  # engine spark: the master (local[N], spark://host:7077, k8s://...)
+    history_len: int = 20           # the user's last events before the row's day kept per row (user_history
+                                    # view, hist_* list columns); each row's size grows with it
 
     def __post_init__(self) -> None:
+        if self.history_len < 1:
+            raise ValueError(f"features.history_len = {self.history_len}; expected >= 1 (events per history)")
         if self.engine not in ENGINES:
             raise ValueError(f"features.engine = {self.engine!r}; expected one of {list(ENGINES)}")
         if self.batch_rows < 1:
@@ -160,7 +164,7 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
     import pandas as pd
 
     from features import sql
-    from features.compute import StatsParams, materialize_feature_tables, summarize
+    from features.compute import StatsParams, materialize_feature_tables, materialize_user_history, summarize
     from features.engine import open_engine
     from features.transform import feature_spec
 
@@ -185,23 +189,27 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
                   f"engine {cfg.engine}, memory limit {cfg.memory_limit}")
 
         materialize_feature_tables(engine, data, stats)
+        materialize_user_history(engine, data, cfg.history_len)
         counts = engine.rows(sql.entity_counts())[0]
         feature_rows = dict(zip(sql.TABLES, map(int, counts[:3])))
+        feature_rows[sql.HISTORY] = int(engine.rows(sql.row_count(sql.HISTORY))[0][0])
         log(STEP, "feature tables: " + ", ".join(f"{n} {r:,} rows" for n, r in feature_rows.items())
             + f" ({time.perf_counter() - t0:.1f}s)")
 
         with atomic_dir(out_dir) as repo:
-            _feast_repo(engine, repo, data.snapshot, cfg.batch_rows)
+            _feast_repo(engine, repo, data, cfg.batch_rows)
         log(STEP, f"feast apply done; materialised the values as of {data.snapshot} into the online store")
 
         extra = {"splits": {s: [_stamp(d[0]), _stamp(d[-1])] for s, d in splits.items()},
                  "snapshot": str(data.snapshot)}
-        spec = feature_spec(as_dict(cfg.tables), stats, cfg.max_query_terms, cfg.default_position, extra=extra)
+        spec = feature_spec(as_dict(cfg.tables), stats, cfg.max_query_terms, cfg.default_position, extra=extra,
+                            history_len=cfg.history_len)
         split_rows = {}
         with atomic_dir(model_input_dir) as mdir:
             for name in SPLITS:
                 # one query per day: each sort holds a day of events, not a split's
-                batches = (b for day in splits[name] for b in engine.batches(sql.model_rows(day, day), cfg.batch_rows))
+                batches = (b for day in splits[name]
+                           for b in engine.batches(sql.model_rows(day, day, history=True), cfg.batch_rows))
                 split_rows[name] = write_model_table(batches, spec, split_path(mdir, name))
             spec.save(mdir / SPEC_FILE)
             if sum(split_rows.values()) != data.rows:
@@ -220,23 +228,25 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
     )
 
 
-def _feast_repo(engine, repo: Path, snapshot: "pd.Timestamp", batch_rows: int) -> None:
+def _feast_repo(engine, repo: Path, data, batch_rows: int) -> None:
     """Installs the Feast repo in ``repo``, streams the offline tables out of the engine,
-    applies the repo and materialises the snapshot rows into the online store."""
+    applies the repo and loads the snapshot rows (``data.snapshot``) into the online store:
+    the statistics through Feast's materialisation, the user history (whose lists Feast
+    would read whole) straight from the engine, a batch at a time."""
     from features import sql
     from features.compute import stamped_batches
     from features.repo import (apply_repo, check_tables_match_views, install_repo, materialize_latest,
-                               write_offline_batches)
+                               write_offline_batches, write_online_batches)
 
     install_repo(repo)
     columns = {}
-    for name in sql.TABLES:
-        key, fields = sql.TABLES[name]
+    for name, (key, fields) in {**sql.TABLES, sql.HISTORY: ("user_id", sql.HISTORY_COLUMNS)}.items():
         write_offline_batches(name, stamped_batches(engine, name, batch_rows), repo)
         columns[name] = [key, "event_timestamp", *fields]
     store = apply_repo(repo)
     check_tables_match_views(store, columns)
-    materialize_latest(store, snapshot)
+    materialize_latest(store, data.snapshot, views=list(sql.TABLES))
+    write_online_batches(store, sql.HISTORY, stamped_batches(engine, sql.HISTORY, batch_rows, day=data.snapshot_day))
     del store
 
 

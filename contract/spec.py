@@ -31,12 +31,44 @@ class SparseFeature:
 
 
 @dataclass(frozen=True)
+class HistoryColumn:
+    name: str                  # the model-ready list column (e.g. "hist_item")
+    ids_of: str | None = None  # the sparse feature whose hash and table size its ids share;
+                               # None: small integers as they are (action, days ago)
+
+
+@dataclass(frozen=True)
+class HistorySpec:
+    """The user's last events before the row's day, as list columns of the model-ready
+    tables (newest first, at most ``length`` per row; empty for a user without any).
+
+    Readers that do not use them ignore the columns (:meth:`ModelInput.from_columns` does).
+    """
+
+    length: int                          # most events per row (``features.history_len``)
+    columns: tuple[HistoryColumn, ...]
+    feature_view: str = "user_history"   # the Feast view holding them (raw values, per user and day)
+    feature_service: str = "user_history_v1"
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HistorySpec":
+        return cls(length=int(d["length"]), columns=tuple(HistoryColumn(**c) for c in d["columns"]),
+                   feature_view=d.get("feature_view", "user_history"),
+                   feature_service=d.get("feature_service", "user_history_v1"))
+
+
+@dataclass(frozen=True)
 class FeatureSpec:
     dense: tuple[DenseFeature, ...]
     sparse: tuple[SparseFeature, ...]
     label: str = "purchased"
     version: str = "dlrm_v1"
     extra: dict = field(default_factory=dict)  # free-form provenance (e.g. split windows)
+    history: HistorySpec | None = None         # the user history list columns, when the data has them
 
     @property
     def table_sizes(self) -> list[int]:
@@ -53,12 +85,15 @@ class FeatureSpec:
             label=d.get("label", "purchased"),
             version=d.get("version", "dlrm_v1"),
             extra=d.get("extra", {}),
+            history=HistorySpec.from_dict(d["history"]) if d.get("history") else None,
         )
 
     def check_compatible(self, other: "FeatureSpec", what: str = "the data") -> None:
         """Raises ValueError naming the first difference when ``other`` (the spec of
         ``what``) does not feed the same model inputs as this one (same dense features
-        and transforms, same sparse features, table sizes and bag kinds, in order)."""
+        and transforms, same sparse features, table sizes and bag kinds, in order; and,
+        when this spec reads a user history, the same history columns and ids: data with
+        a history feeds a model that ignores it, not the other way round)."""
         for kind, mine, theirs in (("dense", self.dense, other.dense), ("sparse", self.sparse, other.sparse)):
             if mine == theirs:
                 continue
@@ -67,6 +102,12 @@ class FeatureSpec:
             for a, b in zip(mine, theirs):
                 if a != b:
                     raise ValueError(f"{what}'s {kind} feature {b} differs from the model's {a}")
+        if self.history is not None:
+            if other.history is None:
+                raise ValueError(f"{what} has no user history; the model reads {self.history.names}")
+            if other.history.columns != self.history.columns:
+                raise ValueError(f"{what}'s user history columns {other.history.columns} differ from "
+                                 f"the model's {self.history.columns}")
 
     def save(self, path: Path | str) -> None:
         Path(path).write_text(self.to_json() + "\n")

@@ -40,17 +40,21 @@ class StatsParams:
 
 @dataclass
 class FeatureTables:
-    """The three offline tables, keyed by entity id and ``event_timestamp`` (tz-aware UTC)."""
+    """The offline tables, keyed by entity id and ``event_timestamp`` (tz-aware UTC)."""
 
     user_daily_stats: pd.DataFrame
     item_daily_stats: pd.DataFrame
     item_attributes: pd.DataFrame
     snapshot: pd.Timestamp      # the stamp of the latest rows (day after the last event day)
+    user_history: pd.DataFrame | None = None   # the user's last events (list columns), when asked for
 
     def items(self) -> list[tuple[str, pd.DataFrame]]:
-        return [("user_daily_stats", self.user_daily_stats),
-                ("item_daily_stats", self.item_daily_stats),
-                ("item_attributes", self.item_attributes)]
+        out = [("user_daily_stats", self.user_daily_stats),
+               ("item_daily_stats", self.item_daily_stats),
+               ("item_attributes", self.item_attributes)]
+        if self.user_history is not None:
+            out.append((sql.HISTORY, self.user_history))
+        return out
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,12 @@ def materialize_feature_tables(engine, summary: DataSummary, params: StatsParams
         engine.materialize(name, select)
 
 
+def materialize_user_history(engine, summary: DataSummary, length: int) -> None:
+    """Computes the user history table (:func:`features.sql.user_history`: each user's last
+    ``length`` events before the row's day) into the engine, as table ``user_history``."""
+    engine.materialize(sql.HISTORY, sql.user_history(engine.dialect, summary.snapshot_day, length))
+
+
 def stamp_days(batch: "pa.RecordBatch") -> "pa.RecordBatch":
     """A batch of feature rows with ``day`` (days since epoch) replaced by
     ``event_timestamp`` (timestamp[ns, UTC] at 00:00 of that day), in the same place."""
@@ -118,9 +128,13 @@ def stamp_days(batch: "pa.RecordBatch") -> "pa.RecordBatch":
                                           for j, n in enumerate(batch.schema.names)])
 
 
-def stamped_batches(engine, name: str, batch_rows: int) -> Iterator["pa.RecordBatch"]:
-    """The rows of feature table ``name`` in (key, day) order, stamped (:func:`stamp_days`)."""
-    for batch in engine.batches(sql.table_rows(name), batch_rows):
+def stamped_batches(engine, name: str, batch_rows: int, day: int | None = None) -> Iterator["pa.RecordBatch"]:
+    """The rows of feature table ``name`` in (key, day) order, stamped (:func:`stamp_days`);
+    the user history's rows of ``day`` only, when given."""
+    select = sql.history_rows(day) if day is not None and name == sql.HISTORY else sql.table_rows(name)
+    if day is not None and name != sql.HISTORY:
+        raise ValueError(f"rows of one day are read from {sql.HISTORY} only, not {name}")
+    for batch in engine.batches(select, batch_rows):
         yield stamp_days(batch)
 
 
@@ -157,8 +171,11 @@ def _events_arrow(events: pd.DataFrame) -> "pa.Table":
 
 
 def compute_feature_tables(events: pd.DataFrame, params: StatsParams = StatsParams(),
-                           memory_limit: str = "1GB") -> FeatureTables:
-    """Validated transactions (canonical schema) -> the three feature view tables, in memory.
+                           memory_limit: str = "1GB", history_len: int = 0) -> FeatureTables:
+    """Validated transactions (canonical schema) -> the feature view tables, in memory.
+
+    ``history_len`` > 0 adds the ``user_history`` table (each user's last ``history_len``
+    events before the row's day, :func:`materialize_user_history`).
 
     Raises:
         ValueError: ``events`` is empty or lacks a column the features need.
@@ -177,11 +194,15 @@ def compute_feature_tables(events: pd.DataFrame, params: StatsParams = StatsPara
         engine.events_from_arrow(_events_arrow(events))
         summary = summarize(engine)
         materialize_feature_tables(engine, summary, params)
+        names = list(sql.TABLES)
+        if history_len > 0:
+            materialize_user_history(engine, summary, history_len)
+            names.append(sql.HISTORY)
         frames = {}
-        for name in sql.TABLES:
+        for name in names:
             import pyarrow as pa
 
             batches = list(stamped_batches(engine, name, 1 << 20))
             frames[name] = pa.Table.from_batches(batches).to_pandas() if batches else None
     return FeatureTables(frames["user_daily_stats"], frames["item_daily_stats"], frames["item_attributes"],
-                         summary.snapshot)
+                         summary.snapshot, frames.get(sql.HISTORY))

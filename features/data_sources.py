@@ -31,3 +31,11 @@ item_attributes_source = FileSource(
     timestamp_field="event_timestamp",
     description="Per item and day: the catalogue attributes last seen before that day.",
 )
+
+user_history_source = FileSource(
+    name="user_history_source",
+    path="store/offline/user_history.parquet",
+    file_format=ParquetFormat(),
+    timestamp_field="event_timestamp",
+    description="Per user and day: the user's last events before that day, newest first (lists).",
+)

@@ -6,11 +6,18 @@ A new model version that reads different features gets a new service (``dlrm_v2`
 
 from feast import FeatureService
 
-from feature_views import item_attributes, item_daily_stats, user_daily_stats
+from feature_views import item_attributes, item_daily_stats, user_daily_stats, user_history
 
 dlrm_v1 = FeatureService(
     name="dlrm_v1",
     features=[user_daily_stats, item_daily_stats, item_attributes],
     description="Everything the robeflow DLRM v1 reads from the feature store.",
     tags={"model": "dlrm", "version": "1"},
+)
+
+user_history_v1 = FeatureService(
+    name="user_history_v1",
+    features=[user_history],
+    description="A user's last events (arrays, newest first), for the history tower.",
+    tags={"model": "dlrm", "part": "history", "version": "1"},
 )

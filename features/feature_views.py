@@ -3,15 +3,17 @@
 A row stamped with day D at 00:00 UTC is computed from events strictly before D, so the
 point-in-time join of an event on day D reads only its past. TTLs: the statistics are
 refreshed daily, so a value older than two days means a missed run (one is tolerated);
-catalogue attributes change rarely and stay valid for 30 days.
+catalogue attributes change rarely and stay valid for 30 days. The user history holds the
+user's last ``features.history_len`` events before D as parallel arrays, newest first.
 """
 
 from datetime import timedelta
 
 from feast import FeatureView, Field
-from feast.types import Float64, Int64, String
+from feast.types import Array, Float64, Int64, String
 
-from data_sources import item_attributes_source, item_daily_stats_source, user_daily_stats_source
+from data_sources import (item_attributes_source, item_daily_stats_source, user_daily_stats_source,
+                          user_history_source)
 from entities import item, user
 
 user_daily_stats = FeatureView(
@@ -67,6 +69,21 @@ item_attributes = FeatureView(
         Field(name="item_price_band", dtype=String, description="floor(log2(1 + price)), as text"),
     ],
     source=item_attributes_source,
+    online=True,
+    tags={"team": "recsys", "refresh": "daily"},
+)
+
+user_history = FeatureView(
+    name="user_history",
+    entities=[user],
+    ttl=timedelta(days=2),
+    schema=[
+        Field(name="hist_item", dtype=Array(String), description="item ids of the last events, newest first"),
+        Field(name="hist_cat", dtype=Array(String), description="their category_l1 ('<missing>' if none)"),
+        Field(name="hist_action", dtype=Array(Int64), description="0 offered, 1 purchased"),
+        Field(name="hist_days", dtype=Array(Int64), description="days from the event's day to the row's day (>= 1)"),
+    ],
+    source=user_history_source,
     online=True,
     tags={"team": "recsys", "refresh": "daily"},
 )

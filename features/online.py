@@ -124,6 +124,32 @@ class OnlineFeatures:
             self._by_key = by_key
         return self._by_key
 
+    def history(self, user_id: str) -> dict[str, list]:
+        """The user's history as the online store holds it (the snapshot: the last
+        ``spec.history.length`` events before the snapshot day, newest first): the user
+        history view's fields (``hist_item``, ``hist_cat``, ``hist_action``, ``hist_days``)
+        -> lists, raw values as in the offline ``user_history`` table; empty lists for a
+        user the store does not know.
+
+        Raises:
+            ValueError: the spec records no user history (data from before it existed).
+        """
+        if self.spec.history is None:
+            raise ValueError("the feature spec records no user history; rerun `robeflow features`")
+        reader = getattr(self, "_history_reader", None)
+        if reader is None:
+            service = self.store.get_feature_service(self.spec.history.feature_service)
+            if self.lean is not None:
+                from features.lean_store import LeanStore
+
+                reader = (service, LeanStore(self.store, service, max_age_s=self.lean.max_age_s))
+            else:
+                reader = (service, self.store)
+            self._history_reader = reader
+        service, source = reader
+        got = source.get_online_features(features=service, entity_rows=[{"user_id": str(user_id)}]).to_dict()
+        return {c: list(got[c][0] or []) for c in self.spec.history.names}
+
     def rows(self, user_id: str, item_ids: Sequence[str],
              context: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """One row per candidate: the context columns and the online feature values.

@@ -4,7 +4,7 @@ A materialised repo directory holds the Feast definitions (copied from this pack
 under ``store/``, the offline Parquet tables, the registry and the SQLite online store::
 
     DIR/feature_store.yaml, entities.py, data_sources.py, feature_views.py, feature_services.py
-    DIR/store/offline/{user_daily_stats,item_daily_stats,item_attributes}.parquet
+    DIR/store/offline/{user_daily_stats,item_daily_stats,item_attributes,user_history}.parquet
     DIR/store/registry.db, DIR/store/online_store.db
 
 so ``cd DIR && feast feature-views list`` works on it. Feast is imported lazily.
@@ -198,9 +198,10 @@ def historical_rows(store: "FeatureStore", entity_df: pd.DataFrame, service: str
     return out
 
 
-def materialize_latest(store: "FeatureStore", tables: FeatureTables | pd.Timestamp) -> None:
-    """Loads every view's latest rows (stamped at the snapshot: ``tables.snapshot``, or
-    ``tables`` itself when it is a timestamp) into the online store.
+def materialize_latest(store: "FeatureStore", tables: FeatureTables | pd.Timestamp,
+                       views: Sequence[str] | None = None) -> None:
+    """Loads every view's (or the ``views``') latest rows (stamped at the snapshot:
+    ``tables.snapshot``, or ``tables`` itself when it is a timestamp) into the online store.
 
     Every entity has a row stamped at the snapshot, so the window is the snapshot instant
     alone (one second): Feast reads only those rows. (``materialize_incremental`` would
@@ -209,7 +210,26 @@ def materialize_latest(store: "FeatureStore", tables: FeatureTables | pd.Timesta
     snapshot = tables.snapshot if hasattr(tables, "snapshot") else pd.Timestamp(tables)
     end = snapshot + timedelta(seconds=1)
     with _dask_arrow_strings():
-        store.materialize(start_date=snapshot.to_pydatetime(), end_date=end.to_pydatetime())
+        store.materialize(start_date=snapshot.to_pydatetime(), end_date=end.to_pydatetime(),
+                          feature_views=list(views) if views is not None else None)
+
+
+def write_online_batches(store: "FeatureStore", view: str, batches: Iterable[Any]) -> int:
+    """Writes a view's latest rows (Arrow record batches with the key, ``event_timestamp``
+    and the view's fields) straight into the online store, a batch at a time; returns the
+    rows. For views whose offline table is too heavy for Feast's materialisation, which
+    reads the whole table into memory (the user history's lists)."""
+    import pyarrow as pa
+
+    rows = 0
+    for batch in batches:
+        frame = pa.Table.from_batches([batch]).to_pandas()
+        for col in frame.columns:   # Feast's type conversion reads Python lists
+            if frame[col].dtype == object and len(frame) and hasattr(frame[col].iloc[0], "tolist"):
+                frame[col] = [v.tolist() for v in frame[col]]
+        store.write_to_online_store(view, frame)
+        rows += len(frame)
+    return rows
 
 
 def _dask_arrow_strings():

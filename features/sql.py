@@ -18,11 +18,17 @@ the last day of data). Trailing windows of w days cover days [D - w, D): window 
 The point-in-time join of an event on day D is then an equi-join on (entity, D): each
 entity with an event on D has a row stamped D, and it is the latest row at or before the
 event.
+
+The user history (:func:`user_history`) follows the same grid: the row of user u stamped D
+holds u's last ``length`` events strictly before D, newest first, as list columns. It is
+built by equi-joins only (each grid row expands to its ``min(events before D, length)``
+positions, joined on (user, rank of the event)), so its cost follows its output.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 WINDOWS = (7, 30)          # days; the feature views' field names carry them
 DAY_NS = 86_400 * 10**9
@@ -46,6 +52,11 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
         "item_price", "item_price_band")),
 }
 
+# the user history view: user_id, day, then these list columns (newest event first)
+HISTORY = "user_history"
+HISTORY_COLUMNS = ("hist_item", "hist_cat", "hist_action", "hist_days")
+MISSING = "<missing>"    # a history event's category when it has none (features.categorize.MISSING)
+
 # the event columns the model-ready rows carry next to the feature values
 ROW_COLUMNS = ("event_id", "ts_ns", "user_id", "item_id", "query", "device", "country",
                "position", "price", "purchased")
@@ -62,6 +73,33 @@ class Dialect:
         """SQL of floor(a / b) for a BIGINT expression ``a`` and a positive constant ``b``."""
         return (f"(CASE WHEN ({a}) >= 0 THEN ({a}) {self.int_div} {b} "
                 f"ELSE -((-({a}) - 1) {self.int_div} {b}) - 1 END)")
+
+    def positions(self, n: str) -> str:
+        """A select-list generator of one row per j in 0 .. n-1 (BIGINT ``n`` >= 1)."""
+        if self.name == "spark":
+            return f"EXPLODE(SEQUENCE(CAST(0 AS BIGINT), ({n}) - 1))"
+        return f"UNNEST(range({n}))"
+
+    def sorted_records(self, fields: Sequence[tuple[str, str]]) -> str:
+        """Aggregate: the group's rows as a list of records (name, expression) ``fields``,
+        sorted by the first field (unique within a group). Unordered collection, then one
+        sort per group: DuckDB's ``LIST(... ORDER BY ...)`` holds a sort buffer per group
+        in memory and runs out of it where this spills."""
+        if self.name == "spark":
+            return "ARRAY_SORT(COLLECT_LIST(STRUCT(" + ", ".join(f"{e} AS {n}" for n, e in fields) + ")))"
+        return "list_sort(LIST(struct_pack(" + ", ".join(f"{n} := {e}" for n, e in fields) + ")))"
+
+    def list_field(self, records: str, name: str) -> str:
+        """The list of field ``name`` of each record of the list ``records``."""
+        if self.name == "spark":
+            return f"TRANSFORM({records}, r -> r.{name})"
+        return f"list_transform({records}, lambda r: r.{name})"
+
+    def empty_list(self, element: str) -> str:
+        """An empty list of ``element`` (``STRING`` or ``BIGINT``)."""
+        if self.name == "spark":
+            return f"CAST(ARRAY() AS ARRAY<{element}>)"
+        return f"CAST([] AS {'VARCHAR' if element == 'STRING' else element}[])"
 
 
 DUCKDB = Dialect("duckdb", "//")
@@ -241,25 +279,93 @@ def feature_tables(snapshot_day: int, rate_prior: float, weight: float, days_sin
     }
 
 
+def user_history(dialect: Dialect, snapshot_day: int, length: int) -> str:
+    """SELECT of the user history view's rows: user_id, day, then :data:`HISTORY_COLUMNS`.
+
+    The row of user u stamped D (every day u has events, and the snapshot day) lists u's
+    last ``length`` events strictly before D, newest first (latest ``ts_ns``, then latest
+    ``seq``): ``hist_item`` (item ids), ``hist_cat`` (category_l1, :data:`MISSING` where
+    none), ``hist_action`` (0 offered, 1 purchased), ``hist_days`` (D minus the event's day,
+    >= 1). Empty lists when u has no earlier event.
+    """
+    if int(length) < 1:
+        raise ValueError(f"history length must be >= 1, got {length}")
+    fields = [("pos", "p.j"), ("item", "n.item_id"), ("cat", f"COALESCE(n.category_l1, '{MISSING}')"),
+              ("action", "CAST(COALESCE(n.purchased, 0) AS BIGINT)"), ("days", "CAST(p.d - n.day AS BIGINT)")]
+    lists = {"hist_item": ("item", "STRING"), "hist_cat": ("cat", "STRING"),
+             "hist_action": ("action", "BIGINT"), "hist_days": ("days", "BIGINT")}
+    cols = ",\n       ".join(
+        f"CASE WHEN h.records IS NULL THEN {dialect.empty_list(t)} ELSE {dialect.list_field('h.records', f)} END AS {c}"
+        for c, (f, t) in lists.items())
+    return f"""
+WITH hist_day AS (
+    SELECT user_id AS k, day AS d, COUNT(*) AS o FROM events GROUP BY user_id, day
+),
+hist_grid AS (
+    SELECT k, d, o FROM hist_day
+    UNION ALL
+    SELECT k, {int(snapshot_day)} AS d, 0 AS o FROM hist_day GROUP BY k
+),
+hist_before AS (
+    -- events of the user before the row's day
+    SELECT k, d, CAST(COALESCE(SUM(o) OVER (PARTITION BY k ORDER BY d
+                                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS BIGINT) AS c
+    FROM hist_grid
+),
+hist_ranked AS (
+    -- r: the event's rank in its user's events, oldest first
+    SELECT user_id AS k, day, item_id, category_l1, purchased,
+           ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts_ns, seq) AS r
+    FROM events
+),
+hist_pos AS (
+    -- j = 0 .. min(c, length) - 1: the j-th latest event before the row's day has rank c - j
+    SELECT k, d, c, {dialect.positions(f"LEAST(c, CAST({int(length)} AS BIGINT))")} AS j
+    FROM hist_before WHERE c > 0
+),
+hist_lists AS (
+    -- one record per history event, in position order (newest first)
+    SELECT p.k, p.d, {dialect.sorted_records(fields)} AS records
+    FROM hist_pos p JOIN hist_ranked n ON n.k = p.k AND n.r = p.c - p.j
+    GROUP BY p.k, p.d
+)
+SELECT b.k AS user_id, b.d AS day,
+       {cols}
+FROM hist_before b LEFT JOIN hist_lists h ON h.k = b.k AND h.d = b.d
+"""
+
+
+def history_rows(day: int | None = None) -> str:
+    """SELECT of the materialised user history in (user_id, day) order (the rows stamped
+    ``day`` only, when given)."""
+    where = f" WHERE day = {int(day)}" if day is not None else ""
+    return f"SELECT user_id, day, {', '.join(HISTORY_COLUMNS)} FROM {HISTORY}{where} ORDER BY user_id, day"
+
+
 def table_rows(name: str) -> str:
     """SELECT of a materialised feature table in (key, day) order."""
+    if name == HISTORY:
+        return history_rows()
     key, fields = TABLES[name]
     return f"SELECT {key}, day, {', '.join(fields)} FROM {name} ORDER BY {key}, day"
 
 
-def model_rows(first_day: int, last_day: int) -> str:
+def model_rows(first_day: int, last_day: int, history: bool = False) -> str:
     """SELECT of the events of days [first_day, last_day] joined with their feature rows
-    (point in time: the rows stamped on the event's day), in (time, seq) order."""
+    (point in time: the rows stamped on the event's day), in (time, seq) order; with
+    ``history``, also the user's :data:`HISTORY_COLUMNS` (table :data:`HISTORY`)."""
     cols = ", ".join(f"e.{c}" for c in ROW_COLUMNS)
     u = ", ".join(f"u.{c}" for c in TABLES["user_daily_stats"][1])
     i = ", ".join(f"i.{c}" for c in TABLES["item_daily_stats"][1])
     a = ", ".join(f"a.{c}" for c in TABLES["item_attributes"][1])
+    h = "".join(f", h.{c}" for c in HISTORY_COLUMNS) if history else ""
+    join_h = (f"\nLEFT JOIN {HISTORY} h ON h.user_id = e.user_id AND h.day = e.day" if history else "")
     return f"""
-SELECT {cols}, {u}, {i}, {a}
+SELECT {cols}, {u}, {i}, {a}{h}
 FROM events e
 LEFT JOIN user_daily_stats u ON u.user_id = e.user_id AND u.day = e.day
 LEFT JOIN item_daily_stats i ON i.item_id = e.item_id AND i.day = e.day
-LEFT JOIN item_attributes a ON a.item_id = e.item_id AND a.day = e.day
+LEFT JOIN item_attributes a ON a.item_id = e.item_id AND a.day = e.day{join_h}
 WHERE e.day >= {int(first_day)} AND e.day <= {int(last_day)}
 ORDER BY e.ts_ns, e.seq
 """
@@ -274,6 +380,11 @@ def data_summary() -> str:
 def event_days() -> str:
     """SELECT of the distinct days with events, in order."""
     return "SELECT DISTINCT day FROM events ORDER BY day"
+
+
+def row_count(table: str) -> str:
+    """SELECT of the number of rows of a materialised table."""
+    return f"SELECT COUNT(*) FROM {table}"
 
 
 def entity_counts() -> str:

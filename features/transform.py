@@ -22,7 +22,7 @@ import pandas as pd
 
 from features.categorize import MISSING, SMALL_INPUT, bag_ids, hash_ids
 from features.compute import StatsParams
-from contract.spec import DenseFeature, FeatureSpec, SparseFeature
+from contract.spec import DenseFeature, FeatureSpec, HistoryColumn, HistorySpec, SparseFeature
 
 PASS_THROUGH = ("event_id", "event_timestamp", "user_id", "item_id")
 NO_QUERY = "<empty>"       # the single term of an empty query (browsing, not searching)
@@ -65,9 +65,18 @@ SPARSE_SOURCES: dict[str, str] = {
 }
 MULTI_HOT = frozenset({"query"})
 
+# the user history's list columns (the user_history view's fields, same names) -> the sparse
+# feature whose hash and table their ids share (None: integers kept as they are)
+HISTORY_IDS: dict[str, str | None] = {
+    "hist_item": "item",             # item ids, as the candidate item's
+    "hist_cat": "category_l1",       # the event's category_l1, as the candidate's
+    "hist_action": None,             # 0 offered, 1 purchased
+    "hist_days": None,               # days between the event's day and the row's day (>= 1)
+}
+
 
 def feature_spec(table_sizes: Mapping[str, int], stats: StatsParams, max_query_terms: int = 8,
-                 default_position: int = 1, extra: Mapping | None = None) -> FeatureSpec:
+                 default_position: int = 1, extra: Mapping | None = None, history_len: int = 0) -> FeatureSpec:
     """The spec of the ``dlrm_v1`` model input.
 
     Args:
@@ -76,6 +85,8 @@ def feature_spec(table_sizes: Mapping[str, int], stats: StatsParams, max_query_t
         max_query_terms: query terms kept per row (the first distinct ones).
         default_position: position scored when the caller gives none (serving).
         extra: more provenance to record (e.g. the split windows).
+        history_len: > 0: the rows carry the user's last ``history_len`` events as the
+            list columns of :data:`HISTORY_IDS` (``spec.history``); 0: no history.
     """
     unknown = sorted(set(table_sizes) - set(SPARSE_SOURCES))
     absent = [f for f in SPARSE_SOURCES if f not in table_sizes]
@@ -87,6 +98,8 @@ def feature_spec(table_sizes: Mapping[str, int], stats: StatsParams, max_query_t
         raise ValueError(f"table sizes must be >= 1, got {bad}")
     if max_query_terms < 1:
         raise ValueError(f"max_query_terms must be >= 1, got {max_query_terms}")
+    if history_len < 0:
+        raise ValueError(f"history_len must be >= 0, got {history_len}")
     fill = {name: 0.0 for name, _ in DENSE}
     fill.update({n: stats.rate_prior for n, _ in DENSE if "_rate_" in n})
     fill["user_days_since_purchase"] = float(stats.days_since_cap)
@@ -107,6 +120,8 @@ def feature_spec(table_sizes: Mapping[str, int], stats: StatsParams, max_query_t
             "sources": dict(SPARSE_SOURCES),
             **dict(extra or {}),
         },
+        history=HistorySpec(int(history_len), tuple(HistoryColumn(n, t) for n, t in HISTORY_IDS.items()))
+        if history_len > 0 else None,
     )
 
 
@@ -229,8 +244,27 @@ def model_columns(columns: Mapping[str, np.ndarray | list], n: int, spec: Featur
             values = [None] * n if col is None else col
         out[f.name] = hash_ids(values, f.name, f.table_size)
 
+    out.update(_history_lists(columns, n, spec))
     if spec.label in columns:
         out[spec.label] = _numeric(columns[spec.label], n).astype(np.float32)
+    return out
+
+
+def _history_lists(columns: Mapping[str, np.ndarray | list], n: int, spec: FeatureSpec) -> dict[str, list]:
+    """The history list columns of ``spec.history`` when ``columns`` holds them (raw values
+    of the user_history view, None for no history): each a list of n int64 arrays, ids
+    hashed as their sparse feature's; {} when the spec has no history or the rows none."""
+    if spec.history is None or not all(c.name in columns for c in spec.history.columns):
+        return {}
+    sizes = {f.name: f.table_size for f in spec.sparse}
+    out: dict[str, list] = {}
+    for c in spec.history.columns:
+        bags = [() if b is None or (type(b) is float and b != b) else b for b in columns[c.name]]
+        lengths = np.fromiter(map(len, bags), dtype=np.int64, count=n)
+        flat_values = [v for b in bags for v in b]
+        flat = (hash_ids(flat_values, c.ids_of, sizes[c.ids_of]) if c.ids_of is not None
+                else np.asarray(flat_values, dtype=np.int64))
+        out[c.name] = np.split(flat, np.cumsum(lengths)[:-1]) if n else []
     return out
 
 
@@ -383,6 +417,34 @@ def model_batch(batch, spec: FeatureSpec):
             if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
                 col = col.cast(pa.string())
             data[f.name] = _arrow_text_ids(col, f.name, f.table_size)
+    if spec.history is not None and all(c.name in names for c in spec.history.columns):
+        sizes = {f.name: f.table_size for f in spec.sparse}
+        for c in spec.history.columns:
+            data[c.name] = _arrow_history(batch.column(c.name), c.ids_of, sizes.get(c.ids_of))
     if spec.label in names:
         data[spec.label] = _arrow_numeric(batch, spec.label, n).astype(np.float32)
     return pa.table(data)
+
+
+def _arrow_history(col, feature: str | None, table_size: int | None):
+    """A history list column (raw values, null = no history) -> list<int64>: the values
+    hashed as ``feature``'s ids (each distinct value once), or as int64 when ``feature`` is
+    None; null lists become empty ones."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_large_list(col.type):
+        col = col.cast(pa.list_(col.type.value_type))
+    if col.null_count:
+        col = col.fill_null(pa.scalar([], col.type))
+    offsets = pc.subtract(col.offsets, col.offsets[0])     # (n + 1,) of a sliced array too
+    values = col.flatten()
+    if feature is None:
+        flat = values.cast(pa.int64())
+    else:
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            values = values.cast(pa.string())
+        flat = pa.array(_arrow_text_ids(values, feature, table_size), pa.int64())
+    return pa.ListArray.from_arrays(offsets.cast(pa.int32()), flat).cast(pa.list_(pa.field("element", pa.int64())))

@@ -42,17 +42,17 @@ def test_feast_cli_applies_a_copy_of_the_package_and_reads_the_materialised_repo
                 f"--chdir {built.repo} feature-services list", f"--chdir {built.repo} entities list")
     assert (repo / "store" / "registry.db").is_file()
     copy_list = out[out.index(f"--chdir {repo} feature-views list"):out.index(f"--chdir {built.repo}")]
-    for name in ("user_daily_stats", "item_daily_stats", "item_attributes"):
+    for name in ("user_daily_stats", "item_daily_stats", "item_attributes", "user_history"):
         assert name in copy_list
     built_list = out[out.index(f"--chdir {built.repo} feature-services list"):]
-    assert "dlrm_v1" in built_list and "user_id" in built_list
+    assert "dlrm_v1" in built_list and "user_history_v1" in built_list and "user_id" in built_list
 
 
 def test_repo_objects_are_collected_once_and_unloaded(built):
     objects = repo_objects(built.repo)
     kinds = sorted(type(o).__name__ for o in objects)
-    assert kinds == ["Entity", "Entity", "FeatureService", "FeatureView", "FeatureView", "FeatureView",
-                     "FileSource", "FileSource", "FileSource"]
+    assert kinds == ["Entity", "Entity", "FeatureService", "FeatureService", "FeatureView", "FeatureView",
+                     "FeatureView", "FeatureView", "FileSource", "FileSource", "FileSource", "FileSource"]
     assert not {"entities", "feature_views", "data_sources", "feature_services"} & set(sys.modules)
 
 

@@ -1,4 +1,5 @@
-"""The same feature SQL on Spark (local mode) gives DuckDB's tables and model-ready rows."""
+"""The same feature SQL on Spark (local mode) gives DuckDB's tables (the user history too) and
+model-ready rows."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from features import sql
-from features.compute import StatsParams, _events_arrow, materialize_feature_tables, summarize
+from features.compute import (StatsParams, _events_arrow, materialize_feature_tables, materialize_user_history,
+                              summarize)
 from features.engine import DuckDBEngine
 
 pytest.importorskip("pyspark")   # in the dev extra: `make test` installs it
@@ -21,18 +23,24 @@ def _tables(engine, events, params):
     engine.events_from_arrow(_events_arrow(events))
     data = summarize(engine)
     materialize_feature_tables(engine, data, params)
+    materialize_user_history(engine, data, HISTORY_LEN)
     out = {name: pa.Table.from_batches(list(engine.batches(sql.table_rows(name), 1 << 20)))
-           for name in sql.TABLES}
-    out["model_rows"] = pa.Table.from_batches(list(engine.batches(sql.model_rows(data.first_day, data.last_day),
-                                                                  1 << 20)))
+           for name in (*sql.TABLES, sql.HISTORY)}
+    out["model_rows"] = pa.Table.from_batches(list(engine.batches(
+        sql.model_rows(data.first_day, data.last_day, history=True), 1 << 20)))
     return data, out
+
+
+HISTORY_LEN = 6   # shorter than most users' past: truncation is compared too
 
 
 def _assert_same(a: pa.Table, b: pa.Table, name: str) -> None:
     assert a.column_names == b.column_names and a.num_rows == b.num_rows, name
     for col in a.column_names:
         x, y = a.column(col), b.column(col)
-        if pa.types.is_floating(x.type):
+        if pa.types.is_list(x.type) or pa.types.is_large_list(x.type):
+            assert x.to_pylist() == y.to_pylist(), f"{name}.{col}"
+        elif pa.types.is_floating(x.type):
             np.testing.assert_allclose(x.to_numpy(zero_copy_only=False), y.to_numpy(zero_copy_only=False),
                                        rtol=1e-6, atol=1e-6, err_msg=f"{name}.{col}")
         else:
@@ -50,12 +58,16 @@ def test_spark_local_gives_duckdbs_tables_and_model_rows(events, tmp_path):
     with SparkEngine(tmp_path / "spark", master="local[2]") as spark:
         s_data, s_out = _tables(spark, events, params)
     assert d_data == s_data
-    for name in (*sql.TABLES, "model_rows"):
+    for name in (*sql.TABLES, sql.HISTORY, "model_rows"):
         _assert_same(d_out[name], s_out[name], name)
+    lengths = [len(h) for h in d_out[sql.HISTORY].column("hist_item").to_pylist()]
+    assert max(lengths) == HISTORY_LEN and min(lengths) == 0
     # and the model-ready rows built from them: ids equal, floats within 1e-6
     spec = feature_spec({k: 1000 for k in ("user", "item", "query", "category_l1", "category_l2",
                                             "category_l3", "brand", "price_band", "fav_category_l1",
-                                            "device", "country", "position", "hour", "day_of_week")}, params)
+                                            "device", "country", "position", "hour", "day_of_week")}, params,
+                        history_len=HISTORY_LEN)
     d_model = model_batch(d_out["model_rows"].combine_chunks().to_batches()[0], spec)
     s_model = model_batch(s_out["model_rows"].combine_chunks().to_batches()[0], spec)
     _assert_same(d_model, s_model, "model-ready")
+    assert "hist_item" in d_model.column_names

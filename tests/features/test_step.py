@@ -115,7 +115,8 @@ def _splits_by_day(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, pd.DataF
 
 def test_model_ready_tables_equal_feasts_point_in_time_join_and_the_shared_transform(built, events, tables):
     """The SQL join and the vectorised transform give exactly what Feast's own
-    point-in-time join of every event, through ``build_model_frame``, gives."""
+    point-in-time join of every event (dlrm_v1 and the user history), through
+    ``build_model_frame``, gives."""
     from features.repo import historical_rows, open_store
     from features.transform import build_model_frame
 
@@ -123,7 +124,9 @@ def test_model_ready_tables_equal_feasts_point_in_time_join_and_the_shared_trans
     cols = ["event_id", "event_timestamp", "user_id", "item_id", "query", "device", "country",
             "position", "price", "purchased"]
     ordered = events.sort_values(["event_timestamp", "event_id"], kind="stable")[cols]
-    rows = historical_rows(open_store(built.repo), ordered.reset_index(drop=True), as_of_floor="D")
+    store = open_store(built.repo)
+    rows = historical_rows(store, ordered.reset_index(drop=True), as_of_floor="D")
+    rows = historical_rows(store, rows, service=spec.history.feature_service, as_of_floor="D")
     want = _splits_by_day(build_model_frame(rows, spec), spec)
     for name, part in parts.items():
         pd.testing.assert_frame_equal(part, want[name], check_exact=True, obj=name)
