@@ -4,6 +4,10 @@ Reads ``<input>/{train,valid}.parquet`` + ``feature_spec.json`` (or ``--criteo P
 whose last rows form the validation window), trains as the ``train`` section of
 params.yaml says, and writes the model bundle, checkpoints and training reports.
 
+``train.stream`` (true | false | auto: above ``train.stream_above_rows`` rows) reads the
+training split as a stream (:class:`dlrm.stream.ModelInputStream`): memory is set by
+``train.stream_buffer``, not by the data. The validation split stays in memory.
+
 ``--workers N`` (``train.workers``) trains data-parallel in N local processes; under
 torchrun or a Kubeflow TrainJob (RANK/WORLD_SIZE set) the same command is every worker's
 entry point. Rank 0 writes the outputs (:mod:`dlrm.distributed`).
@@ -64,8 +68,9 @@ def _train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoint
     """:func:`train` in one process (one rank of a data-parallel run)."""
     from dlrm.bundle import save_model
     from dlrm.distributed import DataParallel
-    from contract.model_input import read_split, read_spec, split_path
+    from contract.model_input import read_spec, split_path
     from contract.spec import ModelInput
+    from dlrm.stream import ModelInputStream
     from dlrm.train import train_model
 
     if criteo is not None and (Path(criteo).is_dir() or cfg.criteo.stream):
@@ -89,13 +94,19 @@ def _train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoint
         if input_dir is None:
             raise ValueError("give the model-ready dir (--input) or a Criteo file (--criteo)")
         spec = read_spec(input_dir)
-        train_in = read_split(input_dir, "train", spec)[1]
-        valid_in = read_split(input_dir, "valid", spec)[1] if split_path(input_dir, "valid").exists() else None
+        if _streams(cfg, input_dir):
+            train_in = _model_input_stream(cfg, input_dir, spec)
+        else:
+            train_in = _read_whole(input_dir, "train", spec)
+        # the validation rows stay in memory: periodic evaluations score a fixed sample of them
+        valid_in = _read_whole(input_dir, "valid", spec) if split_path(input_dir, "valid").exists() else None
         source = str(input_dir)
     dp = DataParallel.current()
     say = (lambda msg: log(STEP, msg)) if dp.is_main else (lambda _msg: None)
-    train_rows = train_in.num_rows if isinstance(train_in, ModelInput) else None
-    say(f"{train_rows if train_rows is not None else 'streamed'} training rows, "
+    train_rows = (train_in.num_rows if isinstance(train_in, (ModelInput, ModelInputStream)) else None)
+    mode = (f"streamed, {cfg.stream_buffer:,}-row shuffle buffer" if not isinstance(train_in, ModelInput)
+            else "in memory")
+    say(f"{train_rows if train_rows is not None else 'streamed'} training rows ({mode}), "
         f"{valid_in.num_rows if valid_in else 0} validation rows from {source}; "
         f"backend {cfg.model.embedding.backend}" + (f"; {dp.world_size} data-parallel workers" if dp.parallel else ""))
 
@@ -107,7 +118,8 @@ def _train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoint
     if train_rows is None and result.epochs_completed >= 1:  # a stream: rows of one epoch
         train_rows = round(result.samples / result.epochs_completed)
     metrics = {**result.metrics(), "target_auc": cfg.target_auc, "train_rows": train_rows,
-               "valid_rows": valid_in.num_rows if valid_in else 0, "source": source, "workers": dp.world_size}
+               "valid_rows": valid_in.num_rows if valid_in else 0, "source": source, "workers": dp.world_size,
+               "streamed": not isinstance(train_in, ModelInput)}
     with atomic_dir(model_out) as tmp:
         save_model(result.model.cpu(), tmp, spec=spec, config=as_dict(cfg), metrics=metrics)
     reports = Path(reports)
@@ -123,6 +135,39 @@ def _train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoint
               f"-> {model_out}")
     return TrainStepResult(model_dir=Path(model_out), metrics=metrics, history=result.history)
 
+
+
+def _streams(cfg: TrainConfig, input_dir: Path) -> bool:
+    """Whether ``train.stream`` (true | false | auto) streams the training split; auto: when
+    it has more than ``train.stream_above_rows`` rows (read from the Parquet footers)."""
+    from contract.model_input import split_num_rows
+
+    if cfg.stream == "auto":
+        if cfg.stream_above_rows < 0:
+            raise ValueError(f"train.stream_above_rows = {cfg.stream_above_rows}; expected a row count >= 0")
+        return split_num_rows(input_dir, "train") > cfg.stream_above_rows
+    return bool(cfg.stream)
+
+
+def _model_input_stream(cfg: TrainConfig, input_dir: Path, spec):
+    """This rank's stream of the model-ready training split (its part of each global batch)."""
+    from dlrm.distributed import DataParallel
+    from dlrm.stream import ModelInputStream
+
+    if cfg.stream_buffer < 0:
+        raise ValueError(f"train.stream_buffer = {cfg.stream_buffer}; expected a row count >= 0 (0 = file order)")
+    dp = DataParallel.current()
+    return ModelInputStream(input_dir, spec, split="train", batch_size=dp.part_size(cfg.batch_size),
+                            shuffle_buffer=cfg.stream_buffer, seed=cfg.seed, rank=dp.rank, world_size=dp.world_size)
+
+
+def _read_whole(input_dir: Path, split: str, spec):
+    """One split in memory as a ModelInput: only the columns the model reads."""
+    from contract.model_input import read_frame
+    from contract.spec import ModelInput
+    from dlrm.stream import model_columns
+
+    return ModelInput.from_frame(read_frame(input_dir, split, columns=model_columns(spec)), spec)
 
 
 def _criteo_stream(cfg: TrainConfig, path: Path):

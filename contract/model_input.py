@@ -13,12 +13,13 @@ Training, evaluation, monitoring and the benchmarks read it only through this mo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from contract.spec import FeatureSpec, ModelInput
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 SPEC_FILE = "feature_spec.json"
@@ -55,6 +56,42 @@ def read_split(data_dir: Path | str, split: str, spec: FeatureSpec) -> tuple["pd
     """One split as (frame, ModelInput built with ``spec``)."""
     frame = read_frame(data_dir, split)
     return frame, ModelInput.from_frame(frame, spec)
+
+
+def split_files(data_dir: Path | str, split: str) -> list[Path]:
+    """The Parquet file(s) of one split: the file itself, or a folder's parts in name order
+    (names starting with ``.`` or ``_`` skipped, as pyarrow does)."""
+    path = split_path(data_dir, split)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"model-ready table {path} does not exist; run `robeflow features` first")
+    files = sorted(f for f in path.rglob("*") if f.is_file()
+                   and not any(p.startswith((".", "_")) for p in f.relative_to(path).parts))
+    if not files:
+        raise ValueError(f"model-ready folder {path} holds no Parquet parts")
+    return files
+
+
+def split_num_rows(data_dir: Path | str, split: str) -> int:
+    """Rows of one split, from the Parquet footers (no data read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in split_files(data_dir, split))
+
+
+def iter_split_batches(data_dir: Path | str, split: str, columns: Sequence[str],
+                       batch_rows: int = 65536) -> "Iterator[pa.RecordBatch]":
+    """One split's ``columns`` as Arrow record batches of at most ``batch_rows`` rows, file
+    by file in :func:`split_files` order (memory: one batch, whatever the split's length)."""
+    import pyarrow.parquet as pq
+
+    for f in split_files(data_dir, split):
+        pf = pq.ParquetFile(f)
+        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise ValueError(f"model-ready table {f} lacks column(s) {missing}")
+        yield from pf.iter_batches(batch_size=batch_rows, columns=list(columns))
 
 
 def write_model_input(out_dir: Path | str, tables: dict[str, "pd.DataFrame"], spec: FeatureSpec) -> None:

@@ -101,6 +101,11 @@ class TrainConfig:
     id_dropout_features: list[str] = field(default_factory=lambda: ["user", "item"])
     bf16: bool = True            # bf16 autocast on GPU (ignored on CPU)
     progress: bool = True        # tqdm bar on stderr
+    # read the model-ready training split as a stream (memory: the shuffle buffer, not the data);
+    # auto = when it has more than `stream_above_rows` rows (its Parquet footers say)
+    stream: bool | Literal["auto"] = "auto"
+    stream_above_rows: int = 5_000_000
+    stream_buffer: int = 500_000  # streamed: rows held for shuffling (~40-300 B a row in memory, x2 at a reshuffle)
 
 
 @dataclass(frozen=True)

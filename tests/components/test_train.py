@@ -99,3 +99,23 @@ def test_train_cli_streams_a_folder_of_criteo_parts(tmp_path):
     metrics = json.loads((tmp_path / "r/train_metrics.json").read_text())
     assert metrics["train_rows"] == 150 and metrics["valid_rows"] == 50  # every 4th row held out
     assert metrics["steps"] == 2 * 5 and metrics["rows_used"] > 0
+
+
+def test_train_cli_streams_the_model_ready_split_when_asked_or_above_the_threshold(project, capsys):
+    """train.stream: false reads the split whole, true streams it, auto streams above
+    train.stream_above_rows (4000 planted training rows); streamed training learns as well."""
+    def run(*overrides):
+        assert main(train_args(project, *[a for o in overrides for a in ("-S", o)])) == 0
+        err = capsys.readouterr().err
+        return json.loads((project / "reports/train/train_metrics.json").read_text()), err
+
+    memory, err = run("train.stream=false")
+    assert not memory["streamed"] and "(in memory)" in err
+    streamed, err = run("train.stream=true", "train.stream_buffer=1000")
+    assert streamed["streamed"] and "4000 training rows (streamed, 1,000-row shuffle buffer)" in err
+    assert streamed["train_rows"] == memory["train_rows"] == 4000 and streamed["steps"] == memory["steps"] == 64
+    assert streamed["valid_auc"] > 0.7 and abs(streamed["valid_auc"] - memory["valid_auc"]) < 0.03
+    assert run("train.stream=auto", "train.stream_above_rows=3999")[0]["streamed"]
+    assert not run("train.stream=auto", "train.stream_above_rows=4000")[0]["streamed"]
+    assert main(train_args(project, "-S", "train.stream=maybe")) == 2
+    assert "train.stream" in capsys.readouterr().err

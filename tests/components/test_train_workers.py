@@ -116,3 +116,15 @@ def test_the_same_command_runs_as_each_worker_of_a_torchrun_style_world(project)
     metrics = _metrics(project, "env")
     assert metrics["workers"] == 2 and metrics["steps"] == 32 and metrics["samples"] == 4000
     assert "data-parallel workers" in outs[0] and "training rows" not in outs[1]  # rank 0 logs
+
+
+@pytest.mark.slow
+def test_a_streamed_model_ready_split_is_sharded_over_two_workers(project):
+    """train.stream with 2 workers: rank r reads rows i % 2 == r of train.parquet, in its
+    half of each global batch; together they train on every row once per epoch."""
+    assert main(train_args(project, "two", "--workers", "2", "-S", "train.epochs=1", "-S", "train.stream=true",
+                           "-S", "train.stream_buffer=1000")) == 0
+    two = _metrics(project, "two")
+    # 2000 rows a rank in parts of 64: 31 full parts and one of 16
+    assert two["workers"] == 2 and two["streamed"] and (two["samples"], two["steps"]) == (4000, 32)
+    assert two["valid_auc"] > 0.7

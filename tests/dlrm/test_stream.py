@@ -185,3 +185,177 @@ def test_training_on_a_stream_learns_and_resumes_bitwise(tmp_path, planted):
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise, mid-epoch of a shuffled stream
     assert [h["auc"] for h in resumed.history] == [h["auc"] for h in full.history]
+
+
+# ---------------------------------------------------------------------------------------
+# ModelInputStream: the model-ready Parquet tables as a stream
+# ---------------------------------------------------------------------------------------
+
+def numbered_dir(root, n: int = 1000, parts: int = 0, row_group: int = 128):
+    """A model-ready dir of planted rows whose ``price`` is the row number (so tests can tell
+    rows apart); ``train.parquet`` is one file, or a folder of ``parts`` parts. Returns
+    (dir, the training rows in memory, as the in-memory path builds them)."""
+    import pandas as pd
+
+    from contract.model_input import write_model_input
+    from contract.spec import ModelInput
+    from dlrm.synthetic import PLANTED_SPEC, planted_frame
+
+    frame = planted_frame(n, seed=7).drop(columns="_prob").assign(price=np.arange(n, dtype=np.float32))
+    frame["hist_item"] = [np.arange(i % 5, dtype=np.int64) for i in range(n)]  # a column the model does not read
+    write_model_input(root, {"valid": frame.iloc[:50]}, PLANTED_SPEC)
+    if parts:
+        (root / "train.parquet").mkdir()
+        for k, part in enumerate(np.array_split(np.arange(n), parts)):
+            frame.iloc[part].to_parquet(root / "train.parquet" / f"part-{k}.parquet", row_group_size=row_group)
+    else:
+        frame.to_parquet(root / "train.parquet", row_group_size=row_group)
+    return root, ModelInput.from_frame(pd.read_parquet(root / "train.parquet"), PLANTED_SPEC)
+
+
+def row_keys(batches, num_tables: int = 3) -> list[tuple]:
+    """Each row as (row number, label, position, the ids of each bag)."""
+    out = []
+    for b in batches:
+        for r in range(b.labels.numel()):
+            bags = tuple(tuple(b.values[b.offsets[r * num_tables + t]:b.offsets[r * num_tables + t + 1]].tolist())
+                         for t in range(num_tables))
+            out.append((int(b.dense[r, 0]), float(b.labels[r]), float(b.dense[r, 1]), bags))
+    return out
+
+
+@pytest.mark.parametrize("parts", [0, 3])
+def test_model_input_stream_yields_every_row_once_per_epoch_on_one_and_two_ranks(tmp_path, parts):
+    from dlrm.data import TensorData
+    from dlrm.stream import ModelInputStream
+    from dlrm.synthetic import PLANTED_SPEC
+
+    root, whole = numbered_dir(tmp_path, parts=parts)
+    want = sorted(row_keys([TensorData(whole, 3).range_batch(0, whole.num_rows)]))
+    kw = dict(batch_size=96, shuffle_buffer=300, seed=5, read_rows=100)
+    one = ModelInputStream(root, PLANTED_SPEC, **kw)
+    assert one.num_rows == 1000
+    e0 = row_keys(one)
+    assert sorted(e0) == want                       # the same rows as in memory, as a multiset
+    assert [r[0] for r in e0] != list(range(1000))  # shuffled
+    one.set_epoch(1)
+    e1 = row_keys(one)
+    assert sorted(e1) == want and e1 != e0
+    assert row_keys(ModelInputStream(root, PLANTED_SPEC, **kw, epoch=1)) == e1  # epoch-seeded
+    ranks = [row_keys(ModelInputStream(root, PLANTED_SPEC, **kw, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 500
+    assert not {r[0] for r in ranks[0]} & {r[0] for r in ranks[1]}
+    assert sorted(ranks[0] + ranks[1]) == want      # 2 ranks: each row exactly once
+    seen = []
+    for rank in (0, 1):  # 2 ranks x 2 DataLoader workers
+        s = ModelInputStream(root, PLANTED_SPEC, **kw, rank=rank, world_size=2)
+        seen += [r[0] for r in row_keys(DataLoader(s, batch_size=None, num_workers=2))]
+    assert sorted(seen) == list(range(1000))
+
+
+def test_model_input_stream_in_file_order_and_its_batches(tmp_path):
+    from dlrm.stream import ModelInputStream
+    from dlrm.synthetic import PLANTED_SPEC
+
+    root, _ = numbered_dir(tmp_path, n=500, parts=2, row_group=64)
+    batches = list(ModelInputStream(root, PLANTED_SPEC, batch_size=96, read_rows=70))
+    assert [b.labels.numel() for b in batches] == [96] * 5 + [20]
+    assert [r[0] for r in row_keys(batches)] == list(range(500))
+    with pytest.raises(ValueError, match="rank=2"):
+        ModelInputStream(root, PLANTED_SPEC, batch_size=8, rank=2, world_size=2)
+    with pytest.raises(FileNotFoundError, match="test.parquet"):
+        ModelInputStream(root, PLANTED_SPEC, batch_size=8, split="test")
+
+
+def test_training_through_the_model_input_stream_matches_in_memory(tmp_path):
+    from contract.model_input import read_spec
+    from contract.spec import ModelInput
+    from dlrm.stream import ModelInputStream
+    from dlrm.synthetic import write_planted_dir
+    from dlrm.train import train_model
+
+    write_planted_dir(tmp_path / "mi", tmp_path / "truth", {"train": 6000, "valid": 2000})
+    spec = read_spec(tmp_path / "mi")
+    import pandas as pd
+
+    def whole(split):
+        return ModelInput.from_frame(pd.read_parquet(tmp_path / "mi" / f"{split}.parquet"), spec)
+
+    cfg = stream_cfg(epochs=3, eval_every=0)
+    memory = train_model(cfg, spec, whole("train"), whole("valid"))
+    stream = ModelInputStream(tmp_path / "mi", spec, batch_size=cfg.batch_size, shuffle_buffer=2000, seed=0)
+    streamed = train_model(cfg, spec, stream, whole("valid"))
+    assert streamed.samples == memory.samples == 3 * 6000
+    assert memory.full_auc > 0.75                      # chance 0.5
+    assert abs(streamed.full_auc - memory.full_auc) < 0.02, (streamed.full_auc, memory.full_auc)
+
+
+# Runs a command and prints its output, then its peak RSS (KiB). The measuring process is
+# small: a child forked from the pytest process would count the test's pages in ru_maxrss.
+_MEASURE = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:]); "
+            "_, status, usage = os.wait4(p.pid, 0); print(usage.ru_maxrss); "
+            "sys.exit(os.waitstatus_to_exitcode(status))")
+_READ = """
+import sys
+from contract.model_input import read_frame, read_spec
+from contract.spec import ModelInput
+from dlrm.stream import ModelInputStream
+root, mode = sys.argv[1], sys.argv[2]
+spec = read_spec(root)
+if mode == "stream":
+    stream = ModelInputStream(root, spec, batch_size=4096, shuffle_buffer=50_000, read_rows=16_384)
+    print(sum(b.labels.numel() for b in stream))
+else:
+    print(ModelInput.from_frame(read_frame(root, "train"), spec).num_rows)
+"""
+
+
+def wide_dir(root, rows: int, part_rows: int = 100_000) -> None:
+    """A model-ready dir of ``rows`` random single-hot rows (8 dense, 20 sparse features:
+    ~550 bytes a row in memory), written part by part."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from contract.spec import DenseFeature, FeatureSpec, SparseFeature
+
+    spec = FeatureSpec(dense=tuple(DenseFeature(f"d{j}") for j in range(8)),
+                       sparse=tuple(SparseFeature(f"s{t}", 1000) for t in range(20)))
+    (root / "train.parquet").mkdir(parents=True)
+    spec.save(root / "feature_spec.json")
+    rng = np.random.default_rng(rows)
+    for k, start in enumerate(range(0, rows, part_rows)):
+        n = min(part_rows, rows - start)
+        cols = {f"d{j}": rng.random(n, dtype=np.float32) for j in range(8)}
+        cols |= {f"s{t}": rng.integers(0, 1000, n) for t in range(20)}
+        cols["purchased"] = rng.integers(0, 2, n)
+        pq.write_table(pa.table(cols), root / "train.parquet" / f"part-{k:03d}.parquet", row_group_size=32_768)
+
+
+def peak_rss(root, mode: str) -> tuple[int, float]:
+    """(rows read, peak RSS in MiB) of reading ``root``'s training split in a child process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-c", _READ, str(root), mode],
+                          env=env, capture_output=True, text=True, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows, kib = proc.stdout.split()[-2:]
+    return int(rows), int(kib) / 1024
+
+
+@pytest.mark.slow
+def test_model_input_stream_peak_memory_does_not_follow_the_data(tmp_path):
+    """Streaming 4x the rows raises the peak RSS by at most 1.3x; reading the larger split
+    whole (the in-memory path) does not stay within that bound, so the check can fail."""
+    wide_dir(tmp_path / "small", 250_000)
+    wide_dir(tmp_path / "large", 1_000_000)
+    rows_small, small = peak_rss(tmp_path / "small", "stream")
+    rows_large, large = peak_rss(tmp_path / "large", "stream")
+    rows_whole, whole = peak_rss(tmp_path / "large", "whole")
+    assert (rows_small, rows_large, rows_whole) == (250_000, 1_000_000, 1_000_000)
+    assert large <= 1.3 * small, (small, large)
+    assert whole > 1.3 * small, (small, whole)
