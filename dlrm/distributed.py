@@ -141,6 +141,11 @@ class DataParallel:
         """This rank's contiguous part of a global batch's row indices ``rows`` (b,)."""
         return rows if not self.parallel else rows.tensor_split(self.world_size)[self.rank]
 
+    def part_start(self, global_rows: int) -> int:
+        """The first row of this rank's part of a global batch of ``global_rows``."""
+        q, r = divmod(global_rows, self.world_size)
+        return self.rank * q + min(self.rank, r)
+
     def part_size(self, global_rows: int) -> int:
         """Rows of this rank's part of a global batch of ``global_rows``."""
         q, r = divmod(global_rows, self.world_size)

@@ -433,10 +433,24 @@ def _checkpoint(run: _Run, state: TrainState) -> None:
     }, run.cfg.keep_checkpoints)
 
 
+def _drop_ids(run: _Run, b: Batch, global_rows: int) -> Batch:
+    """Id dropout of this rank's part: data-parallel, the part draws its rows' slice of the
+    draws one process makes for the whole global batch (the random stream is skipped before
+    and after it), so N workers drop the ids one process would (CPU; CUDA draws differ)."""
+    k = len(run.dropped)
+    if not (run.dp.parallel and k and run.cfg.id_dropout > 0):
+        return drop_ids(b, run.dropped, len(run.spec.sparse), run.cfg.id_dropout)
+    start, rows = run.dp.part_start(global_rows), b.labels.numel()
+    torch.rand(start * k, device=b.values.device)
+    b = drop_ids(b, run.dropped, len(run.spec.sparse), run.cfg.id_dropout)
+    torch.rand((global_rows - start - rows) * k, device=b.values.device)
+    return b
+
+
 def _train_step(run: _Run, batch: Batch, step: int, global_rows: int) -> torch.Tensor:
     """One optimizer step on ``batch`` (this rank's part of a global batch of ``global_rows``);
     returns the (device) loss."""
-    b = drop_ids(batch.to(run.device), run.dropped, len(run.spec.sparse), run.cfg.id_dropout)
+    b = _drop_ids(run, batch.to(run.device), global_rows)
     factor = lr_factor(step, run.cfg.optim)
     for opt in run.optimizers:
         for g in opt.param_groups:

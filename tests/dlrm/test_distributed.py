@@ -49,6 +49,7 @@ def test_the_parts_of_a_global_batch_cover_it_once():
     parts = [DataParallel(r, 4).shard(rows) for r in range(4)]
     assert torch.equal(torch.cat(parts), rows)
     assert [p.numel() for p in parts] == [DataParallel(r, 4).part_size(103) for r in range(4)]
+    assert [DataParallel(r, 4).part_start(103) for r in range(4)] == [0, 26, 52, 78]
 
 
 def test_dense_exchange_only_for_arrays_a_batch_can_cover(monkeypatch):
@@ -121,6 +122,19 @@ def test_two_workers_match_one_process_and_stay_identical(tmp_path, monkeypatch,
     initial = DLRM(cfg.model, len(PLANTED_SPEC.dense), PLANTED_SPEC.table_sizes).embedding.weight
     assert (r0["embedding.weight"] - initial).abs().max() > 0.05  # the array did train
     assert abs(_valid_auc(cfg, r0) - _valid_auc(cfg, single)) < 0.003
+
+
+@pytest.mark.slow
+def test_two_workers_drop_the_ids_one_process_drops(tmp_path):
+    """Id dropout draws from torch's RNG: each rank draws its rows' slice of the global batch's
+    draws, so 2 workers still train on what one process does."""
+    cfg = ddp_ranks.small_cfg(id_dropout=0.2, epochs=1, batch_size=100)  # parts of 50: 2 x 8 steps
+    launch(ddp_ranks.train_rank, (cfg, tmp_path / "two"), 2)
+    launch(ddp_ranks.train_rank, (cfg, tmp_path / "one"), 1)
+    r0, r1, single = _weights(tmp_path / "two", 0), _weights(tmp_path / "two", 1), _weights(tmp_path / "one", 0)
+    for name in single:
+        assert torch.equal(r0[name], r1[name]), f"replicas differ in {name}"
+        torch.testing.assert_close(r0[name], single[name], atol=2e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.slow
