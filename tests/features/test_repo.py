@@ -63,6 +63,29 @@ def test_tables_that_drift_from_the_views_are_refused(built, events):
         check_tables_match_views(open_store(built.repo), tables)
 
 
+def test_the_generated_repo_reads_its_tables_through_feasts_duckdb_offline_store(built):
+    """feature_store.yaml names Feast's DuckDB offline store, and Feast loads it as such (the
+    point-in-time join in test_step goes through it)."""
+    import yaml
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
+
+    config = yaml.safe_load((built.repo / "feature_store.yaml").read_text())
+    assert config["offline_store"] == {"type": "duckdb"}
+    assert isinstance(open_store(built.repo).config.offline_store, DuckDBOfflineStoreConfig)
+
+
+def test_feast_calls_run_in_the_repo_and_give_the_working_directory_back(built, events, tmp_path,
+                                                                          monkeypatch):
+    """Feast's DuckDB store opens source paths against the working directory; robeflow's
+    calls find the repo's tables from anywhere, and leave the working directory as it was."""
+    from features.repo import historical_rows
+
+    monkeypatch.chdir(tmp_path)
+    rows = historical_rows(open_store(built.repo), events.head(50)[["event_timestamp", "user_id", "item_id"]])
+    assert Path.cwd() == tmp_path
+    assert rows["user_offers_30d"].notna().all()
+
+
 def test_a_directory_without_a_repo_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="feature_store.yaml"):
         open_store(tmp_path)

@@ -115,7 +115,7 @@ def _splits_by_day(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, pd.DataF
 
 def test_model_ready_tables_equal_feasts_point_in_time_join_and_the_shared_transform(built, events, tables):
     """The SQL join and the vectorised transform give exactly what Feast's own
-    point-in-time join of every event (dlrm_v1 and the user history), through
+    point-in-time join (its DuckDB offline store) of every event (dlrm_v1 and the user history), through
     ``build_model_frame``, gives."""
     from features.repo import historical_rows, open_store
     from features.transform import build_model_frame
@@ -125,6 +125,7 @@ def test_model_ready_tables_equal_feasts_point_in_time_join_and_the_shared_trans
             "position", "price", "purchased"]
     ordered = events.sort_values(["event_timestamp", "event_id"], kind="stable")[cols]
     store = open_store(built.repo)
+    assert store.config.offline_store.type == "duckdb"   # Feast's own join, on its DuckDB store
     rows = historical_rows(store, ordered.reset_index(drop=True), as_of_floor="D")
     rows = historical_rows(store, rows, service=spec.history.feature_service, as_of_floor="D")
     want = _splits_by_day(build_model_frame(rows, spec), spec)
