@@ -382,10 +382,17 @@ class ModelInputStream(_ShardedStream):
                                  concat=concat_inputs, take=lambda c, idx: take_rows(c, idx, T))
         rest: ModelInput | None = None  # rows short of a batch, carried to the next chunk
         for chunk in chunks:
-            chunk = chunk if rest is None else concat_inputs([rest, chunk])
-            data, full = TensorData(chunk, T), chunk.num_rows // bs * bs
-            for start in range(0, full, bs):
-                yield data.range_batch(start, start + bs)
-            rest = chunk.slice(full, chunk.num_rows, T) if full < chunk.num_rows else None
+            n, start = chunk.num_rows, 0
+            if rest is not None:  # complete the carried rows with the chunk's first (copies < a batch)
+                start = min(bs - rest.num_rows, n)
+                rest = concat_inputs([rest, chunk.slice(0, start, T)])
+                if rest.num_rows < bs:
+                    continue
+                yield TensorData(rest, T).range_batch(0, bs)
+                rest = None
+            data, full = TensorData(chunk, T), start + (n - start) // bs * bs
+            for first in range(start, full, bs):
+                yield data.range_batch(first, first + bs)  # views of the chunk, no copy
+            rest = chunk.slice(full, n, T) if full < n else None
         if rest is not None:
             yield TensorData(rest, T).range_batch(0, rest.num_rows)
