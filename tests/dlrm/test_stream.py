@@ -274,19 +274,19 @@ def test_training_through_the_model_input_stream_matches_in_memory(tmp_path):
     from dlrm.synthetic import write_planted_dir
     from dlrm.train import train_model
 
-    write_planted_dir(tmp_path / "mi", tmp_path / "truth", {"train": 6000, "valid": 2000})
+    write_planted_dir(tmp_path / "mi", tmp_path / "truth", {"train": 20000, "valid": 4000})
     spec = read_spec(tmp_path / "mi")
     import pandas as pd
 
     def whole(split):
         return ModelInput.from_frame(pd.read_parquet(tmp_path / "mi" / f"{split}.parquet"), spec)
 
-    cfg = stream_cfg(epochs=3, eval_every=0)
+    cfg = stream_cfg(epochs=2, eval_every=0)
     memory = train_model(cfg, spec, whole("train"), whole("valid"))
-    stream = ModelInputStream(tmp_path / "mi", spec, batch_size=cfg.batch_size, shuffle_buffer=2000, seed=0)
+    stream = ModelInputStream(tmp_path / "mi", spec, batch_size=cfg.batch_size, shuffle_buffer=5000, seed=0)
     streamed = train_model(cfg, spec, stream, whole("valid"))
-    assert streamed.samples == memory.samples == 3 * 6000
-    assert memory.full_auc > 0.75                      # chance 0.5
+    assert streamed.samples == memory.samples == 2 * 20000
+    assert memory.full_auc > 0.75                      # chance 0.5; ~0.80 here
     assert abs(streamed.full_auc - memory.full_auc) < 0.02, (streamed.full_auc, memory.full_auc)
 
 
