@@ -19,7 +19,8 @@ The supervisor:
 - starts a worker again when one dies, unless workers keep dying within
   ``CRASH_WINDOW_S`` of their start (then the supervisor stops everything and exits
   non-zero: a bundle that crashes on load must not restart forever);
-- exits with the workers' status when all have stopped.
+- exits with the workers' status when all have stopped; a worker whose supervisor is gone
+  (killed with SIGKILL) stops itself within a second.
 
 KServe's own multi-process mode pickles the registered model into each worker and builds
 each worker's app from an import string, so the control plane middleware and the
@@ -60,10 +61,29 @@ def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
-def _worker(cfg: ServeConfig, registry: str, features_repo: str, sock: socket.socket, index: int) -> None:
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """A daemon thread that stops this worker (SIGTERM to itself, then exit) once its
+    supervisor is gone: a supervisor killed with SIGKILL leaves no worker serving."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(GRACE_S)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="robeflow-parent-watch", daemon=True).start()
+
+
+def _worker(cfg: ServeConfig, registry: str, features_repo: str, sock: socket.socket, index: int,
+            parent: int) -> None:
     """One worker process: loads the production bundle and serves on ``sock``."""
     from serving.predictor import RobeflowModel
     from serving.server import run_server
+
+    _exit_with_parent(parent)
 
     model = RobeflowModel(cfg, registry, Path(features_repo))
     model.load()
@@ -92,7 +112,7 @@ class Supervisor:
 
     def _start(self, sock: socket.socket, index: int) -> Any:
         proc = self._ctx.Process(target=_worker, name=f"robeflow-serve-{index}",
-                                 args=(self.cfg, self.registry, self.features_repo, sock, index))
+                                 args=(self.cfg, self.registry, self.features_repo, sock, index, os.getpid()))
         proc.start()
         return proc
 

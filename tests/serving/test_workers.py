@@ -90,3 +90,16 @@ def test_two_workers_serve_follow_the_registry_restart_and_stop(site, registry, 
             pass
         assert not w.is_running() or w.status() == psutil.STATUS_ZOMBIE
     assert srv.proc.returncode == 0, srv.log.read_text()[-2000:]
+
+
+@pytest.mark.slow
+def test_workers_stop_when_their_supervisor_is_killed(site, registry, tmp_path):
+    params = "serve:\n  workers: 2\n  reload_s: 0\n"
+    with running_server(site, registry, tmp_path / "srv", params) as srv:
+        _wait_until(lambda: srv.log.read_text().count(" serves v1") == 2, 120, "both workers loaded")
+        workers = _workers(srv.proc.pid)
+        assert len(workers) == 2
+        srv.proc.kill()   # SIGKILL: the supervisor cannot stop them itself
+        srv.proc.wait()
+        _wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers),
+                    45, "the orphaned workers stopping")
