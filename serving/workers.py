@@ -49,7 +49,9 @@ MAX_CRASHES = 3         # crashes in a row (per worker slot) before the supervis
 def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """A listening TCP socket on (host, port) that worker processes can share."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says
+    # TCP; without it Nagle and delayed ACKs held ~8% of responses back by ~45 ms
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

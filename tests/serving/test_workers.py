@@ -50,6 +50,30 @@ def test_bind_names_the_address_it_cannot_listen_on():
         taken.close()
 
 
+def test_connections_accepted_on_the_shared_socket_send_without_delay():
+    """asyncio sets TCP_NODELAY on an accepted socket only when its proto says TCP: without
+    it, Nagle and delayed ACKs held ~8% of the workers' responses back by ~45 ms."""
+    import asyncio
+    import socket
+
+    async def run() -> int:
+        sock = bind("127.0.0.1", 0)
+        seen = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader, writer):
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        nodelay = await asyncio.wait_for(seen, 10)
+        writer.close()
+        server.close()
+        return nodelay
+
+    assert asyncio.run(run()) != 0
+
+
 @pytest.mark.slow
 def test_two_workers_serve_follow_the_registry_restart_and_stop(site, registry, tmp_path):
     params = "serve:\n  workers: 2\n  reload_s: 0.5\n  max_candidates: 50\n"
