@@ -145,3 +145,36 @@ def test_the_server_is_ready_and_logged_no_traceback_after_the_generated_bodies(
     ok = client.post(V2, json={"inputs": OK_V2})
     assert ok.status_code == 200
     assert "Traceback" not in server.log.read_text()
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_kserves_own_rest_client_infers(server, ranker, protocol):
+    """KServe's InferenceRESTClient, unchanged, against both protocols."""
+    import asyncio
+
+    from kserve import InferenceRESTClient, RESTConfig
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    async def call():
+        client = InferenceRESTClient(RESTConfig(protocol=protocol))
+        try:
+            if protocol == "v1":
+                return await client.infer(server.url, {"instances": [
+                    {"user_id": "u7", "item_ids": ITEMS, "context": {"hour": 14}}]}, model_name="robeflow")
+            inputs = [InferInput("user_id", [1], "BYTES", ["u7"]), InferInput("item_ids", [len(ITEMS)], "BYTES", ITEMS),
+                      InferInput("hour", [1], "INT64", [14])]
+            return await client.infer(server.url, InferRequest("robeflow", inputs), model_name="robeflow")
+        finally:
+            await client.close()
+
+    result = asyncio.run(call())
+    want_items, want_scores = ranker.rank(ScoreRequest("u7", tuple(ITEMS), {"hour": 14}))
+    if protocol == "v1":
+        pred = result["predictions"][0]
+        got_items, got_scores = pred["item_ids"], pred["scores"]
+    else:
+        out = {o.name: o for o in result.outputs}
+        got_items = [i.decode() if isinstance(i, bytes) else str(i) for i in out["item_ids"].data]
+        got_scores = out["scores"].data
+    assert got_items == want_items
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-6)
