@@ -358,8 +358,6 @@ def id_dropout_groups(cfg: TrainConfig, spec: FeatureSpec) -> list[EntityDrop]:
     (a Criteo spec has none of the defaults: nothing is dropped there). The features that
     belong to entity ``E`` (the id feature's name) are those whose source column is named
     ``E_*``, as the feature store's views name them (``item_brand``, ``user_offers_7d``)."""
-    import math
-
     if not 0 <= cfg.id_dropout < 1:
         raise ValueError(f"train.id_dropout = {cfg.id_dropout}; expected 0 <= x < 1")
     if cfg.id_dropout == 0:

@@ -48,6 +48,7 @@ class OnlineFeatures:
         self.store = open_store(Path(repo_dir))
         self.service = self.store.get_feature_service(spec.extra.get("feature_service", spec.version))
         self.lean = None
+        self._by_key: dict[str, list[str]] | None = None   # join key -> its views' features (first use)
         if reader == "lean":
             from features.lean_store import LeanStore
 
@@ -116,7 +117,7 @@ class OnlineFeatures:
 
     def _view_features(self) -> dict[str, list[str]]:
         """Join key -> the names of the service's features in views keyed by it."""
-        if getattr(self, "_by_key", None) is None:
+        if self._by_key is None:
             by_key: dict[str, list[str]] = {}
             for proj in self.service.feature_view_projections:
                 for key in self.store.get_feature_view(proj.name).join_keys:

@@ -40,6 +40,18 @@ def _wait_until(cond, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def _stopped(proc: psutil.Process) -> bool:
+    return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+
+
+def _two_workers_loaded(srv, version: str = "v1") -> list[psutil.Process]:
+    """Waits until both workers have loaded (readiness answers once one is up); their processes."""
+    _wait_until(lambda: srv.log.read_text().count(f" serves {version}") == 2, 120, "both workers loaded")
+    workers = _workers(srv.proc.pid)
+    assert len(workers) == 2
+    return workers
+
+
 def test_bind_names_the_address_it_cannot_listen_on():
     taken = bind("127.0.0.1", 0)
     try:
@@ -78,10 +90,7 @@ def test_connections_accepted_on_the_shared_socket_send_without_delay():
 def test_two_workers_serve_follow_the_registry_restart_and_stop(site, registry, tmp_path):
     params = "serve:\n  workers: 2\n  reload_s: 0.5\n  max_candidates: 50\n"
     with running_server(site, registry, tmp_path / "srv", params) as srv:
-        # readiness is answered as soon as one worker is up: wait for both
-        _wait_until(lambda: srv.log.read_text().count(" serves v1") == 2, 120, "both workers loaded")
-        workers = _workers(srv.proc.pid)
-        assert len(workers) == 2
+        workers = _two_workers_loaded(srv)
         cpu_before = [w.cpu_times().user for w in workers]
         with Load(srv.url, clients=4) as load:
             time.sleep(2.0)
@@ -112,7 +121,7 @@ def test_two_workers_serve_follow_the_registry_restart_and_stop(site, registry, 
             w.wait(timeout=30)
         except psutil.NoSuchProcess:
             pass
-        assert not w.is_running() or w.status() == psutil.STATUS_ZOMBIE
+        assert _stopped(w)
     assert srv.proc.returncode == 0, srv.log.read_text()[-2000:]
 
 
@@ -120,10 +129,7 @@ def test_two_workers_serve_follow_the_registry_restart_and_stop(site, registry, 
 def test_workers_stop_when_their_supervisor_is_killed(site, registry, tmp_path):
     params = "serve:\n  workers: 2\n  reload_s: 0\n"
     with running_server(site, registry, tmp_path / "srv", params) as srv:
-        _wait_until(lambda: srv.log.read_text().count(" serves v1") == 2, 120, "both workers loaded")
-        workers = _workers(srv.proc.pid)
-        assert len(workers) == 2
+        workers = _two_workers_loaded(srv)
         srv.proc.kill()   # SIGKILL: the supervisor cannot stop them itself
         srv.proc.wait()
-        _wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers),
-                    45, "the orphaned workers stopping")
+        _wait_until(lambda: all(_stopped(w) for w in workers), 45, "the orphaned workers stopping")
