@@ -26,13 +26,17 @@ class Batcher:
         wait_s: how long a batch waits for company when the previous batch held more
             than one request (under one client at a time waiting only adds latency, and
             under load the requests that arrive during scoring fill the next batch anyway).
+        in_thread: run ``fn`` on a worker thread instead of the loop's (for work long enough
+            that other requests must not wait behind it, and that spends its time in
+            torch kernels, which release the interpreter lock: retrieval over a large
+            catalogue); batches still run one at a time.
     """
 
-    def __init__(self, fn: Callable[[list[ScoreRequest]], list[Any]], max_requests: int = 32,
-                 wait_s: float = 0.001):
+    def __init__(self, fn: Callable[[list[Any]], list[Any]], max_requests: int = 32,
+                 wait_s: float = 0.001, in_thread: bool = False):
         if max_requests < 1:
             raise ValueError(f"max_requests must be >= 1, got {max_requests}")
-        self._fn, self._max, self._wait = fn, max_requests, wait_s
+        self._fn, self._max, self._wait, self._in_thread = fn, max_requests, wait_s, bool(in_thread)
         self._last_size = 1  # requests in the previous batch: >1 means concurrent clients
         self._pending: list[tuple[ScoreRequest, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
@@ -60,7 +64,8 @@ class Batcher:
             batch, self._pending = self._pending[:self._max], self._pending[self._max:]
             self._last_size = len(batch)
             try:
-                results = self._fn([r for r, _ in batch])
+                requests = [r for r, _ in batch]
+                results = await asyncio.to_thread(self._fn, requests) if self._in_thread else self._fn(requests)
             except Exception as e:  # noqa: BLE001 - handed to every waiting request (HTTP 500), not swallowed
                 results = [e] * len(batch)
             for (_, fut), res in zip(batch, results):

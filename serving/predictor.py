@@ -256,7 +256,7 @@ class RobeflowModel(kserve.Model):
                 raise InvalidInput(f"model version {served.version} was published without a retrieval model, so it "
                                    "cannot recommend without candidates: send item_ids to rank them, or publish one "
                                    "with `robeflow push --retrieval models/retrieval`")
-            for i, got in zip(wanted, served.retriever.retrieve_many([requests[i] for i in wanted])):
+            for i, got in zip(wanted, await served.retriever.retrieve([requests[i] for i in wanted])):
                 if isinstance(got, Exception):
                     raise got
                 found[i] = got
