@@ -29,18 +29,26 @@ class ServeConfig:
     retrieve_candidates: int = 200     # items the retrieval model hands to the ranker (at least k)
     retrieval_index: Literal["auto", "exact", "lsh"] = "auto"  # auto: exact up to exact_max_items, else lsh
     exact_max_items: int = 100_000     # auto: exact inner products over catalogues up to this size
-    lsh_bits: int = 8                  # lsh: K bits per table (2^K buckets)
+    lsh_bits: int = 14                 # lsh: K bits per table (2^K buckets; every item sits in every table)
     lsh_tables: int = 32               # lsh: L tables over the item vectors
-    lsh_bucket_size: int = 256         # lsh: ids kept per bucket
-    lsh_budget: int = 4000             # lsh: table hits scored exactly per request (most votes first)
+    lsh_flip_bits: int = 8             # lsh: multi-probe flips up to this many least certain bits per table
+    lsh_norm_ranges: int = 0           # lsh: MIPS transform per norm range (0: the angle of [w, b] alone)
+    lsh_budget: int = 5000             # lsh: items gathered from the best buckets and scored exactly
     lsh_seed: int = 0                  # lsh: hash functions' seed
 
     def __post_init__(self) -> None:
         for name in ("retrieve_k", "max_k", "retrieve_candidates", "exact_max_items", "lsh_bits", "lsh_tables",
-                     "lsh_bucket_size", "lsh_budget"):
+                     "lsh_budget"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"serve.{name} = {value!r}; expected an integer >= 1")
+        for name in ("lsh_flip_bits", "lsh_norm_ranges"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"serve.{name} = {value!r}; expected an integer >= 0")
+        if self.lsh_bits > 24 or self.lsh_flip_bits > self.lsh_bits:
+            raise ValueError(f"serve.lsh_bits = {self.lsh_bits}, serve.lsh_flip_bits = {self.lsh_flip_bits}; "
+                             "expected lsh_flip_bits <= lsh_bits <= 24")
         if self.retrieve_k > self.max_k:
             raise ValueError(f"serve.retrieve_k = {self.retrieve_k} exceeds serve.max_k = {self.max_k}")
         if self.retrieval_index not in ("auto", "exact", "lsh"):

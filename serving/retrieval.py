@@ -10,16 +10,24 @@ A request without ``item_ids`` is answered in two stages, retrieval then ranking
    them to the user vector h; item i scores ``h . w_i + b_i``. The top
    ``serve.retrieve_candidates`` items (at least k) are found
 
-   - exactly (``exact``): one (1, d) x (d, N) product and a top-k. ``auto`` picks it for
+   - exactly (``exact``): one (B, d) x (d, N) product and a top-k. ``auto`` picks it for
      catalogues up to ``serve.exact_max_items`` (100K): there it costs a few milliseconds
-     at most (measured on one core here: ~0.1 ms at 5K items, ~4 ms at 100K, ~40 ms at 1M)
-     and finds the true top, which hashing only approximates; or
-   - through LSH tables (``lsh``; SLIDE's index, :class:`gpu_ops.lsh.LSHIndex`, built from
-     the item vectors when the bundle loads, with the ``serve.lsh_*`` settings): the items
-     that share buckets with h, most table hits first, up to ``serve.lsh_budget`` of them,
-     are scored exactly; the work grows with the budget, not with N. ``auto`` picks it
-     above ``serve.exact_max_items``. When the tables return fewer items than needed, the
-     most popular items fill the list.
+     at most (measured on one core here: ~0.1 ms at 5K items, ~4 ms at 100K, 45-70 ms at
+     1M on a loaded box: the pass over 256 MB of item vectors is memory-bound) and finds
+     the true top, which hashing only approximates; or
+   - through LSH tables (``lsh``; :class:`gpu_ops.lsh.multiprobe.ProbeIndex`, built from
+     the item vectors when the bundle loads, with the ``serve.lsh_*`` settings): SimHash
+     codes of ``[w_i, b_i]`` (optionally MIPS-transformed per norm range), every item in
+     every table; the query ``[h, 1]`` probes its own bucket and the buckets one or a few
+     uncertain bits away, best first across tables, until ``serve.lsh_budget`` items are
+     gathered; those are scored exactly. The work grows with the budget, not with N.
+     ``auto`` picks it above ``serve.exact_max_items``. When the tables return fewer
+     items than needed, the most popular items fill the list.
+
+   The tower call and the search run on a worker thread, batched across concurrent
+   requests (:class:`serving.batcher.Batcher` with ``in_thread``): the server's event loop
+   keeps reading sockets and ranking other requests meanwhile. The online store is read
+   on the loop's thread, as for ranking.
 
 2. **Ranking.** The DLRM ranker scores those candidates as it scores a request's
    ``item_ids`` (:class:`serving.ranker.Ranker`); the best ``k`` are answered.
@@ -42,6 +50,7 @@ import numpy as np
 from kserve.errors import InvalidInput
 
 from contract.spec import FeatureSpec, ModelInput
+from serving.batcher import Batcher
 from serving.config import ServeConfig
 from serving.requests import RetrieveRequest
 
@@ -97,13 +106,15 @@ class Retriever:
             ("exact" if n <= cfg.exact_max_items else "lsh")
         self.index = None
         if self.method == "lsh":
-            from gpu_ops.lsh import LSHConfig
-            from gpu_ops.lsh.tables import LSHIndex
+            from gpu_ops.lsh.multiprobe import ProbeIndex
 
-            lsh = LSHConfig(bits=cfg.lsh_bits, tables=cfg.lsh_tables, bucket_size=cfg.lsh_bucket_size,
-                            hash_bias=True, seed=cfg.lsh_seed)
-            self.index = LSHIndex(self.weight.shape[1], n, lsh)
+            self.index = ProbeIndex(self.weight.shape[1], bits=cfg.lsh_bits, tables=cfg.lsh_tables,
+                                    ranges=cfg.lsh_norm_ranges, flip_bits=cfg.lsh_flip_bits, seed=cfg.lsh_seed)
             self.index.build(self.weight, self.bias)
+        # retrieval runs on a worker thread, batched: the server's event loop keeps answering
+        # (ranking other requests, reading sockets) while a tower call and a search run
+        self.batcher = Batcher(self._search, max_requests=cfg.max_batch_requests,
+                               wait_s=cfg.batch_wait_ms / 1000.0, in_thread=True)
 
     @property
     def num_items(self) -> int:
@@ -116,48 +127,60 @@ class Retriever:
 
     def top(self, hidden: Any, n: int) -> list[int]:
         """The ``n`` best catalogue rows (or all, if fewer) for one user vector ``(1, d)``, best first."""
+        return self.top_many(hidden, [n])[0]
+
+    def top_many(self, hidden: Any, ns: Sequence[int]) -> list[list[int]]:
+        """Per user vector of ``hidden`` ``(B, d)``: its ``ns[j]`` best catalogue rows, best first.
+
+        Exact: the B vectors share one pass over the item matrix (at a million items the
+        pass is memory-bound, so B users cost little more than one). LSH: each vector's
+        candidates from the tables, scored exactly; when the tables give too few, the most
+        popular other items fill up.
+        """
         import torch
 
-        n = min(n, self.num_items)
+        out: list[list[int]] = []
         with torch.no_grad():
             if self.index is None:
-                scores = (hidden @ self.weight.t() + self.bias)[0]                # (N,)
-                return scores.topk(n).indices.tolist()
-            cand = self.index.query(hidden, budget=self.cfg.lsh_budget)[0]       # (M,) -1 padded
-            cand = cand[cand >= 0]
-            scores = self.weight[cand] @ hidden[0] + self.bias[cand]             # (M,)
-            found = cand[scores.topk(min(n, cand.numel())).indices].tolist()
-        if len(found) < n:   # the tables returned too few: the most popular others fill up
-            seen = set(found)
-            found += [i for i in self.popular[:n + len(found)].tolist() if i not in seen][:n - len(found)]
-        return found
+                for s in range(0, hidden.shape[0], 8):                             # (8, N) scores at a time
+                    scores = hidden[s:s + 8] @ self.weight.t() + self.bias          # (b, N)
+                    for j, row in enumerate(scores):
+                        out.append(row.topk(min(ns[s + j], self.num_items)).indices.tolist())
+                return out
+            for j, n in enumerate(ns):
+                n = min(n, self.num_items)
+                cand = self.index.query(hidden[j], self.cfg.lsh_budget)            # (M,) distinct rows
+                scores = self.weight[cand] @ hidden[j] + self.bias[cand]           # (M,)
+                found = cand[scores.topk(min(n, cand.numel())).indices].tolist()
+                if len(found) < n:   # the tables returned too few: the most popular others fill up
+                    seen = set(found)
+                    found += [i for i in self.popular[:n + len(found)].tolist() if i not in seen][:n - len(found)]
+                out.append(found)
+        return out
 
     def _known(self, columns: dict[str, Any]) -> bool:
         """True when the online store holds a row for the user (some user feature has a value)."""
         return any(v[0] is not None for name, v in columns.items() if name.startswith("user_") and name != "user_id")
 
-    def retrieve_many(self, requests: Sequence[RetrieveRequest]) -> list[Candidates | InvalidInput]:
-        """Per request: its candidates (``max(serve.retrieve_candidates, k)`` items, best
-        first), or the InvalidInput it raised; the users' vectors come from one tower call."""
+    def _read(self, request: RetrieveRequest) -> Candidates | InvalidInput | dict[str, Any]:
+        """The request's online features (the tower's input), or its answer without the tower:
+        popular items for a request with neither a known user nor context, or an InvalidInput."""
+        try:
+            columns = self.features.columns(request.user_id, [self.anchor], request.context)
+        except ValueError as e:  # a context value the feature reader cannot use
+            return InvalidInput(f"cannot build features for user {request.user_id!r}: {e}")
+        if not request.context and not self._known(columns):
+            return Candidates(self._popular(max(self.cfg.retrieve_candidates, request.k)), POPULAR)
+        return columns
+
+    def _search(self, wanted: Sequence[tuple[RetrieveRequest, dict[str, Any]]]) -> list[Candidates | InvalidInput]:
+        """Per (request, its features): its candidates; the users' vectors come from one tower
+        call. No online-store access (it may run off the server's thread)."""
         import torch
 
         from features.transform import model_columns
 
-        out: list[Candidates | InvalidInput] = [InvalidInput("not retrieved")] * len(requests)
-        towered, parts = [], []
-        for i, r in enumerate(requests):
-            try:
-                columns = self.features.columns(r.user_id, [self.anchor], r.context)
-            except ValueError as e:  # a context value the feature reader cannot use
-                out[i] = InvalidInput(f"cannot build features for user {r.user_id!r}: {e}")
-                continue
-            if not r.context and not self._known(columns):
-                out[i] = Candidates(self._popular(max(self.cfg.retrieve_candidates, r.k)), POPULAR)
-            else:
-                towered.append(i)
-                parts.append(columns)
-        if not parts:
-            return out
+        parts = [columns for _, columns in wanted]
         columns = parts[0] if len(parts) == 1 else {
             key: (np.concatenate([p[key] for p in parts]) if isinstance(parts[0][key], np.ndarray)
                   else list(chain.from_iterable(p[key] for p in parts)))
@@ -165,16 +188,36 @@ class Retriever:
         try:
             inputs = ModelInput.from_columns(model_columns(columns, len(parts), self.spec), self.spec)
         except ValueError as e:
-            for i in towered:
-                out[i] = InvalidInput(f"cannot build the retrieval features of user {requests[i].user_id!r}: {e}")
-            return out
+            return [InvalidInput(f"cannot build the retrieval features of user {r.user_id!r}: {e}") for r, _ in wanted]
         with torch.no_grad():
             hidden = self.model.tower(torch.from_numpy(inputs.sparse_values),
                                       torch.from_numpy(inputs.sparse_offsets)).float()   # (B, d)
-        for j, i in enumerate(towered):
-            rows = self.top(hidden[j:j + 1], max(self.cfg.retrieve_candidates, requests[i].k))
-            out[i] = Candidates(tuple(self.items[r] for r in rows))
-        return out
+        ns = [max(self.cfg.retrieve_candidates, r.k) for r, _ in wanted]
+        return [Candidates(tuple(self.items[i] for i in rows)) for rows in self.top_many(hidden, ns)]
+
+    def retrieve_many(self, requests: Sequence[RetrieveRequest]) -> list[Candidates | InvalidInput]:
+        """Per request: its candidates (``max(serve.retrieve_candidates, k)`` items, best
+        first), or the InvalidInput it raised; the users' vectors come from one tower call."""
+        out = [self._read(r) for r in requests]
+        towered = [i for i, got in enumerate(out) if isinstance(got, dict)]
+        if towered:
+            for i, got in zip(towered, self._search([(requests[i], out[i]) for i in towered])):
+                out[i] = got
+        return out  # type: ignore[return-value]
+
+    async def retrieve(self, requests: Sequence[RetrieveRequest]) -> list[Candidates]:
+        """The requests' candidates, as :meth:`retrieve_many`, with the tower and the search on
+        the retrieval thread, batched with the requests that arrive meanwhile (the online
+        store is read here, on the caller's thread). Raises the first request's InvalidInput."""
+        out = [self._read(r) for r in requests]
+        for got in out:
+            if isinstance(got, InvalidInput):
+                raise got
+        towered = [i for i, got in enumerate(out) if isinstance(got, dict)]
+        if towered:
+            for i, got in zip(towered, await self.batcher.submit([(requests[i], out[i]) for i in towered])):
+                out[i] = got
+        return out  # type: ignore[return-value]
 
 
 def load_retriever(registry: str | Path, version: str, ranker_spec: FeatureSpec, features: Any,

@@ -178,10 +178,10 @@ def test_k_beyond_the_limit_is_a_400_naming_k(model):
             InferInput("user_id", [1], "BYTES", ["u3"]), InferInput("k", [1], "INT64", [50])])))
 
 
-def test_lsh_tables_find_the_exact_candidates_when_they_hold_every_item(site, pushed):
-    # 2 bits x 16 tables of 64 slots hold all 30 items, and every hit is scored: the same top 10
-    lsh = RobeflowModel(ServeConfig(**{**CFG.__dict__, "retrieval_index": "lsh", "lsh_bits": 2, "lsh_tables": 16,
-                                       "lsh_bucket_size": 64, "lsh_budget": 1000}), pushed.registry, site.repo)
+def test_lsh_tables_find_the_exact_candidates_when_the_budget_covers_the_catalogue(site, pushed):
+    # every item sits in every table, and a budget of 1000 gathers all 30: the same top 10
+    lsh = RobeflowModel(ServeConfig(**{**CFG.__dict__, "retrieval_index": "lsh", "lsh_bits": 4, "lsh_tables": 4,
+                                       "lsh_flip_bits": 4, "lsh_budget": 1000}), pushed.registry, site.repo)
     lsh.load()
     assert lsh.retriever.method == "lsh" and lsh.retriever.index is not None
     exact = _exact_top(site, pushed.registry, "u3", CONTEXT, CFG.retrieve_candidates)
