@@ -30,6 +30,13 @@ Evidently workspace (project ``monitor.project``) whose dashboard plots the shar
 features, the prediction mean and the AUC over runs. ``robeflow monitor --dashboard``
 serves Evidently's UI over that workspace on 127.0.0.1.
 
+With ``--retrieval-metrics reports/retrieval_metrics.json`` (the retrieval step's
+evaluation on the test window) the run also records the retrieval model's
+``recall_at_10``, ``recall_at_100``, ``p_at_1`` and ``oracle_recall_at_100``: in the
+summary (``retrieval_*`` keys), and in the snapshot as the mean of a constant column
+``retrieval_<key>`` of the current window (Evidently's own ``MeanValue``, so the UI plots
+them without any code of ours), which the dashboard's "Retrieval" panels follow over runs.
+
 With ``monitor.fail_on_drift: true`` the step exits with :data:`DRIFT_EXIT` when drift is
 detected, so a scheduled pipeline can alert.
 """
@@ -47,7 +54,7 @@ from typing import Any, Literal
 
 from contract.io import StepError, atomic_file, log, write_json
 from contract.params import add_params_args, as_dict, load_config
-from drift.workspace import PREDICTION, add_run, serve_dashboard
+from drift.workspace import PREDICTION, RETRIEVAL_COLUMNS, RETRIEVAL_KEYS, add_run, serve_dashboard
 
 STEP = "monitor"
 DRIFT_EXIT = 4
@@ -174,7 +181,8 @@ def _quality_by_day(rows, labels, probs) -> list[dict[str, Any]]:
 
 def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_out: Path,
             summary_out: Path, *, details_out: Path | None = None, report_json_out: Path | None = None,
-            workspace: Path | None = None, model_name: str | None = None) -> MonitorResult:
+            workspace: Path | None = None, model_name: str | None = None,
+            retrieval_metrics: Path | None = None) -> MonitorResult:
     """Runs the drift report of the current window against the reference window.
 
     Args:
@@ -193,6 +201,8 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
             (``monitoring/workspace``), or None.
         model_name: what to call the model in the summary and the snapshot's metadata
             (default: ``model_dir``), e.g. the registry version it came from.
+        retrieval_metrics: the retrieval step's metrics (``reports/retrieval_metrics.json``),
+            added to the summary and the snapshot; None: none.
 
     Returns:
         The summary and details (as written) and the output paths.
@@ -203,6 +213,7 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
     from drift.columns import monitored_tables
 
     t0 = time.perf_counter()
+    retrieval = read_retrieval_metrics(Path(retrieval_metrics)) if retrieval_metrics is not None else None
     spec, reference, current = _read_windows(Path(input_dir), cfg.reference)
     model = _load_model(Path(model_dir), spec) if model_dir is not None else None
     if model_name is None and model_dir is not None:
@@ -219,9 +230,14 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
 
     quality = (_score_windows(model, spec, ref_table, cur_table, ref_rows, cur_rows, cfg.batch_size, has_labels)
                if model is not None else None)
+    if retrieval is not None:
+        # one value per metric, as a constant column of both windows (not a tested feature)
+        for key, column in RETRIEVAL_COLUMNS.items():
+            cur_table[column] = float(retrieval[key])
+            ref_table[column] = float(retrieval[key])
 
     snapshot = _run_report(cfg, ref_table, cur_table, cols, spec.label if has_labels else None,
-                           with_prediction=model is not None,
+                           with_prediction=model is not None, retrieval=retrieval is not None,
                            metadata={"model": model_name or "",
                                      "reference": cfg.reference,
                                      "current_days": " .. ".join(_days(current))})
@@ -238,6 +254,10 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
 
     summary = _summary(cfg, details, drifted, share, len(cols.features), current, model_name,
                        html_out=html_out, details_out=details_out, snapshot_id=snapshot_id)
+    if retrieval is not None:
+        summary.update({f"retrieval_{key}": retrieval[key] for key in RETRIEVAL_KEYS})
+        summary["retrieval_items"], summary["retrieval_method"] = retrieval.get("items"), retrieval.get("method")
+        details["retrieval"] = {"metrics": str(retrieval_metrics), **retrieval}
     if details_out is not None:
         write_json(details_out, details)
     write_json(summary_out, summary)
@@ -344,14 +364,41 @@ def _summary(cfg: MonitorConfig, details: dict[str, Any], drifted: list[str], sh
     return summary
 
 
+def read_retrieval_metrics(path: Path) -> dict[str, Any]:
+    """The retrieval step's metrics: ``recall_at_10``, ``recall_at_100``, ``p_at_1``,
+    ``oracle_recall_at_100`` (numbers in [0, 1]), plus whatever else the file holds."""
+    import json
+    import math
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise StepError(f"retrieval metrics {path} do not exist: run the retrieval step first, "
+                        "or leave out --retrieval-metrics", exit_code=2) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"retrieval metrics {path} are not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"retrieval metrics {path} hold a {type(doc).__name__}; expected a JSON object")
+    missing = [k for k in RETRIEVAL_KEYS if k not in doc]
+    if missing:
+        raise ValueError(f"retrieval metrics {path} lack {missing}; expected the keys {list(RETRIEVAL_KEYS)}")
+    for k in RETRIEVAL_KEYS:
+        v = doc[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
+            raise ValueError(f"retrieval metrics {path}: {k} = {v!r}; expected a number in [0, 1]")
+    return doc
+
+
 def _run_report(cfg: MonitorConfig, ref_table, cur_table, cols, label: str | None, *,
-                with_prediction: bool, metadata: dict[str, str]):
-    """The Evidently snapshot: data drift of the features, prediction and target drift, quality."""
+                with_prediction: bool, metadata: dict[str, str], retrieval: bool = False):
+    """The Evidently snapshot: data drift of the features, prediction and target drift, quality,
+    and the retrieval metrics (their constant columns) when ``retrieval``."""
     from evidently import BinaryClassification, DataDefinition, Dataset, Report
     from evidently.metrics import LogLoss, MeanValue, RocAuc, ValueDrift
     from evidently.presets import DataDriftPreset
 
     numerical = list(cols.numerical) + ([PREDICTION] if with_prediction else [])
+    numerical += list(RETRIEVAL_COLUMNS.values()) if retrieval else []
     categorical = list(cols.categorical) + list(cols.popularity) + ([label] if label else [])
     classification = None
     if with_prediction and label:
@@ -368,6 +415,8 @@ def _run_report(cfg: MonitorConfig, ref_table, cur_table, cols, label: str | Non
         metrics += [ValueDrift(column=label), MeanValue(column=label)]
     if classification:
         metrics += [RocAuc(), LogLoss()]
+    if retrieval:
+        metrics += [MeanValue(column=c) for c in RETRIEVAL_COLUMNS.values()]
     report = Report(metrics, include_tests=True, tags=["robeflow", STEP], metadata=metadata)
     with warnings.catch_warnings():
         # Evidently's classification widgets also compute precision at a 0.5 cut-off, which
@@ -403,6 +452,10 @@ def format_summary(summary: dict[str, Any], details: dict[str, Any]) -> str:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         lines.append(f"  AUC {fmt(summary['auc'])} (reference {fmt(summary['auc_reference'])}), "
                      f"log loss {fmt(summary['logloss'])} (reference {fmt(summary['logloss_reference'])})")
+    if summary.get("retrieval_recall_at_100") is not None:
+        lines.append(f"  retrieval: Recall@10 {summary['retrieval_recall_at_10']:.4f}, Recall@100 "
+                     f"{summary['retrieval_recall_at_100']:.4f} (oracle {summary['retrieval_oracle_recall_at_100']:.4f}), "
+                     f"P@1 {summary['retrieval_p_at_1']:.4f}")
     lines.append(f"  report: {summary['html']}")
     return "\n".join(lines)
 
@@ -425,7 +478,8 @@ def _main(args: argparse.Namespace) -> int:
             version, model_dir = Registry(args.registry).fetch(None, Path(tmp) / "model")
             model_name = f"{args.registry} production ({version})"
         result = monitor(cfg, args.input, model_dir, args.html, args.summary, details_out=args.details,
-                         report_json_out=args.report_json, workspace=args.workspace, model_name=model_name)
+                         report_json_out=args.report_json, workspace=args.workspace, model_name=model_name,
+                         retrieval_metrics=args.retrieval_metrics)
     print(format_summary(result.summary, result.details))
     if result.drift_detected and cfg.fail_on_drift:
         raise StepError(f"drift detected: {result.summary['drifted_count']} of {result.summary['features_tested']} "
@@ -449,6 +503,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-json", type=Path, help="Evidently's full JSON of the run (reports/drift_report.json)")
     p.add_argument("--workspace", type=Path, default=Path("monitoring/workspace"),
                    help="Evidently workspace that keeps one snapshot per run (default monitoring/workspace)")
+    p.add_argument("--retrieval-metrics", type=Path,
+                   help="the retrieval step's metrics (reports/retrieval_metrics.json): Recall@10/@100, P@1 and "
+                        "the oracle's Recall@100 join the summary and the dashboard")
     p.add_argument("--dashboard", action="store_true",
                    help="serve Evidently's UI over --workspace on 127.0.0.1 instead of running the report")
     p.add_argument("--port", type=int, default=8000, help="port of the --dashboard UI (default 8000)")

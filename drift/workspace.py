@@ -13,11 +13,15 @@ from pathlib import Path
 from contract.io import StepError, log
 
 PREDICTION = "prediction"  # the column holding the model's purchase probability
-
+# the retrieval model's metrics on the test window (reports/retrieval_metrics.json) and the
+# columns of the monitored current window that carry them into the snapshot (one value each)
+RETRIEVAL_KEYS = ("recall_at_10", "recall_at_100", "p_at_1", "oracle_recall_at_100")
+RETRIEVAL_COLUMNS = {key: f"retrieval_{key}" for key in RETRIEVAL_KEYS}
 
 
 def dashboard_panels() -> list:
-    """The project dashboard: drift share, prediction mean and quality over runs."""
+    """The project dashboard: drift share, prediction mean and quality over runs, and the
+    retrieval model's Recall@10/@100 and P@1 beside the oracle's Recall@100."""
     from evidently.sdk.models import PanelMetric
     from evidently.sdk.panels import counter_panel, line_plot_panel
 
@@ -36,6 +40,15 @@ def dashboard_panels() -> list:
         line_plot_panel("Log loss", [PanelMetric(metric="LogLoss", legend="log loss")], size="half"),
         line_plot_panel("Purchase rate", [PanelMetric(metric="MeanValue", metric_labels={"column": "purchased"},
                                                       legend="share purchased")], size="half"),
+        counter_panel("Retrieval Recall@100 (last run)",
+                      [PanelMetric(metric="MeanValue", metric_labels={"column": RETRIEVAL_COLUMNS["recall_at_100"]},
+                                   legend="Recall@100")], size="half"),
+        line_plot_panel("Retrieval", [
+            PanelMetric(metric="MeanValue", metric_labels={"column": RETRIEVAL_COLUMNS[key]}, legend=legend)
+            for key, legend in (("recall_at_10", "Recall@10"), ("recall_at_100", "Recall@100"),
+                                ("p_at_1", "P@1"), ("oracle_recall_at_100", "oracle Recall@100"))],
+            description="the retrieval model on the test window: the purchased item among all items "
+                        "(reports/retrieval_metrics.json)", size="half"),
     ]
 
 
@@ -49,7 +62,15 @@ def open_project(workspace: Path, name: str):
     if len(found) > 1:
         raise StepError(f"the workspace {workspace} holds {len(found)} projects named {name!r}; expected one")
     if found:
-        return ws, found[0]
+        project = found[0]
+        # a workspace made before a panel existed gets it (panels are matched by title)
+        have = {p.title for p in project.dashboard.model().panels}
+        missing = [p for p in dashboard_panels() if p.title not in have]
+        for panel in missing:
+            project.dashboard.add_panel(panel, tab="Monitoring")
+        if missing:
+            project.save()
+        return ws, project
     project = ws.create_project(name, description="robeflow drift monitoring: one snapshot per monitor run")
     for panel in dashboard_panels():
         project.dashboard.add_panel(panel, tab="Monitoring")

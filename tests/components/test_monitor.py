@@ -129,8 +129,10 @@ def steady(project, drifted):
     registry = Registry(project / "registry")
     registry.set_production(registry.publish(project / "model"))
     before = list_runs(project / "workspace", "robeflow")
+    (project / "retrieval_metrics.json").write_text(json.dumps(RETRIEVAL))
     code, out = run_cli(monitor_args(project, "steady", "out_steady", "monitor.fail_on_drift=true",
-                                     model=["--registry", str(project / "registry")]))
+                                     model=["--registry", str(project / "registry"),
+                                            "--retrieval-metrics", str(project / "retrieval_metrics.json")]))
     return (code, out, *outputs(project, "out_steady"), before)
 
 
@@ -193,6 +195,43 @@ def test_unshifted_data_of_another_seed_is_not_flagged(tmp_path):
     assert result.details["prediction"] is None and result.details["quality"] is None  # no model given
     assert result.summary["prediction_drift"] is None and result.summary["auc"] is None
     assert json.loads((tmp_path / "d.json").read_text())["drift_share"] == result.summary["drift_share"]
+
+
+RETRIEVAL = {"recall_at_10": 0.125, "recall_at_100": 0.375, "p_at_1": 0.0625, "oracle_recall_at_100": 0.5,
+             "items": 5000, "method": "lsh"}
+
+
+def test_retrieval_metrics_join_the_summary_the_snapshot_and_the_dashboard(project, drifted, steady):
+    from drift.workspace import open_project
+
+    code, out, s, x, _ = steady
+    assert {k: s[f"retrieval_{k}"] for k in RETRIEVAL} == RETRIEVAL
+    assert "Recall@100 0.3750 (oracle 0.5000)" in out
+    assert "retrieval_recall_at_100" not in drifted[2]              # a run without them has none
+    assert "retrieval_recall_at_100" not in x["features"]           # not a tested feature
+    snap = json.loads((project / "out_steady/drift_report.json").read_text())
+    means = {m["config"]["column"]: m["value"] for m in snap["metrics"]
+             if m["config"]["type"].endswith(":MeanValue")}
+    assert {k: means[f"retrieval_{k}"] for k in ("recall_at_10", "recall_at_100", "p_at_1",
+                                                 "oracle_recall_at_100")} == pytest.approx(
+        {k: RETRIEVAL[k] for k in ("recall_at_10", "recall_at_100", "p_at_1", "oracle_recall_at_100")})
+    _, proj = open_project(project / "workspace", "robeflow")
+    assert {"Retrieval", "Retrieval Recall@100 (last run)"} <= {p.title for p in proj.dashboard.model().panels}
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"recall_at_10": 0.1, "recall_at_100": 0.2, "p_at_1": 0.0}, r"lack \['oracle_recall_at_100'\]"),
+    ({"recall_at_10": 0.1, "recall_at_100": 2.0, "p_at_1": 0.0, "oracle_recall_at_100": 0.3},
+     r"recall_at_100 = 2\.0; expected a number in \[0, 1\]"),
+    ([0.1], "expected a JSON object"),
+])
+def test_bad_retrieval_metrics_are_refused_naming_the_key(tmp_path, doc, message):
+    from components.monitor import read_retrieval_metrics
+
+    path = tmp_path / "retrieval_metrics.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=message):
+        read_retrieval_metrics(path)
 
 
 def test_summary_matches_the_html_and_json_reports(project, drifted):
