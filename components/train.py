@@ -94,12 +94,14 @@ def _train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoint
         if input_dir is None:
             raise ValueError("give the model-ready dir (--input) or a Criteo file (--criteo)")
         spec = read_spec(input_dir)
+        history = _reads_history(cfg, spec)
         if _streams(cfg, input_dir):
-            train_in = _model_input_stream(cfg, input_dir, spec)
+            train_in = _model_input_stream(cfg, input_dir, spec, history)
         else:
-            train_in = _read_whole(input_dir, "train", spec)
+            train_in = _read_whole(input_dir, "train", spec, history)
         # the validation rows stay in memory: periodic evaluations score a fixed sample of them
-        valid_in = _read_whole(input_dir, "valid", spec) if split_path(input_dir, "valid").exists() else None
+        valid_in = (_read_whole(input_dir, "valid", spec, history) if split_path(input_dir, "valid").exists()
+                    else None)
         source = str(input_dir)
     dp = DataParallel.current()
     say = (lambda msg: log(STEP, msg)) if dp.is_main else (lambda _msg: None)
@@ -108,7 +110,8 @@ def _train(cfg: TrainConfig, input_dir: Path | None, model_out: Path, checkpoint
             else "in memory")
     say(f"{train_rows if train_rows is not None else 'streamed'} training rows ({mode}), "
         f"{valid_in.num_rows if valid_in else 0} validation rows from {source}; "
-        f"backend {cfg.model.embedding.backend}" + (f"; {dp.world_size} data-parallel workers" if dp.parallel else ""))
+        f"backend {cfg.model.embedding.backend}" + (f"; {dp.world_size} data-parallel workers" if dp.parallel else "")
+        + (f"; history tower over the last {spec.history.length} events" if _reads_history(cfg, spec) else ""))
 
     with torch_threads(cfg.threads):
         result = train_model(cfg, spec, train_in, valid_in, checkpoint_dir=Path(checkpoints), resume=resume,
@@ -149,7 +152,14 @@ def _streams(cfg: TrainConfig, input_dir: Path) -> bool:
     return bool(cfg.stream)
 
 
-def _model_input_stream(cfg: TrainConfig, input_dir: Path, spec):
+def _reads_history(cfg: TrainConfig, spec) -> bool:
+    """Whether the model trained on ``spec`` has the history tower (it reads the hist_* columns)."""
+    from dlrm.model import history_inputs
+
+    return history_inputs(cfg.model, spec) is not None
+
+
+def _model_input_stream(cfg: TrainConfig, input_dir: Path, spec, history: bool = False):
     """This rank's stream of the model-ready training split (its part of each global batch)."""
     from dlrm.distributed import DataParallel
     from dlrm.stream import ModelInputStream
@@ -158,16 +168,18 @@ def _model_input_stream(cfg: TrainConfig, input_dir: Path, spec):
         raise ValueError(f"train.stream_buffer = {cfg.stream_buffer}; expected a row count >= 0 (0 = file order)")
     dp = DataParallel.current()
     return ModelInputStream(input_dir, spec, split="train", batch_size=dp.part_size(cfg.batch_size),
-                            shuffle_buffer=cfg.stream_buffer, seed=cfg.seed, rank=dp.rank, world_size=dp.world_size)
+                            shuffle_buffer=cfg.stream_buffer, seed=cfg.seed, rank=dp.rank, world_size=dp.world_size,
+                            history=history)
 
 
-def _read_whole(input_dir: Path, split: str, spec):
+def _read_whole(input_dir: Path, split: str, spec, history: bool = False):
     """One split in memory as a ModelInput: only the columns the model reads."""
     from contract.model_input import read_frame
     from contract.spec import ModelInput
     from dlrm.stream import model_columns
 
-    return ModelInput.from_frame(read_frame(input_dir, split, columns=model_columns(spec)), spec)
+    return ModelInput.from_frame(read_frame(input_dir, split, columns=model_columns(spec, history)), spec,
+                                 history=history)
 
 
 def _criteo_stream(cfg: TrainConfig, path: Path):

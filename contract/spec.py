@@ -130,6 +130,11 @@ class ModelInput:
     sparse_values: np.ndarray    # (nnz,) int64
     sparse_offsets: np.ndarray   # (N * T + 1,) int64, non-decreasing, last == nnz
     labels: np.ndarray | None = None  # (N,) float32
+    # the user history (spec.history): row n's events are history_values[history_offsets[n]:
+    # history_offsets[n + 1]], newest first, one column per spec.history.columns (ids hashed
+    # as their sparse feature's); None when the input carries no history
+    history_values: np.ndarray | None = None   # (nnz_h, C) int64
+    history_offsets: np.ndarray | None = None  # (N + 1,) int64, non-decreasing, last == nnz_h
 
     @property
     def num_rows(self) -> int:
@@ -139,15 +144,26 @@ class ModelInput:
         """Rows [start, stop) as a new ModelInput (offsets rebased to 0)."""
         T = num_tables
         off = self.sparse_offsets[start * T: stop * T + 1]
+        hist = {}
+        if self.history_offsets is not None:
+            hoff = self.history_offsets[start: stop + 1]
+            hist = dict(history_values=self.history_values[hoff[0]: hoff[-1]], history_offsets=hoff - hoff[0])
         return ModelInput(
             dense=self.dense[start:stop],
             sparse_values=self.sparse_values[off[0]: off[-1]],
             sparse_offsets=off - off[0],
             labels=None if self.labels is None else self.labels[start:stop],
+            **hist,
         )
 
+    @property
+    def has_history(self) -> bool:
+        """Whether the input carries the user history columns."""
+        return self.history_offsets is not None
+
     @classmethod
-    def from_columns(cls, columns: Mapping[str, Any], spec: FeatureSpec) -> "ModelInput":
+    def from_columns(cls, columns: Mapping[str, Any], spec: FeatureSpec,
+                     history: bool | None = None) -> "ModelInput":
         """The one builder of model input: feature columns -> ModelInput.
 
         ``columns`` maps each feature of ``spec`` to its n values: a float array (or
@@ -155,6 +171,11 @@ class ModelInput:
         single-hot sparse feature; a sequence of id arrays (None: an empty bag) per
         multi-hot feature; optionally the label. Other keys are ignored. Training,
         evaluation, monitoring, the Criteo reader and the server all come through here.
+
+        The user history (``spec.history``): one sequence of n int arrays per history column
+        (None: no events; the columns of a row hold equally many), newest first. ``history``
+        None reads it when ``columns`` holds all its columns, True requires it (ValueError
+        when absent), False leaves it out.
 
         Example:
             >>> spec = FeatureSpec(dense=(DenseFeature("x"),), sparse=(SparseFeature("u", 10),))
@@ -199,16 +220,21 @@ class ModelInput:
             else:
                 values[starts[:, t]] = flat[t]
         labels = columns.get(spec.label)
+        hist_values = hist_offsets = None
+        if _reads_history(columns, spec, history):
+            hist_values, hist_offsets = _history_arrays(columns, spec, n)
         return cls(dense=dense, sparse_values=values, sparse_offsets=offsets,
-                   labels=None if labels is None else np.asarray(labels, dtype=np.float32))
+                   labels=None if labels is None else np.asarray(labels, dtype=np.float32),
+                   history_values=hist_values, history_offsets=hist_offsets)
 
     @classmethod
-    def from_frame(cls, frame: "pd.DataFrame", spec: FeatureSpec) -> "ModelInput":
+    def from_frame(cls, frame: "pd.DataFrame", spec: FeatureSpec, history: bool | None = None) -> "ModelInput":
         """Model-ready table -> ModelInput (through :meth:`from_columns`).
 
         The table has one float column per dense feature (already transformed), one int64
         id column per single-hot sparse feature, one list-of-int64 column per multi-hot
-        feature, and optionally the label column. Other columns (event_id, timestamps)
+        feature, and optionally the label column; the user history's list columns are read
+        as :meth:`from_columns` says (``history``). Other columns (event_id, timestamps)
         are ignored.
         """
         missing = [f.name for f in (*spec.dense, *spec.sparse) if f.name not in frame.columns]
@@ -221,4 +247,54 @@ class ModelInput:
             columns[f.name] = frame[f.name].tolist() if f.multi_hot else frame[f.name].to_numpy(dtype=np.int64)
         if spec.label in frame.columns:
             columns[spec.label] = frame[spec.label].to_numpy(dtype=np.float32)
-        return cls.from_columns(columns, spec)
+        if spec.history is not None and history is not False:
+            for name in spec.history.names:
+                if name in frame.columns:
+                    columns[name] = frame[name].to_numpy(dtype=object)
+        return cls.from_columns(columns, spec, history)
+
+
+def _reads_history(columns: Mapping[str, Any], spec: FeatureSpec, history: bool | None) -> bool:
+    """Whether :meth:`ModelInput.from_columns` builds the history (see its ``history``)."""
+    if history is False:
+        return False
+    if spec.history is None:
+        if history:
+            raise ValueError("history=True but the feature spec records no user history")
+        return False
+    missing = [c for c in spec.history.names if c not in columns]
+    if missing and history:
+        raise ValueError(f"model input lacks user history column(s) {missing}")
+    return not missing
+
+
+def _history_arrays(columns: Mapping[str, Any], spec: FeatureSpec, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The history list columns -> ``(values (nnz_h, C) int64, offsets (n + 1,) int64)``."""
+    assert spec.history is not None
+    sizes = {f.name: f.table_size for f in spec.sparse}
+    cols = spec.history.columns
+    lengths = None
+    flat = []
+    for c in cols:
+        bags = [() if b is None else b for b in columns[c.name]]
+        if len(bags) != n:
+            raise ValueError(f"user history column {c.name!r} has {len(bags)} rows; expected {n}")
+        lens = np.fromiter(map(len, bags), dtype=np.int64, count=n)
+        if lengths is None:
+            lengths = lens
+        elif not np.array_equal(lens, lengths):
+            bad = int(np.flatnonzero(lens != lengths)[0])
+            raise ValueError(f"user history column {c.name!r} holds {lens[bad]} events in row {bad}; "
+                             f"{cols[0].name!r} holds {lengths[bad]}")
+        ids = (np.concatenate([np.asarray(b, dtype=np.int64) for b in bags]) if n and lens.sum()
+               else np.zeros(0, np.int64))
+        low, high = 0, (sizes.get(c.ids_of) if c.ids_of is not None else None)
+        if ids.size and (ids.min() < low or (high is not None and ids.max() >= high)):
+            raise ValueError(f"user history column {c.name!r} must hold values in [0, {high or 'inf'}), got "
+                             f"range [{ids.min()}, {ids.max()}]")
+        flat.append(ids)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    if lengths is not None:
+        np.cumsum(lengths, out=offsets[1:])
+    values = np.stack(flat, axis=1) if flat else np.zeros((0, 0), np.int64)   # (nnz_h, C)
+    return values, offsets

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from contract.io import atomic_file, plain
-from dlrm.configs import EmbeddingConfig, ModelConfig
+from dlrm.configs import EmbeddingConfig, HistoryConfig, HistoryInputs, ModelConfig
 from dlrm.data import TensorData
 from dlrm.model import DLRM
 from contract.spec import FeatureSpec, ModelInput
@@ -27,7 +27,9 @@ CONFIG = "config.json"
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    """Inverse of ``asdict(ModelConfig)`` (lists back to tuples); unknown keys raise ValueError."""
+    """Inverse of ``asdict(ModelConfig)`` (lists back to tuples); unknown keys raise ValueError.
+    A config written before the history tower existed (no ``history`` key) reads as one with
+    the tower off."""
     names = {f.name for f in fields(ModelConfig)}
     unknown = set(d) - names
     if unknown:
@@ -37,10 +39,24 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     unknown = set(emb) - {f.name for f in fields(EmbeddingConfig)}
     if unknown:
         raise ValueError(f"embedding config has unknown key(s) {sorted(unknown)}")
+    hist = kw.pop("history", {"enabled": False})
+    unknown = set(hist) - {f.name for f in fields(HistoryConfig)}
+    if unknown:
+        raise ValueError(f"history config has unknown key(s) {sorted(unknown)}")
     for k in ("bottom_mlp", "top_mlp"):
         if k in kw:
             kw[k] = tuple(kw[k])
-    return ModelConfig(embedding=EmbeddingConfig(**emb), **kw)
+    return ModelConfig(embedding=EmbeddingConfig(**emb), history=HistoryConfig(**hist), **kw)
+
+
+def history_inputs_from_dict(d: dict[str, Any] | None) -> HistoryInputs | None:
+    """Inverse of ``asdict(HistoryInputs)`` (None: a model without the history tower)."""
+    if not d:
+        return None
+    unknown = set(d) - {f.name for f in fields(HistoryInputs)}
+    if unknown:
+        raise ValueError(f"history inputs have unknown key(s) {sorted(unknown)}")
+    return HistoryInputs(**{**d, "columns": tuple(d["columns"])})
 
 
 def save_model(model: nn.Module, out_dir: Path, *, spec: FeatureSpec, config: dict,
@@ -70,6 +86,8 @@ def save_model(model: nn.Module, out_dir: Path, *, spec: FeatureSpec, config: di
         "model": plain(asdict(model.config)),
         "num_dense": model.num_dense,
         "table_sizes": model.table_sizes,
+        # where the history tower reads the user history (None: the model has no tower)
+        "history": None if model.history_inputs is None else plain(asdict(model.history_inputs)),
         "feature_spec": json.loads(spec.to_json()),
         "embedding": {
             "backend": model.config.embedding.backend,
@@ -105,7 +123,8 @@ def load_model(model_dir: Path) -> tuple[nn.Module, dict]:
     doc = json.loads((model_dir / CONFIG).read_text())
     if doc.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{model_dir / CONFIG} has format {doc.get('format')!r}; expected {BUNDLE_FORMAT!r}")
-    model = DLRM(model_config_from_dict(doc["model"]), doc["num_dense"], doc["table_sizes"])
+    model = DLRM(model_config_from_dict(doc["model"]), doc["num_dense"], doc["table_sizes"],
+                 history=history_inputs_from_dict(doc.get("history")))
     stored = doc["embedding"]["hash"]
     if model.embedding.hash_constants() != stored:
         raise ValueError(f"hash constants rebuilt from the config {model.embedding.hash_constants()} differ "
@@ -116,14 +135,32 @@ def load_model(model_dir: Path) -> tuple[nn.Module, dict]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inputs: ModelInput, batch_size: int = 8192) -> np.ndarray:
-    """Purchase probabilities, float32 of shape (N,), in batches of ``batch_size`` rows."""
+def predict(model: nn.Module, inputs: ModelInput, batch_size: int = 8192, *,
+            histories: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Purchase probabilities, float32 of shape (N,), in batches of ``batch_size`` rows.
+
+    A model with the history tower reads the user history: the inputs' own (one per row),
+    or ``histories = (values (nnz, C), offsets (U + 1,), rows (N,))``: U histories (newest
+    first, as in a ModelInput) and the one each row reads, so a request scoring many
+    candidates of one user encodes that history once. ValueError when the model reads a
+    history and none is given; a model without the tower ignores any."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
     if was_training:   # eval() walks every module: ~0.2 ms a call, paid per served request
         model.eval()
     device = next(model.parameters()).device
+    reads_history = getattr(model, "history", None) is not None
+    if inputs.has_history and (not reads_history or histories is not None):
+        inputs = ModelInput(inputs.dense, inputs.sparse_values, inputs.sparse_offsets, inputs.labels)
+    shared = None
+    if reads_history and histories is not None:
+        values, offsets, rows = (torch.as_tensor(np.asarray(a, dtype=np.int64)).to(device) for a in histories)
+        if rows.shape != (inputs.num_rows,) or (rows.numel() and (int(rows.min()) < 0 or
+                                                                  int(rows.max()) >= offsets.numel() - 1)):
+            raise ValueError(f"histories' rows must be ({inputs.num_rows},) indices of its "
+                             f"{offsets.numel() - 1} histories, got shape {tuple(rows.shape)}")
+        shared = (values.reshape(-1, len(model.history_inputs.columns)), offsets, rows)
     data = TensorData(inputs, len(model.table_sizes))
     if data.dense.shape[1] != model.num_dense:
         raise ValueError(f"inputs have {data.dense.shape[1]} dense features; the model expects {model.num_dense}")
@@ -131,7 +168,9 @@ def predict(model: nn.Module, inputs: ModelInput, batch_size: int = 8192) -> np.
     for start in range(0, data.num_rows, batch_size):
         stop = min(start + batch_size, data.num_rows)
         b = data.range_batch(start, stop).to(device)
-        out[start:stop] = torch.sigmoid(model(b.dense, b.values, b.offsets).float()).cpu().numpy()
+        args = b.model_args() if shared is None else (b.dense, b.values, b.offsets, shared[0], shared[1],
+                                                       shared[2][start:stop])
+        out[start:stop] = torch.sigmoid(model(*args).float()).cpu().numpy()
     if was_training:
         model.train()
     return out

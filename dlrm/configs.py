@@ -26,6 +26,55 @@ class EmbeddingConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """The history tower (``model.history``): the user's last events, read through LSH
+    self-attention and target attention of the candidate item, as one more embedding of the
+    DLRM's interaction (:mod:`dlrm.history`). Used when ``enabled`` and the data carries a
+    user history (``FeatureSpec.history``)."""
+
+    enabled: bool = True           # read the user history when the data has one
+    max_len: int = 256             # events kept per user (the most recent); the recency table's size
+    item_feature: str = "item"     # the sparse feature whose ids the history and the candidate hold
+    table_size: int = 0            # rows of the history id table; 0 = that feature's table size
+    depth: int = 2                 # reversible encoder blocks
+    heads: int = 2                 # self-attention heads (head width = embedding dim / heads)
+    bucket_size: int = 64          # LSH chunk length (tokens); buckets ~ one chunk each
+    n_hashes: int = 4              # LSH rounds
+    full_attn_below: int = 2048    # shorter histories use full self-attention: faster there (history_bench,
+                                   # CPU, D=16: full 2x faster at 256 and 1.4x at 1K, LSH 7.5x faster at 4K)
+    ff_mult: int = 4               # feed-forward width / D
+    ff_chunks: int = 1             # feed-forward applied to this many sequence slices at a time
+    dropout: float = 0.0           # in the feed-forward
+    reversible: bool = True        # recompute activations in backward (memory flat in depth)
+    recency: bool = True           # add a learned embedding of each event's rank from the latest
+    actions: bool = True           # add a learned embedding of each event's action (offered / purchased)
+    days_buckets: int = 16         # add a learned embedding of log2(days ago), this many buckets (0 = off)
+    match: bool = True             # target attention: keys and values gain a learned embedding of which
+                                   # ids an event shares with the candidate (same item, same category:
+                                   # SIM's hard search as a feature; what re-buying needs)
+    target: Literal["simhash", "full"] = "simhash"  # target attention over top-k or all events
+    topk: int = 64                 # simhash: events the candidate attends to (all when fewer)
+    simhash_bits: int = 16         # simhash: signature length m (Hamming distance in [0, m])
+    seed: int = 0                  # LSH rotations and SimHash hyperplanes
+
+    def __post_init__(self) -> None:
+        if self.table_size < 0:
+            raise ValueError(f"history.table_size must be >= 0 (0 = the item feature's), got {self.table_size}")
+        for name in ("max_len", "depth", "heads", "bucket_size", "n_hashes", "ff_mult",
+                     "ff_chunks", "topk", "simhash_bits"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"history.{name} must be >= 1, got {getattr(self, name)}")
+        if self.days_buckets < 0:
+            raise ValueError(f"history.days_buckets must be >= 0 (0 = off), got {self.days_buckets}")
+        if self.full_attn_below < 0:
+            raise ValueError(f"history.full_attn_below must be >= 0, got {self.full_attn_below}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"history.dropout must be in [0, 1), got {self.dropout}")
+        if self.target not in ("simhash", "full"):
+            raise ValueError(f"history.target must be 'simhash' or 'full', got {self.target!r}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """DLRM shape. Input widths (dense features, table sizes) come from the FeatureSpec."""
 
@@ -35,6 +84,7 @@ class ModelConfig:
     interaction: Literal["dot", "dcn"] = "dot"  # pairwise dots (DLRM) or DCNv2 cross layers
     dcn_layers: int = 3          # dcn: number of cross layers
     dcn_rank: int = 64           # dcn: rank of the low-rank cross weight (0 = full rank)
+    history: HistoryConfig = field(default_factory=HistoryConfig)  # the user-history tower
 
 
 @dataclass(frozen=True)
@@ -123,38 +173,15 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class HistoryConfig:
-    """The history tower (``model.history``)."""
+class HistoryInputs:
+    """Where the history tower finds its inputs in a model input (built from the feature
+    spec by :func:`dlrm.model.history_inputs`; stored in the bundle)."""
 
-    max_len: int = 256             # events kept per user (the most recent); the recency table's size
-    item_feature: str = "item"     # the sparse feature whose ids the history and the candidate hold
-    table_size: int = 0            # rows of the history id table; 0 = that feature's table size
-    depth: int = 2                 # reversible encoder blocks
-    heads: int = 2                 # self-attention heads (head width = embedding dim / heads)
-    bucket_size: int = 64          # LSH chunk length (tokens); buckets ~ one chunk each
-    n_hashes: int = 4              # LSH rounds
-    full_attn_below: int = 2048    # shorter histories use full self-attention: faster there (history_bench,
-                                   # CPU, D=16: full 2x faster at 256 and 1.4x at 1K, LSH 7.5x faster at 4K)
-    ff_mult: int = 4               # feed-forward width / D
-    ff_chunks: int = 1             # feed-forward applied to this many sequence slices at a time
-    dropout: float = 0.0           # in the feed-forward
-    reversible: bool = True        # recompute activations in backward (memory flat in depth)
-    recency: bool = True           # add a learned embedding of each event's rank from the latest
-    target: Literal["simhash", "full"] = "simhash"  # target attention over top-k or all events
-    topk: int = 64                 # simhash: events the candidate attends to (all when fewer)
-    simhash_bits: int = 16         # simhash: signature length m (Hamming distance in [0, m])
-    seed: int = 0                  # LSH rotations and SimHash hyperplanes
-
-    def __post_init__(self) -> None:
-        if self.table_size < 0:
-            raise ValueError(f"history.table_size must be >= 0 (0 = the item feature's), got {self.table_size}")
-        for name in ("max_len", "depth", "heads", "bucket_size", "n_hashes", "ff_mult",
-                     "ff_chunks", "topk", "simhash_bits"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"history.{name} must be >= 1, got {getattr(self, name)}")
-        if self.full_attn_below < 0:
-            raise ValueError(f"history.full_attn_below must be >= 0, got {self.full_attn_below}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"history.dropout must be in [0, 1), got {self.dropout}")
-        if self.target not in ("simhash", "full"):
-            raise ValueError(f"history.target must be 'simhash' or 'full', got {self.target!r}")
+    item_table: int                    # the sparse table of the candidate item
+    columns: tuple[str, ...]           # the history columns of the input, in order
+    item_column: int                   # the column of the events' item ids
+    action_column: int | None = None   # the column of the events' action (0 offered, 1 purchased)
+    days_column: int | None = None     # the column of days from the event to the row's day
+    # (history column, sparse table) pairs whose ids an event may share with the row's own
+    # (the item, its category): the target attention's match codes
+    match: tuple[tuple[int, int], ...] = ()

@@ -61,6 +61,44 @@ def pad_history(values: Tensor, offsets: Tensor, max_len: int) -> tuple[Tensor, 
     return hist.masked_fill(~mask, 0), lengths
 
 
+def pad_recent(values: Tensor, offsets: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
+    """Jagged histories stored newest first (as the model input holds them) -> the tower's
+    layout: the ``max_len`` latest events of each row, oldest first, left-aligned.
+
+    Args:
+        values: ``(nnz, C)`` int64, the history columns of all rows' events, row after row,
+            each row's events newest first.
+        offsets: ``(B + 1,)`` int64; row b's events are ``values[offsets[b]:offsets[b+1]]``.
+        max_len: events kept per row (the most recent).
+
+    Returns:
+        ``history (B, Lmax, C)`` int64 (padding 0) and ``lengths (B,)`` int64, with
+        ``Lmax = max(1, min(max_len, longest history))``: at least one (masked) position, so
+        every parameter of the tower takes part in every step, even on a batch of empty
+        histories.
+    """
+    if offsets.dim() != 1 or offsets.numel() < 1:
+        raise ValueError(f"offsets must be (B + 1,), got shape {tuple(offsets.shape)}")
+    if values.dim() != 2:
+        raise ValueError(f"values must be (nnz, C), got shape {tuple(values.shape)}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    lengths = (offsets[1:] - offsets[:-1]).clamp(max=max_len)               # (B,)
+    L = max(1, int(lengths.max()) if lengths.numel() else 0)
+    pos = torch.arange(L, device=values.device)
+    mask = pos[None, :] < lengths[:, None]                                  # (B, L)
+    # oldest-first position p of row b is the (lengths[b] - 1 - p)-th newest event
+    idx = (offsets[:-1, None] + lengths[:, None] - 1 - pos[None, :]).masked_fill(~mask, 0)
+    hist = values[idx] if values.numel() else values.new_zeros(*idx.shape, values.shape[1])
+    return hist.masked_fill(~mask[..., None], 0), lengths
+
+
+def days_bucket(days: Tensor, buckets: int) -> Tensor:
+    """``floor(log2(max(days, 1)))`` capped at ``buckets - 1``: 1 day -> 0, 2-3 -> 1, 4-7 -> 2, ..."""
+    d = days.clamp(min=1).to(torch.float64)
+    return torch.floor(torch.log2(d)).to(torch.int64).clamp(max=buckets - 1)
+
+
 # ----------------------------------------------------------------------------------------
 # The tower
 # ----------------------------------------------------------------------------------------
@@ -76,6 +114,7 @@ class HistoryTower(nn.Module):
             extra table after the model's own. Other backends (``full``, ``qr``) or None: the
             tower keeps its own ``nn.Embedding(cfg.table_size, dim)``.
         table_start: global row of history id 0; default ``sum(embedding.table_sizes)``.
+        match_codes: how many match codes :meth:`attend` may be given (0: none; see there).
 
     ``forward(history (B, L), lengths (B,), candidate (B,))`` -> ``(B, D)``; a row with no
     history gets the output projection's bias (a learned "no history" vector).
@@ -83,7 +122,7 @@ class HistoryTower(nn.Module):
     """
 
     def __init__(self, cfg: HistoryConfig, dim: int, embedding: EmbeddingBackend | None = None,
-                 table_start: int | None = None):
+                 table_start: int | None = None, match_codes: int = 0):
         super().__init__()
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
@@ -105,6 +144,11 @@ class HistoryTower(nn.Module):
         self.recency = nn.Embedding(cfg.max_len, dim) if cfg.recency else None
         if self.recency is not None:
             nn.init.normal_(self.recency.weight, std=0.02)
+        self.action = nn.Embedding(2, dim) if cfg.actions else None         # offered / purchased
+        self.days = nn.Embedding(cfg.days_buckets, dim) if cfg.days_buckets else None
+        for emb in (self.action, self.days):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.02)
         self.encoder = LSHEncoder(
             dim, cfg.depth, reversible=cfg.reversible, ff_mult=cfg.ff_mult, ff_chunks=cfg.ff_chunks,
             dropout=cfg.dropout, heads=cfg.heads, bucket_size=cfg.bucket_size, n_hashes=cfg.n_hashes,
@@ -113,6 +157,9 @@ class HistoryTower(nn.Module):
         self.to_k = nn.Linear(dim, dim, bias=False)
         self.to_v = nn.Linear(dim, dim, bias=False)
         self.to_out = nn.Linear(dim, dim)
+        self.match = nn.Embedding(match_codes, dim) if match_codes else None
+        if self.match is not None:
+            nn.init.normal_(self.match.weight, std=0.1)
         planes = torch.randn(dim, cfg.simhash_bits, generator=torch.Generator().manual_seed(cfg.seed))
         self.register_buffer("planes", planes)   # persistent: scoring must hash as training did
 
@@ -127,7 +174,8 @@ class HistoryTower(nn.Module):
         if isinstance(backend, RobeArray):
             start = torch.tensor([self.table_start], dtype=torch.int64, device=ids.device)
             out = robe_lookup(backend.weight, flat[:, None], table_offsets=start, dim=self.dim,
-                              block=backend.block, hash_abc=backend.hash_abc, validate=False)[:, 0]
+                              block=backend.block, hash_abc=backend.hash_abc, validate=False,
+                              sparse_grad=backend.sparse_grad)[:, 0]
         else:   # the hashing trick's shared table, same hash as HashedTable.forward
             g = (flat + self.table_start) % PRIME
             out = backend.weight[(g * backend.hash_a + backend.hash_b) % PRIME % backend.rows]
@@ -135,9 +183,14 @@ class HistoryTower(nn.Module):
 
     # -- forward ----------------------------------------------------------------------
 
-    def encode(self, history: Tensor, lengths: Tensor) -> Tensor:
+    def encode(self, history: Tensor, lengths: Tensor, action: Tensor | None = None,
+               days: Tensor | None = None) -> Tensor:
         """The encoded history ``(B, L, D)`` (zeros at padding): depends on the user only, so
-        a request scoring many candidates of one user encodes once and expands the result."""
+        a request scoring many candidates of one user encodes once and expands the result.
+
+        ``action`` (0 offered, 1 purchased) and ``days`` (days before the row's day) are
+        ``(B, L)`` int64 in the layout of ``history``; each adds its learned embedding when
+        the config has it (``actions``, ``days_buckets``) and the caller gives it."""
         B, L = history.shape
         if L > self.config.max_len:
             raise ValueError(f"history has {L} events per row; history.max_len is "
@@ -153,10 +206,22 @@ class HistoryTower(nn.Module):
         if self.recency is not None and L:
             rank = (lengths[:, None] - 1 - pos[None, :]).clamp(min=0)        # 0 = latest event
             x = x + self.recency(rank)
+        for emb, ids in ((self.action, None if action is None else action.clamp(0, 1)),
+                         (self.days, None if days is None or self.days is None
+                          else days_bucket(days, self.config.days_buckets))):
+            if emb is not None and ids is not None:
+                if ids.shape != history.shape:
+                    raise ValueError(f"history side columns must be {tuple(history.shape)}, got {tuple(ids.shape)}")
+                x = x + emb(ids.masked_fill(~mask, 0))                      # (B, L, D)
         return self.encoder(x, mask) if L else x                            # (B, L, D)
 
-    def attend(self, encoded: Tensor, lengths: Tensor, candidate: Tensor) -> Tensor:
-        """Target attention of the candidates ``(B,)`` over encoded histories ``(B, L, D)``."""
+    def attend(self, encoded: Tensor, lengths: Tensor, candidate: Tensor, match: Tensor | None = None) -> Tensor:
+        """Target attention of the candidates ``(B,)`` over encoded histories ``(B, L, D)``.
+
+        ``match`` ``(B, L)`` int64 in ``[0, match_codes)``: what each event shares with its
+        row's candidate (e.g. bit 0 the same item, bit 1 the same category); its learned
+        embedding joins the event's key and value, so the candidate can find and read the
+        events of the same item (a re-buy) whatever the hashed embeddings collide with."""
         B, L, _ = encoded.shape
         if lengths.shape != (B,) or candidate.shape != (B,):
             raise ValueError(f"lengths {tuple(lengths.shape)} and candidate {tuple(candidate.shape)} "
@@ -165,6 +230,12 @@ class HistoryTower(nn.Module):
         if L == 0:
             return self.to_out(torch.zeros_like(q))
         mask = torch.arange(L, device=encoded.device)[None, :] < lengths[:, None]   # (B, L)
+        if match is not None and self.match is None:
+            raise ValueError("match codes given to a tower built with match_codes=0")
+        if self.match is not None and match is not None:
+            if match.shape != (B, L):
+                raise ValueError(f"match must be ({B}, {L}), got {tuple(match.shape)}")
+            encoded = encoded + self.match(match)                           # (B, L, D)
         k, v = self.to_k(encoded), self.to_v(encoded)                       # (B, L, D)
         if self.config.target == "simhash" and L > self.config.topk:
             idx, mask = hamming_topk(simhash_signatures(q, self.planes),

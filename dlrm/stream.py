@@ -283,10 +283,23 @@ class CriteoStream(_ShardedStream):
 # The model-ready Parquet tables
 # ---------------------------------------------------------------------------------------
 
-def model_columns(spec: FeatureSpec) -> list[str]:
+def model_columns(spec: FeatureSpec, history: bool = False) -> list[str]:
     """The columns of a model-ready table the model reads: its features and the label (not
-    ``event_id``, timestamps or the ``hist_*`` lists)."""
-    return [f.name for f in (*spec.dense, *spec.sparse)] + [spec.label]
+    ``event_id`` or timestamps), and the user history's list columns when ``history`` (a
+    model with the history tower) and the spec has them."""
+    hist = spec.history.names if history and spec.history is not None else []
+    return [f.name for f in (*spec.dense, *spec.sparse)] + [spec.label] + hist
+
+
+def _concat_history(chunks: Sequence[ModelInput]) -> dict[str, np.ndarray]:
+    """The history arrays of several ModelInputs as one (all or none carry one)."""
+    if not chunks[0].has_history:
+        return {}
+    shifts = np.cumsum([0] + [c.history_values.shape[0] for c in chunks[:-1]])
+    offsets = [c.history_offsets[:-1] + s for c, s in zip(chunks, shifts)]
+    offsets.append(np.array([shifts[-1] + chunks[-1].history_values.shape[0]], dtype=np.int64))
+    return {"history_values": np.concatenate([c.history_values for c in chunks]),
+            "history_offsets": np.concatenate(offsets)}
 
 
 def concat_inputs(chunks: Sequence[ModelInput]) -> ModelInput:
@@ -299,19 +312,21 @@ def concat_inputs(chunks: Sequence[ModelInput]) -> ModelInput:
     return ModelInput(dense=np.concatenate([c.dense for c in chunks]),
                       sparse_values=np.concatenate([c.sparse_values for c in chunks]),
                       sparse_offsets=np.concatenate(offsets),
-                      labels=np.concatenate([c.labels for c in chunks]))
+                      labels=np.concatenate([c.labels for c in chunks]), **_concat_history(chunks))
 
 
 def take_rows(inputs: ModelInput, rows: np.ndarray, num_tables: int) -> ModelInput:
     """The rows ``rows`` (int64 array, any order) of ``inputs`` as a new ModelInput."""
     b = TensorData(inputs, num_tables).batch(torch.from_numpy(np.asarray(rows, dtype=np.int64)))
+    hist = ({} if b.history is None else
+            {"history_values": b.history.numpy(), "history_offsets": b.history_offsets.numpy()})
     return ModelInput(dense=b.dense.numpy(), sparse_values=b.values.numpy(), sparse_offsets=b.offsets.numpy(),
-                      labels=b.labels.numpy())
+                      labels=b.labels.numpy(), **hist)
 
 
-def record_batch_input(batch, spec: FeatureSpec) -> ModelInput:
+def record_batch_input(batch, spec: FeatureSpec, history: bool = False) -> ModelInput:
     """An Arrow record batch of a model-ready table -> ModelInput, through the one builder
-    (:meth:`ModelInput.from_columns`)."""
+    (:meth:`ModelInput.from_columns`); with the user history when ``history``."""
     columns = {}
     for f in spec.dense:
         columns[f.name] = batch.column(f.name).to_numpy(zero_copy_only=False)  # nulls -> NaN: refused
@@ -319,7 +334,10 @@ def record_batch_input(batch, spec: FeatureSpec) -> ModelInput:
         # multi-hot: an object array of id arrays (None for a null list)
         columns[f.name] = batch.column(f.name).to_numpy(zero_copy_only=False)
     columns[spec.label] = batch.column(spec.label).to_numpy(zero_copy_only=False)
-    return ModelInput.from_columns(columns, spec)
+    if history:
+        for name in spec.history.names:   # object arrays of id arrays (None: no events)
+            columns[name] = batch.column(name).to_numpy(zero_copy_only=False)
+    return ModelInput.from_columns(columns, spec, history=history)
 
 
 class ModelInputStream(_ShardedStream):
@@ -343,6 +361,7 @@ class ModelInputStream(_ShardedStream):
         seed, epoch: the shuffle's seed; ``set_epoch`` changes the epoch.
         rank, world_size: this process's shard of a data-parallel run.
         read_rows: rows per Parquet record batch read.
+        history: read the user history columns too (a model with the history tower).
 
     Example:
         >>> stream = ModelInputStream("data/model_input", spec, batch_size=2048,
@@ -354,12 +373,15 @@ class ModelInputStream(_ShardedStream):
 
     def __init__(self, data_dir: Path | str, spec: FeatureSpec, *, split: str = "train", batch_size: int,
                  shuffle_buffer: int = 0, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1,
-                 read_rows: int = 65536) -> None:
+                 read_rows: int = 65536, history: bool = False) -> None:
         super().__init__(batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed, epoch=epoch,
                          rank=rank, world_size=world_size)
         if read_rows < 1:
             raise ValueError(f"read_rows={read_rows}: expected >= 1")
         self.data_dir, self.spec, self.split, self.read_rows = Path(data_dir), spec, split, int(read_rows)
+        if history and spec.history is None:
+            raise ValueError("history=True but the feature spec records no user history")
+        self.history = bool(history)
         self.num_rows = split_num_rows(self.data_dir, split)  # of all shards, from the Parquet footers
 
     def chunks(self) -> Iterator[ModelInput]:
@@ -368,13 +390,14 @@ class ModelInputStream(_ShardedStream):
 
         shards, shard = self._shard()
         start = 0  # the split's row index of the batch's first row
-        for rb in iter_split_batches(self.data_dir, self.split, model_columns(self.spec), self.read_rows):
+        for rb in iter_split_batches(self.data_dir, self.split, model_columns(self.spec, self.history),
+                                     self.read_rows):
             n = rb.num_rows
             if shards > 1:
                 rb = rb.take(pa.array(np.arange((shard - start) % shards, n, shards, dtype=np.int64)))
             start += n
             if rb.num_rows:
-                yield record_batch_input(rb, self.spec)
+                yield record_batch_input(rb, self.spec, self.history)
 
     def __iter__(self) -> Iterator[Batch]:
         T, bs = len(self.spec.sparse), self.batch_size

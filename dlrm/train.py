@@ -33,7 +33,7 @@ from dlrm.data import Batch, EntityDrop, TensorData, drop_ids
 from dlrm.distributed import DataParallel
 from dlrm.embeddings import RobeArray
 from dlrm.metrics import auc as auc_score
-from dlrm.model import DLRM
+from dlrm.model import DLRM, history_inputs
 from contract.hashing import UNSEEN, category_id
 from contract.spec import FeatureSpec, ModelInput
 from gpu_ops.robe.optim import MODES as ROBE_MODES
@@ -176,7 +176,7 @@ def score(model: DLRM, data: TensorData, *, batch_size: int, device: torch.devic
         stop = min(start + batch_size, data.num_rows)
         b = data.range_batch(start, stop).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(b.dense, b.values, b.offsets)
+            logits = model(*b.model_args())
         out[start:stop] = torch.sigmoid(logits.float()).cpu().numpy()
     model.train(was_training)
     return out
@@ -331,7 +331,7 @@ class _Streamed:
                                      f"its shard of the stream")
                 batch = self.empty
             else:
-                self.empty = Batch(batch.dense[:0], batch.values[:0], batch.offsets[:1] * 0, batch.labels[:0])
+                self.empty = batch.empty()
             if pos >= skip:
                 yield batch, sum(rows)
             pos += 1
@@ -351,6 +351,20 @@ def _check_inputs(cfg: TrainConfig, spec: FeatureSpec, train: ModelInput | Itera
         raise ValueError(f"the training window has no label column {spec.label!r}")
     if cfg.target_auc is not None and (valid is None or valid.num_rows == 0):
         raise ValueError(f"train.target_auc = {cfg.target_auc} needs a validation window with rows")
+    if history_inputs(cfg.model, spec) is not None:
+        lacking = [name for name, w in (("training", train), ("validation", valid))
+                   if isinstance(w, ModelInput) and not w.has_history]
+        if lacking:
+            raise ValueError(f"the {' and '.join(lacking)} window(s) carry no user history {spec.history.names}, "
+                             f"which the history tower reads (model.history.enabled: false trains without it)")
+
+
+def without_history(inputs: ModelInput) -> ModelInput:
+    """``inputs`` without its user history columns (same arrays otherwise)."""
+    if not inputs.has_history:
+        return inputs
+    return ModelInput(dense=inputs.dense, sparse_values=inputs.sparse_values, sparse_offsets=inputs.sparse_offsets,
+                      labels=inputs.labels)
 
 
 def id_dropout_groups(cfg: TrainConfig, spec: FeatureSpec) -> list[EntityDrop]:
@@ -377,7 +391,10 @@ def id_dropout_groups(cfg: TrainConfig, spec: FeatureSpec) -> list[EntityDrop]:
                        if u != t and not f.multi_hot and str(sources.get(f.name, "")).startswith(own))
         dense = tuple((j, math.log1p(max(fill[f.name], 0.0)) if f.transform == "log1p" else float(fill[f.name]))
                       for j, f in enumerate(spec.dense) if f.name.startswith(own) and f.name in fill)
-        drops.append(EntityDrop(t, category_id(name, UNSEEN, spec.sparse[t].table_size), sparse, dense))
+        # the user history belongs to the user: an unknown user has none (as at serving time)
+        owns_history = spec.history is not None and sources.get(name, name) in ("user", "user_id")
+        drops.append(EntityDrop(t, category_id(name, UNSEEN, spec.sparse[t].table_size), sparse, dense,
+                                history=owns_history))
     return drops
 
 
@@ -454,7 +471,7 @@ def _train_step(run: _Run, batch: Batch, step: int, global_rows: int) -> torch.T
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
-        logits = run.net(b.dense, b.values, b.offsets)
+        logits = run.net(*b.model_args())
     loss = run.dp.loss(logits.float(), b.labels, global_rows, run.loss_fn)
     for opt in run.optimizers:
         opt.zero_grad(set_to_none=True)
@@ -547,7 +564,11 @@ def train_model(
     device = dp.device(resolve_device(cfg.device))
     T = len(spec.sparse)
     torch.manual_seed(cfg.seed)
-    model = DLRM(cfg.model, len(spec.dense), spec.table_sizes).to(device)
+    hist = history_inputs(cfg.model, spec)
+    model = DLRM(cfg.model, len(spec.dense), spec.table_sizes, history=hist).to(device)
+    if hist is None:   # a model without the tower: the windows' history columns stay on disk
+        train = without_history(train) if isinstance(train, ModelInput) else train
+        valid = without_history(valid) if valid is not None else None
     data = TensorData(train, T) if isinstance(train, ModelInput) else None
     vdata = TensorData(valid, T) if valid is not None and valid.num_rows else None
     sample = _validation_sample(cfg, valid, vdata, T) if vdata is not None else None
@@ -706,4 +727,6 @@ def _take(inputs: ModelInput, rows: np.ndarray, num_tables: int) -> ModelInput:
     b = data.batch(torch.from_numpy(rows))
     return ModelInput(dense=b.dense.numpy(), sparse_values=b.values.numpy(),
                       sparse_offsets=b.offsets.numpy(),
-                      labels=None if inputs.labels is None else b.labels.numpy())
+                      labels=None if inputs.labels is None else b.labels.numpy(),
+                      history_values=None if b.history is None else b.history.numpy(),
+                      history_offsets=None if b.history_offsets is None else b.history_offsets.numpy())

@@ -7,6 +7,11 @@ transform's core that training uses too (``features.transform.model_columns``), 
 all candidates in one batch and returns them best first. No pandas object is made per
 request. Users and items the store does not know are still scored: their ids hash into
 the embedding array and their missing features are filled as in training.
+
+A model with the history tower also reads the user's last events from the online store
+(:meth:`features.online.OnlineFeatures.history`), hashes them with the same transform,
+encodes them once per request and scores every candidate against them; a user the store
+does not know has an empty history, as id dropout taught the model.
 """
 
 from __future__ import annotations
@@ -84,6 +89,34 @@ class Ranker:
     def __init__(self, model: Any, spec: Any, features: Any, unseen: Sequence[str] = ()):
         self.model, self.spec, self.features = model, spec, features
         self.unseen = tuple(unseen)
+        self.reads_history = getattr(model, "history", None) is not None
+        if self.reads_history and spec.history is None:
+            raise ValueError("the model reads the user history but its feature spec records none")
+
+    def _history(self, request: ScoreRequest) -> dict[str, list]:
+        """The user's history as the online store holds it (empty lists for an unknown user)."""
+        if not self.reads_history:
+            return {}
+        try:
+            return self.features.history(request.user_id)
+        except ValueError as e:
+            raise InvalidInput(f"cannot read the history of user {request.user_id!r}: {e}") from None
+
+    def _history_arrays(self, hists: Sequence[dict[str, list]]) -> tuple[np.ndarray, np.ndarray]:
+        """The requests' raw histories -> ``(values (nnz, C), offsets (U + 1,))`` int64, ids
+        hashed by the transform training used (``features.transform.model_columns``)."""
+        from features.transform import model_columns
+
+        names = self.spec.history.names
+        raw = {name: [h.get(name) or [] for h in hists] for name in names}
+        u = len(hists)
+        raw["event_timestamp"] = np.zeros(u, dtype="datetime64[ns]")   # the transform needs one; unused here
+        got = model_columns(raw, u, self.spec)
+        lengths = np.array([len(a) for a in got[names[0]]], dtype=np.int64)
+        offsets = np.zeros(u + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.stack([np.concatenate(got[n]) if u else np.zeros(0, np.int64) for n in names], axis=1)
+        return values.astype(np.int64, copy=False), offsets
 
     def _columns(self, request: ScoreRequest) -> dict[str, Any]:
         try:
@@ -94,8 +127,10 @@ class Ranker:
         except ValueError as e:  # a context value the feature reader cannot use
             raise InvalidInput(f"cannot build features for user {request.user_id!r}: {e}") from None
 
-    def _score_columns(self, parts: Sequence[dict[str, Any]]) -> list[np.ndarray]:
-        """Scores the candidates of several requests in one transform and one model batch."""
+    def _score_columns(self, parts: Sequence[dict[str, Any]],
+                       hists: Sequence[dict[str, list]] = ()) -> list[np.ndarray]:
+        """Scores the candidates of several requests in one transform and one model batch
+        (``hists``: each request's user history, for a model with the history tower)."""
         from dlrm.bundle import predict
         from features.transform import model_columns
 
@@ -105,8 +140,12 @@ class Ranker:
                   else list(chain.from_iterable(p[key] for p in parts)))
             for key in parts[0]}
         # the transform and the model are row-wise, so batching requests changes no row's score
-        inputs = ModelInput.from_columns(model_columns(columns, sum(sizes), self.spec), self.spec)
-        probs = predict(self.model, inputs, batch_size=max(1, inputs.num_rows))   # (sum K,)
+        inputs = ModelInput.from_columns(model_columns(columns, sum(sizes), self.spec), self.spec, history=False)
+        histories = None
+        if self.reads_history:   # one history per request, encoded once for all its candidates
+            values, offsets = self._history_arrays(hists)
+            histories = (values, offsets, np.repeat(np.arange(len(parts)), sizes))
+        probs = predict(self.model, inputs, batch_size=max(1, inputs.num_rows), histories=histories)   # (sum K,)
         bounds = np.cumsum([0, *sizes])
         return [probs[bounds[i]:bounds[i + 1]] for i in range(len(parts))]
 
@@ -115,7 +154,7 @@ class Ranker:
         that request raised (the others are still scored)."""
         out: list[np.ndarray | InvalidInput] = [InvalidInput("not scored")] * len(requests)
         good: list[int] = []
-        parts = []
+        parts, hists = [], []
         # a reader that can reads the features of all the batch's candidates at once
         batch_read = (self.features.prefetched([{"user_id": r.user_id, "item_id": i}
                                                 for r in requests for i in r.item_ids])
@@ -123,21 +162,24 @@ class Ranker:
         with batch_read:
             for i, request in enumerate(requests):
                 try:
-                    parts.append(self._columns(request))
-                    good.append(i)
+                    part, hist = self._columns(request), self._history(request)
                 except InvalidInput as e:
                     out[i] = e
+                    continue
+                parts.append(part)
+                hists.append(hist)
+                good.append(i)
         if not parts:
             return out
         try:
-            scored = self._score_columns(parts)
+            scored = self._score_columns(parts, hists)
         except ValueError:
             # one request's rows broke the shared transform: score them one by one, so
             # only that request gets its 400
             scored = []
-            for part, i in zip(parts, good):
+            for part, hist, i in zip(parts, hists, good):
                 try:
-                    scored.append(self._score_columns([part])[0])
+                    scored.append(self._score_columns([part], [hist])[0])
                 except ValueError as e:
                     scored.append(InvalidInput(f"cannot score request for user {requests[i].user_id!r}: {e}"))
         for i, s in zip(good, scored):

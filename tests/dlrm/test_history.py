@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dlrm.embeddings import FullTables, HashedTable, RobeArray
-from dlrm.history import HistoryConfig, HistoryTower, pad_history
+from dlrm.history import HistoryConfig, HistoryTower, days_bucket, pad_history, pad_recent
 from gpu_ops import robe_lookup_reference
 
 SIZES = [50, 7, 300]   # the model's own tables; the history table comes after them
@@ -101,7 +101,8 @@ def test_gradients_flow_to_the_array_and_the_tower(kind):
     backend = _robe()
     tower = _tower(kind, backend).train()
     hist, lengths, cand = _batch()
-    tower(hist, lengths, cand).pow(2).sum().backward()
+    action, days = hist % 2, hist % 40 + 1
+    tower.attend(tower.encode(hist, lengths, action, days), lengths, cand).pow(2).sum().backward()
     assert backend.weight.grad is not None and backend.weight.grad.abs().sum() > 0
     for name, p in tower.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -168,3 +169,29 @@ def test_encode_once_attend_many_candidates():
         once = tower.attend(enc.expand(3, -1, -1), lengths[1:2].expand(3), cands)
         each = tower(hist[1:2].expand(3, -1), lengths[1:2].expand(3), cands)
     torch.testing.assert_close(once, each)
+
+
+def test_pad_recent_turns_newest_first_rows_into_the_towers_layout():
+    # rows of (item, action) events newest first: [3, 2, 1], [], [9, 8]
+    values = torch.tensor([[3, 1], [2, 0], [1, 0], [9, 1], [8, 0]])
+    offsets = torch.tensor([0, 3, 3, 5])
+    hist, lengths = pad_recent(values, offsets, max_len=2)
+    assert lengths.tolist() == [2, 0, 2]
+    assert hist[..., 0].tolist() == [[2, 3], [0, 0], [8, 9]]        # the 2 latest, oldest first
+    assert hist[..., 1].tolist() == [[0, 1], [0, 0], [0, 1]]
+    hist, lengths = pad_recent(values[:0], torch.zeros(3, dtype=torch.int64), max_len=4)
+    assert hist.shape == (2, 1, 2) and lengths.tolist() == [0, 0]   # one masked position
+
+
+def test_action_and_days_embeddings_change_only_their_rows_and_respect_padding():
+    tower = _tower("full-full").eval()
+    hist, lengths, cand = _batch()
+    action, days = hist % 2, hist % 40 + 1
+    base = tower.attend(tower.encode(hist, lengths, action, days), lengths, cand)
+    flipped = action.clone()
+    flipped[0, 0] = 1 - flipped[0, 0]
+    flipped[1, 7:] = 1 - flipped[1, 7:]                                 # row 1's padding only
+    out = tower.attend(tower.encode(hist, lengths, flipped, days), lengths, cand)
+    assert not torch.allclose(out[0], base[0])
+    torch.testing.assert_close(out[1:], base[1:], rtol=0, atol=0)
+    assert days_bucket(torch.tensor([0, 1, 2, 3, 4, 7, 8, 10_000]), 5).tolist() == [0, 0, 1, 1, 2, 2, 3, 4]

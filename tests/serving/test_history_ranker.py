@@ -1,0 +1,67 @@
+"""The ranker of a model with the history tower: the user's history comes from the online
+store, is encoded once per request and scores every candidate; an unknown user has none."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tower_ranker(site):
+    import torch
+
+    from dlrm.configs import EmbeddingConfig, HistoryConfig, ModelConfig
+    from dlrm.model import DLRM, history_inputs
+    from features.online import OnlineFeatures
+    from serving.ranker import Ranker
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding=EmbeddingConfig(backend="robe", dim=8, compression=1000, block=8),
+                      bottom_mlp=(16,), top_mlp=(16,), history=HistoryConfig(depth=1, heads=1, ff_mult=2))
+    model = DLRM(cfg, len(site.spec.dense), site.spec.table_sizes, history=history_inputs(cfg, site.spec)).eval()
+    online = OnlineFeatures(site.repo, site.spec, reader="lean", max_age_s=0)
+    return Ranker(model, site.spec, online)
+
+
+def _offline_scores(ranker, user, items, history):
+    """The candidates' scores with the history repeated on every row, built by the transform."""
+    from contract.spec import ModelInput
+    from dlrm.bundle import predict
+    from features.transform import model_columns
+
+    cols = ranker.features.columns(user, items, {"hour": 10})
+    cols.update({name: [values] * len(items) for name, values in history.items()})
+    inputs = ModelInput.from_columns(model_columns(cols, len(items), ranker.spec), ranker.spec, history=True)
+    return predict(ranker.model, inputs)
+
+
+def test_ranks_with_the_users_history_from_the_online_store(site, tower_ranker):
+    from serving.requests import ScoreRequest
+
+    items = sorted(site.events["item_id"].unique())[:12]
+    users = site.events["user_id"].value_counts().index[:3]
+    for user in users:
+        history = tower_ranker.features.history(user)
+        assert len(history["hist_item"]) > 0
+        got = tower_ranker.scores(ScoreRequest(user, tuple(items), {"hour": 10}))
+        np.testing.assert_allclose(got, _offline_scores(tower_ranker, user, items, history), rtol=1e-5, atol=1e-6)
+        empty = {name: [] for name in history}
+        assert not np.allclose(got, _offline_scores(tower_ranker, user, items, empty))   # the history counts
+    # batched requests of several users score as one by one
+    requests = [ScoreRequest(u, tuple(items[:5]), {"hour": 10}) for u in users]
+    for r, s in zip(requests, tower_ranker.score_many(requests)):
+        np.testing.assert_allclose(s, tower_ranker.scores(r), rtol=1e-5, atol=1e-6)
+
+
+def test_an_unknown_user_is_ranked_with_an_empty_history(site, tower_ranker):
+    from serving.requests import ScoreRequest
+
+    items = tuple(sorted(site.events["item_id"].unique())[:6])
+    history = tower_ranker.features.history("nobody-at-all")
+    assert all(len(v) == 0 for v in history.values())
+    got = tower_ranker.scores(ScoreRequest("nobody-at-all", items, {"hour": 10}))
+    np.testing.assert_allclose(got, _offline_scores(tower_ranker, "nobody-at-all", list(items), history),
+                               rtol=1e-5, atol=1e-6)
+    ranked, scores = tower_ranker.rank(ScoreRequest("nobody-at-all", items, {"hour": 10}))
+    assert sorted(ranked) == sorted(items) and scores == sorted(scores, reverse=True)
