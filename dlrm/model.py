@@ -82,7 +82,8 @@ class DLRM(nn.Module):
             hcfg = cfg.history
             if hcfg.table_size == 0:   # the history ids are the candidate item's
                 hcfg = replace(hcfg, table_size=self.table_sizes[history.item_table])
-            self.history = HistoryTower(hcfg, d, self.embedding, match_codes=2 ** len(history.match))
+            self.history = HistoryTower(hcfg, d, self.embedding,
+                                        match_codes=2 ** len(history.match) if history.match else 0)
         num_vectors = len(table_sizes) + 1 + (self.history is not None)
         if cfg.interaction == "dot":
             self.interaction = DotInteraction(num_vectors)
