@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contract.background import BackgroundCalls, prefetched
 from contract.io import StepError, atomic_dir, log, write_json
 from contract.params import add_params_args, as_dict, load_config
 from contract.schema import (
@@ -254,6 +255,19 @@ def _batches(dataset: Path, batch_rows: int):
         yield pa.concat_tables(tables).combine_chunks(), np.concatenate(days)
 
 
+def _write_rows(table, rows: np.ndarray, schema, path: Path, failed: np.ndarray | None = None) -> None:
+    """Writes the rows of ``table`` selected by the (n,) bool mask ``rows`` to the Parquet
+    file ``path`` in ``schema``, with the column ``failed_expectations`` (their labels,
+    ``failed``) for quarantined rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    part = table.filter(pa.array(rows))
+    if failed is not None:
+        part = part.append_column(pa.field(FAILED_COLUMN, pa.string()), pa.array(failed, pa.string()))
+    pq.write_table(part.cast(schema), path)
+
+
 def _with_pandas_metadata(schema):
     """``schema`` with the pandas metadata of a frame in the canonical dtypes (text as
     ``string``, ints as ``Int64``), so ``pd.read_parquet`` gives readers those dtypes."""
@@ -303,7 +317,6 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
         (the outputs are written either way).
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from contract.transactions import partitions
 
     t0 = time.perf_counter()
@@ -322,8 +335,10 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
     valid_schema = _with_pandas_metadata(arrow_schema())
     bad_schema = _with_pandas_metadata(arrow_schema().append(pa.field(FAILED_COLUMN, pa.string())))
 
-    with atomic_dir(out_dir) as out_tmp, atomic_dir(quarantine_dir) as q_tmp, atomic_dir(reports_dir) as r_tmp:
-        for b, (table, day) in enumerate(_batches(input_dir, cfg.batch_rows)):
+    # the next batch is read and the last one's files written on threads while GX checks one
+    with atomic_dir(out_dir) as out_tmp, atomic_dir(quarantine_dir) as q_tmp, atomic_dir(reports_dir) as r_tmp, \
+            BackgroundCalls(depth=2) as writes:
+        for b, (table, day) in enumerate(prefetched(_batches(input_dir, cfg.batch_rows), depth=1)):
             n = table.num_rows
             gx_counts, record = runner.run(_gx_frame(table))
             fails = row_failures(table, window)
@@ -348,7 +363,7 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
             dup[cand] = ~first | known
             fails[UNIQUE] = dup
             kept = np.sort(h[first & ~known])
-            seen = np.sort(np.concatenate([seen, kept]), kind="stable")  # a merge of two sorted runs
+            seen = np.insert(seen, np.searchsorted(seen, kept), kept)  # sorted; one copy of the set
             bad = other | dup
 
             bad_idx = np.flatnonzero(bad)
@@ -374,15 +389,15 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
                 name = f"part-{b:05d}.parquet"
                 if good.any():
                     (out_tmp / f"{PARTITION}={d}").mkdir(exist_ok=True)
-                    pq.write_table(table.filter(pa.array(good)).cast(valid_schema), out_tmp / f"{PARTITION}={d}" / name)
+                    writes.submit(_write_rows, table, good, valid_schema, out_tmp / f"{PARTITION}={d}" / name)
                 if quarantined.any():
-                    q = table.filter(pa.array(quarantined)).append_column(
-                        pa.field(FAILED_COLUMN, pa.string()), pa.array(labels[quarantined], pa.string()))
                     (q_tmp / f"{PARTITION}={d}").mkdir(exist_ok=True)
-                    pq.write_table(q.cast(bad_schema), q_tmp / f"{PARTITION}={d}" / name)
+                    writes.submit(_write_rows, table, quarantined, bad_schema, q_tmp / f"{PARTITION}={d}" / name,
+                                  labels[quarantined])
             records.append({"batch": b, "rows": n, "days": sorted(map(str, day_names)), "result": record})
             log("validate", f"batch {b}: {n} rows, {len(bad_idx)} quarantined")
 
+        writes.wait()
         # exact accounting, against the input's own footers
         assert rows_in == rows_valid + rows_bad, (rows_in, rows_valid, rows_bad)
         if rows_in != expected_rows:
