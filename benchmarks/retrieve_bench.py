@@ -20,7 +20,12 @@ What it does, per catalogue size N (``--items 100000,1000000``):
 Prints per N and index: p50/p95/p99 latency (ms) over HTTP, and in process where the time
 goes (retrieval: features + tower + top candidates; ranking of the candidates) and the
 share of the exact top 100 the LSH index finds (its recall against exact inner-product
-search) on the same users.
+search) on the same users, and on the planted world's own user vectors (``h = [z, 0]``,
+the intents the item vectors were planted for: what a trained tower approaches); with
+``--budgets`` that recall and the search time at several ``serve.lsh_budget`` values.
+
+The machine is shared: compare figures within one run (run it more than once), and note
+the load (``uptime``) beside them.
 
     .venv/bin/python benchmarks/retrieve_bench.py --items 100000,1000000 --requests 300
 """
@@ -119,7 +124,54 @@ def over_http(registry: Path, repo: Path, work: Path, reqs: list[dict], override
             "p99_ms": float(np.percentile(a, 99)), "requests": len(a), "errors": errors}
 
 
-def in_process(registry: Path, repo: Path, reqs: list[dict], overrides: dict, n_time: int) -> dict:
+def mixed_http(registry: Path, repo: Path, work: Path, reqs: list[dict], rank_reqs: list[dict],
+               overrides: list[str], seconds: float) -> dict:
+    """Two closed-loop clients at once for ``seconds``: one asks for recommendations (retrieval +
+    ranking), the other ranks the 200 items it sends. While a retrieval holds the server's
+    event loop the ranking client waits behind it; off the loop, it does not."""
+    import threading
+
+    import httpx
+
+    port = free_port()
+    proc = start_server(registry, repo, port, work / "retrieve_server.log", ["serve.reload_s=0", *overrides])
+    url = f"http://127.0.0.1:{port}/v1/models/robeflow:predict"
+    lat: dict[str, list[float]] = {"recommend": [], "rank": []}
+    errors = {"recommend": 0, "rank": 0}
+    stop = time.monotonic() + seconds
+
+    def client(kind: str, bodies: list[dict]) -> None:
+        with httpx.Client(timeout=30) as c:
+            for _ in range(3):   # warm-up
+                c.post(url, json=bodies[0])
+            i = 0
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                r = c.post(url, json=bodies[i % len(bodies)])
+                if r.status_code == 200:
+                    lat[kind].append(1e3 * (time.perf_counter() - t0))
+                else:
+                    errors[kind] += 1
+                i += 1
+
+    try:
+        threads = [threading.Thread(target=client, args=a) for a in (("recommend", reqs), ("rank", rank_reqs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        stop_server(proc)
+    out = {}
+    for kind, v in lat.items():
+        a = np.array(v)
+        out.update({f"mixed_{kind}_p50_ms": float(np.percentile(a, 50)), f"mixed_{kind}_p99_ms": float(np.percentile(a, 99)),
+                    f"mixed_{kind}_requests": len(a), f"mixed_{kind}_errors": errors[kind]})
+    return out
+
+
+def in_process(registry: Path, repo: Path, reqs: list[dict], overrides: dict, n_time: int,
+               budgets: list[int] | None = None) -> dict:
     """Where a request's time goes, and the LSH index's recall against exact search."""
     import torch
 
@@ -145,18 +197,45 @@ def in_process(registry: Path, repo: Path, reqs: list[dict], overrides: dict, n_
            "retrieval_ms_p99": 1e3 * float(np.percentile(t_ret, 99)), "ranking_ms_p50": 1e3 * float(np.median(t_rank)),
            "ranking_ms_p99": 1e3 * float(np.percentile(t_rank, 99)), "candidates": model.cfg.retrieve_candidates}
     if ret.index is not None:   # recall of the tables' top 100 against exact inner products, same users
-        from features.transform import model_columns
-        from contract.spec import ModelInput
+        from dataclasses import replace
 
-        found = 0
+        from contract.spec import ModelInput
+        from dlrm.retrieval_world import PlantedWorld, WorldConfig
+        from features.transform import model_columns
+
+        hs = []
         for r in rq:
             cols = ret.features.columns(r.user_id, [ret.anchor], r.context)
             mi = ModelInput.from_columns(model_columns(cols, 1, ret.spec), ret.spec)
             with torch.no_grad():
-                h = ret.model.tower(torch.from_numpy(mi.sparse_values), torch.from_numpy(mi.sparse_offsets)).float()
-                exact = set((h @ ret.weight.t() + ret.bias)[0].topk(100).indices.tolist())
-            found += len(exact & set(ret.top(h, 100)))
-        out["lsh_recall_vs_exact_at_100"] = found / (100 * len(rq))
+                hs.append(ret.model.tower(torch.from_numpy(mi.sparse_values),
+                                          torch.from_numpy(mi.sparse_offsets)).float())
+        # the planted world's own intents as user vectors (the tower a trained model approaches:
+        # the item vectors are the world's), beside the random tower's
+        world = PlantedWorld(WorldConfig(items=ret.num_items, cluster_size=100, latent=16))
+        ctx, _ = world.sample(len(rq), seed=4)
+        z = world.z(ctx)
+        queries = {"tower": torch.cat(hs), "planted": torch.cat([z, z.new_zeros(len(z), ret.weight.shape[1] - 16)], 1)}
+        cfg = ret.cfg
+        for budget in budgets or [cfg.lsh_budget]:
+            ret.cfg = replace(cfg, lsh_budget=budget)
+            for name, h in queries.items():
+                with torch.no_grad():
+                    exact = (h @ ret.weight.t() + ret.bias).topk(100, dim=1).indices
+                found, spent = 0, []
+                for j in range(h.shape[0]):
+                    t0 = time.perf_counter()
+                    (got,) = ret.top_many(h[j:j + 1], [100])
+                    spent.append(time.perf_counter() - t0)
+                    found += len(set(exact[j].tolist()) & set(got))
+                key = "" if name == "tower" else "_planted"
+                suffix = "" if budget == cfg.lsh_budget else f"_budget{budget}"
+                out[f"lsh_recall_vs_exact_at_100{key}{suffix}"] = found / (100 * h.shape[0])
+                out[f"lsh_search_ms_p50{key}{suffix}"] = 1e3 * float(np.median(spent))
+                print(f"    lsh budget {budget:>6}: {name:7s} user vectors: recall@100 vs exact "
+                      f"{found / (100 * h.shape[0]):.3f}, search (tables + exact scores of the gathered items) "
+                      f"p50 {1e3 * float(np.median(spent)):.1f} ms", flush=True)
+        ret.cfg = cfg
     model.unload()
     return out
 
@@ -170,6 +249,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--breakdown", type=int, default=100, help="requests timed stage by stage in process")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="serve.KEY=VALUE")
+    ap.add_argument("--budgets", default="", help="LSH: also measure recall and search time in process at these "
+                                                   "serve.lsh_budget values, comma-separated")
+    ap.add_argument("--mixed", type=float, default=0.0, metavar="SECONDS",
+                    help="also run a recommending client and a ranking client (200 given items) at once for "
+                         "SECONDS and print both latencies")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the in-process timing and recall")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
     sys.argv = sys.argv[:1]   # kserve parses the command line when imported (--work reads as its --workers)
@@ -195,18 +280,30 @@ def main() -> None:
 
             types = {f.name: f.type for f in fields(ServeConfig)}
             typed = {k: (int(v) if types[k] == "int" else float(v) if types[k] == "float" else v) for k, v in kv.items()}
-            proc = in_process(registry, repo, reqs, typed, args.breakdown)
+            budgets = [int(b) for b in args.budgets.split(",") if b]
+            proc = {} if args.no_breakdown else in_process(registry, repo, reqs, typed, args.breakdown, budgets)
             http = over_http(registry, repo, args.work, reqs, sets, args.warmup)
             row = {"items": n, "index": index, **proc, **{f"http_{k}": v for k, v in http.items()}}
+            if args.mixed > 0:
+                from serve_bench import make_requests
+
+                rank_reqs = make_requests(users, [f"i{j}" for j in range(2000)], 100, 200)
+                row.update(mixed_http(registry, repo, args.work, reqs, rank_reqs, sets, args.mixed))
+                print(f"{n:>9,} items  {index:5s} mixed, 2 clients for {args.mixed:.0f}s: recommend p50 "
+                      f"{row['mixed_recommend_p50_ms']:.1f} / p99 {row['mixed_recommend_p99_ms']:.1f} ms "
+                      f"({row['mixed_recommend_requests']} requests); rank 200 given items p50 "
+                      f"{row['mixed_rank_p50_ms']:.1f} / p99 {row['mixed_rank_p99_ms']:.1f} ms "
+                      f"({row['mixed_rank_requests']} requests)", flush=True)
             results.append(row)
             recall = f", LSH recall@100 vs exact {row['lsh_recall_vs_exact_at_100']:.3f}" \
                 if "lsh_recall_vs_exact_at_100" in row else ""
-            print(f"{n:>9,} items  {index:5s} -> {row['method']:5s}: HTTP one client p50 {http['p50_ms']:.1f} ms, "
-                  f"p95 {http['p95_ms']:.1f}, p99 {http['p99_ms']:.1f} ms ({http['requests']} requests, "
-                  f"{http['errors']} errors); in process retrieval p50 {row['retrieval_ms_p50']:.1f} / p99 "
-                  f"{row['retrieval_ms_p99']:.1f} ms, ranking {row['candidates']} candidates p50 "
-                  f"{row['ranking_ms_p50']:.1f} / p99 {row['ranking_ms_p99']:.1f} ms; load {row['load_s']:.0f}s"
-                  f"{recall}", flush=True)
+            split = "" if not proc else (
+                f"; in process retrieval p50 {row['retrieval_ms_p50']:.1f} / p99 "
+                f"{row['retrieval_ms_p99']:.1f} ms, ranking {row['candidates']} candidates p50 "
+                f"{row['ranking_ms_p50']:.1f} / p99 {row['ranking_ms_p99']:.1f} ms; load {row['load_s']:.0f}s")
+            print(f"{n:>9,} items  {index:5s} -> {row.get('method', index):5s}: HTTP one client p50 "
+                  f"{http['p50_ms']:.1f} ms, p95 {http['p95_ms']:.1f}, p99 {http['p99_ms']:.1f} ms "
+                  f"({http['requests']} requests, {http['errors']} errors){split}{recall}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

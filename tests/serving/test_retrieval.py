@@ -228,3 +228,25 @@ def test_over_http_v1_and_v2(site, pushed, model, tmp_path):
         body = r.json()
         assert body["parameters"] == {"retrieved": True, "fallback": "popular"}
         assert len({o["name"]: o for o in body["outputs"]}["item_ids"]["data"]) == 2
+
+
+def test_concurrent_requests_share_one_retrieval_batch_and_get_each_their_own_top(site, pushed, model):
+    users = [("u3", CONTEXT), ("u5", {"device": "desktop"}), ("u7", CONTEXT)]
+    calls = []
+    search = model.retriever._search
+
+    def counted(wanted):
+        calls.append(len(wanted))
+        return search(wanted)
+
+    async def all_at_once():
+        return await asyncio.gather(*(model.retriever.retrieve([RetrieveRequest(u, 5, c)]) for u, c in users))
+
+    model.retriever.batcher._fn = counted
+    try:
+        got = asyncio.run(all_at_once())
+    finally:
+        model.retriever.batcher._fn = search
+    assert sorted(calls, reverse=True)[0] >= 2 and sum(calls) == 3     # batched on the retrieval thread
+    for (user, context), (cand,) in zip(users, got):
+        assert list(cand.items) == _exact_top(site, pushed.registry, user, context, CFG.retrieve_candidates)
