@@ -3,6 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/scale_bench.py --rows 1000000 5000000 20000000 \\
         [--work DIR] [--json PATH] [--steps generate ingest validate features] [-S section.key=value]
+        [--keep] [--resume]
 
 Each step runs as a child process through the ``robeflow`` CLI, exactly as DVC runs it.
 For every (size, step) the benchmark records the wall time, rows per second, the CPU
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra override for every step of its section (section.key=value)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--keep", action="store_true", help="keep each size's outputs")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep what a size's directory already holds (earlier steps run by a previous "
+                         "--keep run) and run only --steps on it")
     args = ap.parse_args(argv)
     if any(r < 1 for r in args.rows):
         raise SystemExit(f"--rows must be >= 1, got {args.rows}")
@@ -106,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{'peak GB':>8} {'load':>5}", flush=True)
     for rows in sorted(args.rows):
         d = args.work / f"rows-{rows}"
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+        if not args.resume:
+            shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True, exist_ok=True)
         for step in args.steps:
             cmd = [*base, *step_args(step, d, rows), "--params", str(args.params)]
             cmd += [x for o in args.overrides if o.startswith(step + ".") for x in ("-S", o)]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from contract.background import BackgroundCalls
 from contract.io import StepError, atomic_dir, log, remove_stale, scratch_name
 from contract.model_input import SPEC_FILE, SPLITS, split_path
 from features.windows import split_days
@@ -170,6 +171,7 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
 
     t0 = time.perf_counter()
     files = validated_files(input_dir)
+    _import_in_background("feast", "features.repo")  # ~5-10 s of imports, while the engine computes
     out_dir, model_input_dir = Path(out_dir), Path(model_input_dir)
     for out in (out_dir, model_input_dir):
         remove_stale(out)
@@ -204,13 +206,15 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
                  "snapshot": str(data.snapshot)}
         spec = feature_spec(as_dict(cfg.tables), stats, cfg.max_query_terms, cfg.default_position, extra=extra,
                             history_len=cfg.history_len)
+        hashed = _hashed_history(engine, spec, Path(work), cfg.batch_rows)
         split_rows = {}
         with atomic_dir(model_input_dir) as mdir:
             for name in SPLITS:
                 # one query per day: each sort holds a day of events, not a split's
                 batches = (b for day in splits[name]
-                           for b in engine.batches(sql.model_rows(day, day, history=True), cfg.batch_rows))
-                split_rows[name] = write_model_table(batches, spec, split_path(mdir, name))
+                           for b in engine.batches(sql.model_rows(day, day, history=True, history_table=hashed),
+                                                   cfg.batch_rows))
+                split_rows[name] = write_model_table(batches, spec, split_path(mdir, name), hashed_history=True)
             spec.save(mdir / SPEC_FILE)
             if sum(split_rows.values()) != data.rows:
                 raise StepError(f"splits hold {sum(split_rows.values())} rows for {data.rows} events")
@@ -226,6 +230,22 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
         snapshot=str(data.snapshot),
         seconds=seconds,
     )
+
+
+def _import_in_background(*modules: str) -> None:
+    """Imports ``modules`` on a daemon thread (later imports of them wait for it and then
+    find them loaded); an import error there is left for the importing call to raise."""
+    import importlib
+    import threading
+
+    def work() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the step's own import reports it
+                return
+
+    threading.Thread(target=work, name="import-feast", daemon=True).start()
 
 
 def _feast_repo(engine, repo: Path, data, batch_rows: int) -> None:
@@ -250,9 +270,38 @@ def _feast_repo(engine, repo: Path, data, batch_rows: int) -> None:
     del store
 
 
-def write_model_table(batches, spec, path: Path) -> int:
+HASHED_HISTORY = "user_history_ids"
+
+
+def _hashed_history(engine, spec, work: Path, batch_rows: int) -> str:
+    """Loads the user history table with its lists hashed to ids
+    (:func:`features.transform.history_id_batch`) into the engine as table
+    :data:`HASHED_HISTORY`, a batch at a time through a Parquet file in ``work``; returns
+    its name. Each (user, day) row is hashed once instead of once per event joining it."""
+    import pyarrow.parquet as pq
+
+    from features import sql
+    from features.transform import history_id_batch
+
+    path, writer = work / f"{HASHED_HISTORY}.parquet", None
+    try:
+        for batch in engine.batches(sql.all_rows(sql.HISTORY), batch_rows):
+            table = history_id_batch(batch, spec)
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise StepError(f"the {sql.HISTORY} table holds no rows")
+    engine.table_from_parquet(HASHED_HISTORY, path)
+    return HASHED_HISTORY
+
+
+def write_model_table(batches, spec, path: Path, hashed_history: bool = False) -> int:
     """Transforms joined feature rows (Arrow record batches) into model-ready rows and
     writes them to the Parquet file ``path``, one row group per batch; returns the rows.
+    ``hashed_history``: the rows' history lists already hold ids (:func:`_hashed_history`).
 
     The file has the schema (and pandas metadata) of a model-ready frame written by
     pandas, so every reader sees the same table as before.
@@ -263,18 +312,21 @@ def write_model_table(batches, spec, path: Path) -> int:
     from features.transform import model_batch
 
     writer, rows = None, 0
-    try:
-        for batch in batches:
-            table = model_batch(batch, spec)
-            if writer is None:
-                meta = pa.Schema.from_pandas(table.slice(0, 1).to_pandas(), preserve_index=False).metadata
-                schema = table.schema.with_metadata(meta)
-                writer = pq.ParquetWriter(path, schema)
-            writer.write_table(table.replace_schema_metadata(schema.metadata))
-            rows += table.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
+    with BackgroundCalls(depth=1) as background:  # the next batch is computed while one is written
+        try:
+            for batch in batches:
+                table = model_batch(batch, spec, hashed_history=hashed_history)
+                if writer is None:
+                    meta = pa.Schema.from_pandas(table.slice(0, 1).to_pandas(), preserve_index=False).metadata
+                    schema = table.schema.with_metadata(meta)
+                    writer = pq.ParquetWriter(path, schema)
+                background.submit(writer.write_table, table.replace_schema_metadata(schema.metadata))
+                rows += table.num_rows
+            background.wait()
+        finally:
+            if writer is not None:
+                background.wait(raise_errors=False)
+                writer.close()
     if writer is None:
         raise StepError(f"no rows for {path.name}")
     return rows

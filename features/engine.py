@@ -68,6 +68,10 @@ class DuckDBEngine:
         """Runs ``select`` and keeps its result as table ``name``."""
         self.con.execute(f"CREATE OR REPLACE TABLE {name} AS {select}")
 
+    def table_from_parquet(self, name: str, path: Path | str) -> None:
+        """Loads the Parquet file ``path`` as table ``name``."""
+        self.materialize(name, "SELECT * FROM read_parquet('" + str(Path(path)).replace("'", "''") + "')")
+
     def rows(self, select: str) -> list[tuple]:
         """All rows of a small result."""
         return self.con.execute(select).fetchall()
@@ -180,6 +184,11 @@ class SparkEngine:
 
     def materialize(self, name: str, select: str) -> None:
         df = self.spark.sql(select).persist()
+        df.count()
+        df.createOrReplaceTempView(name)
+
+    def table_from_parquet(self, name: str, path: Path | str) -> None:
+        df = self.spark.read.parquet(str(path)).persist()
         df.count()
         df.createOrReplaceTempView(name)
 

@@ -342,6 +342,11 @@ def history_rows(day: int | None = None) -> str:
     return f"SELECT user_id, day, {', '.join(HISTORY_COLUMNS)} FROM {HISTORY}{where} ORDER BY user_id, day"
 
 
+def all_rows(table: str) -> str:
+    """SELECT of every row of a materialised table, in no particular order."""
+    return f"SELECT * FROM {table}"
+
+
 def table_rows(name: str) -> str:
     """SELECT of a materialised feature table in (key, day) order."""
     if name == HISTORY:
@@ -350,16 +355,18 @@ def table_rows(name: str) -> str:
     return f"SELECT {key}, day, {', '.join(fields)} FROM {name} ORDER BY {key}, day"
 
 
-def model_rows(first_day: int, last_day: int, history: bool = False) -> str:
+def model_rows(first_day: int, last_day: int, history: bool = False, history_table: str = HISTORY) -> str:
     """SELECT of the events of days [first_day, last_day] joined with their feature rows
     (point in time: the rows stamped on the event's day), in (time, seq) order; with
-    ``history``, also the user's :data:`HISTORY_COLUMNS` (table :data:`HISTORY`)."""
+    ``history``, also the user's :data:`HISTORY_COLUMNS` (from ``history_table``: the
+    user history view's table :data:`HISTORY`, or a table of the same rows and columns
+    whose lists hold ids)."""
     cols = ", ".join(f"e.{c}" for c in ROW_COLUMNS)
     u = ", ".join(f"u.{c}" for c in TABLES["user_daily_stats"][1])
     i = ", ".join(f"i.{c}" for c in TABLES["item_daily_stats"][1])
     a = ", ".join(f"a.{c}" for c in TABLES["item_attributes"][1])
     h = "".join(f", h.{c}" for c in HISTORY_COLUMNS) if history else ""
-    join_h = (f"\nLEFT JOIN {HISTORY} h ON h.user_id = e.user_id AND h.day = e.day" if history else "")
+    join_h = (f"\nLEFT JOIN {history_table} h ON h.user_id = e.user_id AND h.day = e.day" if history else "")
     return f"""
 SELECT {cols}, {u}, {i}, {a}{h}
 FROM events e

@@ -355,7 +355,28 @@ def _arrow_query_bags(col, max_terms: int, feature: str, table_size: int):
         pa.list_(pa.field("element", pa.int64())))
 
 
-def model_batch(batch, spec: FeatureSpec):
+def history_id_batch(batch, spec: FeatureSpec):
+    """Rows of the user history view (Arrow record batch: key, day, the list columns of
+    ``spec.history``) with the lists of ids hashed as :func:`model_batch` hashes them
+    (``hist_item`` as item ids, ``hist_cat`` as category_l1 ids; null lists empty), other
+    columns unchanged: hashing the history once per (user, day) row instead of once per
+    event row that joins it. :func:`model_batch` takes such rows with ``hashed_history``."""
+    import pyarrow as pa
+
+    if spec.history is None:
+        raise ValueError("the feature spec has no history (features.history_len = 0)")
+    sizes = {f.name: f.table_size for f in spec.sparse}
+    hashed = {c.name: c for c in spec.history.columns}
+    names = batch.schema.names
+    missing = [c for c in hashed if c not in names]
+    if missing:
+        raise ValueError(f"history rows lack column(s) {missing}")
+    arrays = [(_arrow_history(batch.column(n), hashed[n].ids_of, sizes.get(hashed[n].ids_of))
+               if n in hashed else batch.column(n)) for n in names]
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def model_batch(batch, spec: FeatureSpec, hashed_history: bool = False):
     """Joined feature rows as an Arrow record batch -> the model-ready columns, vectorised.
 
     The same values as :func:`build_model_frame` on the same rows (the dense transform is
@@ -367,6 +388,7 @@ def model_batch(batch, spec: FeatureSpec):
             nanoseconds since the epoch, UTC) or ``event_timestamp``, and optionally the other
             columns of :func:`build_model_frame`'s rows.
         spec: the feature spec.
+        hashed_history: the history list columns already hold ids (:func:`history_id_batch`).
 
     Returns:
         A ``pyarrow.Table``: pass-through columns, dense float32, sparse int64, the query
@@ -420,7 +442,8 @@ def model_batch(batch, spec: FeatureSpec):
     if spec.history is not None and all(c.name in names for c in spec.history.columns):
         sizes = {f.name: f.table_size for f in spec.sparse}
         for c in spec.history.columns:
-            data[c.name] = _arrow_history(batch.column(c.name), c.ids_of, sizes.get(c.ids_of))
+            ids_of = None if hashed_history else c.ids_of
+            data[c.name] = _arrow_history(batch.column(c.name), ids_of, sizes.get(ids_of))
     if spec.label in names:
         data[spec.label] = _arrow_numeric(batch, spec.label, n).astype(np.float32)
     return pa.table(data)

@@ -132,3 +132,30 @@ def test_online_history_equals_the_offline_snapshot_row(built, events, reader):
         assert got == as_lists(latest.loc[user])
         assert got == brute_history(events, user, snapshot, spec.history.length)
     assert online.history("nobody-123") == {c: [] for c in spec.history.names}
+
+
+def test_history_hashed_once_per_row_equals_hashing_in_the_model_rows(history):
+    """history_id_batch (what the step joins) == model_batch's own hashing of the raw lists."""
+    import pyarrow as pa
+
+    from components.features import TableSizes
+    from contract.params import as_dict
+    from features.compute import StatsParams
+    from features.transform import feature_spec, history_id_batch, model_batch
+
+    spec = feature_spec(as_dict(TableSizes()), StatsParams(), history_len=L)
+    raw = pa.Table.from_pandas(history.head(300), preserve_index=False)
+    raw = raw.set_column(raw.schema.get_field_index("hist_item"), "hist_item",
+                         pa.array([None] + raw.column("hist_item").to_pylist()[1:], raw.schema.field("hist_item").type))
+    hashed = history_id_batch(raw, spec)
+    assert hashed.column_names == raw.column_names
+    sizes = {f.name: f.table_size for f in spec.sparse}
+    for got, want in zip(hashed.column("hist_item").to_pylist()[1:5], raw.column("hist_item").to_pylist()[1:5]):
+        assert got == hash_ids(want, "item", sizes["item"]).tolist()
+    assert hashed.column("hist_item")[0].as_py() == []                  # null list: empty
+    rows = raw.append_column("ts_ns", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
+    rows = rows.append_column("item_id", pa.array(["i1"] * raw.num_rows))
+    want = model_batch(rows.combine_chunks().to_batches()[0], spec)
+    rows_hashed = hashed.append_column("ts_ns", rows.column("ts_ns")).append_column("item_id", rows.column("item_id"))
+    got = model_batch(rows_hashed.combine_chunks().to_batches()[0], spec, hashed_history=True)
+    assert got.equals(want)
