@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dlrm.configs import HistoryConfig
@@ -215,33 +216,58 @@ class HistoryTower(nn.Module):
                 x = x + emb(ids.masked_fill(~mask, 0))                      # (B, L, D)
         return self.encoder(x, mask) if L else x                            # (B, L, D)
 
-    def attend(self, encoded: Tensor, lengths: Tensor, candidate: Tensor, match: Tensor | None = None) -> Tensor:
-        """Target attention of the candidates ``(B,)`` over encoded histories ``(B, L, D)``.
+    def attend(self, encoded: Tensor, lengths: Tensor, candidate: Tensor, match: Tensor | None = None,
+               rows: Tensor | None = None) -> Tensor:
+        """Target attention of the candidates ``(B,)`` over encoded histories.
 
-        ``match`` ``(B, L)`` int64 in ``[0, match_codes)``: what each event shares with its
-        row's candidate (e.g. bit 0 the same item, bit 1 the same category); its learned
-        embedding joins the event's key and value, so the candidate can find and read the
-        events of the same item (a re-buy) whatever the hashed embeddings collide with."""
-        B, L, _ = encoded.shape
-        if lengths.shape != (B,) or candidate.shape != (B,):
-            raise ValueError(f"lengths {tuple(lengths.shape)} and candidate {tuple(candidate.shape)} "
-                             f"must be ({B},)")
+        Args:
+            encoded: ``(U, L, D)`` encoded histories (:meth:`encode`), ``lengths (U,)``.
+            candidate: ``(B,)`` item ids.
+            match: ``(B, L)`` int64 in ``[0, match_codes)`` or None: what each event shares
+                with its row's candidate (e.g. bit 0 the same item, bit 1 the same category).
+                Its learned embedding joins the event's key and value, so the candidate can
+                find and read the events of its own item (a re-buy) whatever the hashed
+                embeddings collide with; with SimHash top-k, matching events are picked first.
+            rows: ``(B,)`` the history each candidate reads (None: row b reads history b,
+                U = B). Keys and values are projected once per history, not per candidate.
+
+        Returns:
+            ``(B, D)``; a row with an empty history gets the output bias.
+        """
+        U, L, _ = encoded.shape
+        B = candidate.shape[0]
+        if lengths.shape != (U,) or candidate.shape != (B,) or (rows is None and U != B):
+            raise ValueError(f"lengths {tuple(lengths.shape)} must be ({U},) and candidate {tuple(candidate.shape)} "
+                             f"({U},) unless rows maps the candidates to the histories")
+        if rows is not None and rows.shape != (B,):
+            raise ValueError(f"rows must be ({B},), got {tuple(rows.shape)}")
+        if match is not None and self.match is None:
+            raise ValueError("match codes given to a tower built with match_codes=0")
+        if match is not None and match.shape != (B, L):
+            raise ValueError(f"match must be ({B}, {L}), got {tuple(match.shape)}")
         q = self.to_q(self.embed(candidate))                                # (B, D)
         if L == 0:
             return self.to_out(torch.zeros_like(q))
+
+        def per_row(x: Tensor) -> Tensor:   # a history's tensor for each candidate (a view when U = 1)
+            if rows is None:
+                return x
+            return x.expand(B, *x.shape[1:]) if U == 1 else x[rows]
+
+        k_u, v_u = self.to_k(encoded), self.to_v(encoded)                   # (U, L, D) once per history
+        k, v, lengths = per_row(k_u), per_row(v_u), per_row(lengths)       # (B, L, D)
         mask = torch.arange(L, device=encoded.device)[None, :] < lengths[:, None]   # (B, L)
-        if match is not None and self.match is None:
-            raise ValueError("match codes given to a tower built with match_codes=0")
-        if self.match is not None and match is not None:
-            if match.shape != (B, L):
-                raise ValueError(f"match must be ({B}, {L}), got {tuple(match.shape)}")
-            encoded = encoded + self.match(match)                           # (B, L, D)
-        k, v = self.to_k(encoded), self.to_v(encoded)                       # (B, L, D)
         if self.config.target == "simhash" and L > self.config.topk:
-            idx, mask = hamming_topk(simhash_signatures(q, self.planes),
-                                     simhash_signatures(k, self.planes), mask, self.config.topk)
+            key_sig = simhash_signatures(k_u, self.planes)                  # (U, L, m)
+            key_sig = key_sig if rows is None or U == 1 else key_sig[rows]  # (B or 1, L, m)
+            idx, mask = hamming_topk(simhash_signatures(q, self.planes), key_sig, mask, self.config.topk,
+                                     first=None if match is None else match > 0)
             k = torch.gather(k, 1, idx[..., None].expand(-1, -1, self.dim))  # (B, k, D)
             v = torch.gather(v, 1, idx[..., None].expand(-1, -1, self.dim))
+            match = None if match is None else torch.gather(match, 1, idx)
+        if match is not None:   # to_k(e + m) = to_k(e) + to_k(m): the codes' keys and values
+            k = k + F.linear(self.match.weight, self.to_k.weight)[match]   # (B, L or k, D)
+            v = v + F.linear(self.match.weight, self.to_v.weight)[match]
         s = torch.einsum("bd,bld->bl", q, k) / math.sqrt(self.dim)          # (B, L or k)
         s = s.masked_fill(~mask, torch.finfo(s.dtype).min)
         att = torch.einsum("bl,bld->bd", torch.softmax(s, dim=-1), v)       # (B, D)

@@ -131,16 +131,15 @@ class DLRM(nn.Module):
 
         enc = self.history.encode(hist[..., hi.item_column], lengths, col(hi.action_column),
                                   col(hi.days_column))             # (U, L, d)
-        if history_rows is not None:
-            if history_rows.shape != (B,):
-                raise ValueError(f"history_rows must be ({B},), got {tuple(history_rows.shape)}")
-            enc, lengths, hist = enc[history_rows], lengths[history_rows], hist[history_rows]   # (B, L, ...)
+        if history_rows is not None and history_rows.shape != (B,):
+            raise ValueError(f"history_rows must be ({B},), got {tuple(history_rows.shape)}")
         match = None
         if hi.match:   # bit j: the event's column match[j] holds the row's own id of that table
-            match = torch.zeros(hist.shape[:2], dtype=torch.int64, device=hist.device)   # (B, L)
+            match = torch.zeros(B, hist.shape[1], dtype=torch.int64, device=hist.device)   # (B, L)
             for j, (column, table) in enumerate(hi.match):
-                match |= (hist[..., column] == own[:, table, None]).to(torch.int64) << j
-        return self.history.attend(enc, lengths, cand, match)
+                ids = hist[..., column] if history_rows is None else hist[..., column][history_rows]   # (B, L)
+                match |= (ids == own[:, table, None]).to(torch.int64) << j
+        return self.history.attend(enc, lengths, cand, match, rows=history_rows)
 
     @property
     def embedding_bytes(self) -> int:

@@ -20,30 +20,76 @@ def simhash_signatures(x: Tensor, planes: Tensor) -> Tensor:
     return torch.matmul(x, planes.to(x.dtype)) > 0
 
 
-def hamming_topk(query_sig: Tensor, key_sig: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+_CHUNK = 16   # signature bits packed per integer (a 2^16-entry popcount table)
+
+
+def _pack(sig: Tensor) -> Tensor:
+    """``(..., m)`` bool -> ``(..., ceil(m / 16))`` int64, 16 bits an integer."""
+    m = sig.shape[-1]
+    pad = (-m) % _CHUNK
+    if pad:
+        sig = torch.cat([sig, sig.new_zeros(*sig.shape[:-1], pad)], dim=-1)
+    weights = 2 ** torch.arange(_CHUNK, device=sig.device, dtype=torch.int64)
+    return (sig.view(*sig.shape[:-1], -1, _CHUNK).to(torch.int64) * weights).sum(-1)
+
+
+_POPCOUNT: dict[torch.device, Tensor] = {}
+
+
+def _popcount16(x: Tensor) -> Tensor:
+    table = _POPCOUNT.get(x.device)
+    if table is None:
+        v = torch.arange(1 << _CHUNK, dtype=torch.int64)
+        table = torch.zeros(1 << _CHUNK, dtype=torch.int64)
+        for bit in range(_CHUNK):
+            table += (v >> bit) & 1
+        table = _POPCOUNT[x.device] = table.to(x.device)
+    return table[x]
+
+
+def hamming_distance(query_sig: Tensor, key_sig: Tensor) -> Tensor:
+    """Bits in which ``(B, m)`` query and ``(B or 1, L, m)`` key signatures differ: ``(B, L)``
+    int64, by XOR of the packed signatures and a popcount table (no ``(B, L, m)`` tensor)."""
+    q, k = _pack(query_sig), _pack(key_sig)                                 # (B, c), (B or 1, L, c)
+    return _popcount16(q[:, None, :] ^ k).sum(-1)                           # (B, L)
+
+
+def hamming_topk(query_sig: Tensor, key_sig: Tensor, mask: Tensor, k: int,
+                 first: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The ``k`` keys nearest to each query in Hamming distance, per batch row.
 
     Args:
         query_sig: ``(B, m)`` bool signatures of the queries.
-        key_sig: ``(B, L, m)`` bool signatures of the keys.
+        key_sig: ``(B, L, m)`` bool signatures of the keys (``(1, L, m)``: the same keys for all).
         mask: ``(B, L)`` bool, True for real keys; padded keys are never picked while a
             real one is left.
         k: keys to pick (``k <= L``).
+        first: ``(B, L)`` bool or None: real keys picked before all others (nearest first
+            among themselves), e.g. the events that share the candidate's item (SIM's hard
+            search ahead of ETA's soft one).
 
     Returns:
         ``(idx, valid)``, both ``(B, k)``: key positions, nearest first (ties: the later
         position first, i.e. the more recent event in an oldest-first history), and whether
         each picked key is real (False only when a row has fewer than k real keys).
     """
-    B, L, m = key_sig.shape
+    B, L, m = query_sig.shape[0], key_sig.shape[1], key_sig.shape[2]
+    if key_sig.dim() != 3 or key_sig.shape[0] not in (1, B):
+        raise ValueError(f"key_sig must be (B={B} or 1, L, m), got {tuple(key_sig.shape)}")
     if not 1 <= k <= L:
         raise ValueError(f"k must be in [1, L={L}], got {k}")
     if query_sig.shape != (B, m) or mask.shape != (B, L):
         raise ValueError(f"query_sig {tuple(query_sig.shape)} and mask {tuple(mask.shape)} do not "
                          f"fit key_sig {tuple(key_sig.shape)}")
-    dist = (key_sig != query_sig[:, None, :]).sum(-1)                       # (B, L) in [0, m]
-    # one integer key: distance first, then recency; padding after every real key
+    if first is not None and first.shape != (B, L):
+        raise ValueError(f"first must be ({B}, {L}), got {tuple(first.shape)}")
+    dist = hamming_distance(query_sig, key_sig)                             # (B, L) in [0, m]
+    # one integer key: (first or not,) distance, then recency; padding after every real key
     pos = torch.arange(L, device=key_sig.device)
-    rank = (dist.to(torch.int64) * L + (L - 1 - pos)).masked_fill(~mask, (m + 1) * L)
+    span = (m + 1) * L
+    rank = dist.to(torch.int64) * L + (L - 1 - pos)                         # < span
+    if first is not None:
+        rank = rank + (~first).to(torch.int64) * span
+    rank = rank.masked_fill(~mask, 2 * span)
     idx = torch.topk(rank, k, dim=1, largest=False, sorted=True).indices  # (B, k)
     return idx, torch.gather(mask, 1, idx)

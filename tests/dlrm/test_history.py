@@ -9,6 +9,7 @@ import torch
 from dlrm.embeddings import FullTables, HashedTable, RobeArray
 from dlrm.history import HistoryConfig, HistoryTower, days_bucket, pad_history, pad_recent
 from gpu_ops import robe_lookup_reference
+from gpu_ops.lsh_attention import simhash_signatures
 
 SIZES = [50, 7, 300]   # the model's own tables; the history table comes after them
 D = 8
@@ -33,10 +34,10 @@ TOWERS = {   # every path of the tower: full / LSH self-attention, SimHash / ful
 }
 
 
-def _tower(kind, backend=None, **over):
+def _tower(kind, backend=None, match_codes=0, **over):
     torch.manual_seed(1)
     cfg = HistoryConfig(max_len=16, table_size=300, depth=2, heads=2, **{**TOWERS[kind], **over})
-    return HistoryTower(cfg, D, backend if backend is not None else _robe())
+    return HistoryTower(cfg, D, backend if backend is not None else _robe(), match_codes=match_codes)
 
 
 @pytest.mark.parametrize("kind", TOWERS)
@@ -195,3 +196,35 @@ def test_action_and_days_embeddings_change_only_their_rows_and_respect_padding()
     assert not torch.allclose(out[0], base[0])
     torch.testing.assert_close(out[1:], base[1:], rtol=0, atol=0)
     assert days_bucket(torch.tensor([0, 1, 2, 3, 4, 7, 8, 10_000]), 5).tolist() == [0, 0, 1, 1, 2, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind", TOWERS)
+def test_attend_with_rows_equals_each_row_carrying_its_history(kind):
+    tower = _tower(kind, match_codes=4).eval()
+    hist, lengths, _ = _batch(B=3, L=12)
+    enc = tower.encode(hist, lengths)
+    g = torch.Generator().manual_seed(5)
+    rows = torch.tensor([2, 0, 0, 1, 2, 0])
+    cand = torch.randint(0, 300, (6,), generator=g)
+    match = torch.randint(0, 4, (6, 12), generator=g)
+    got = tower.attend(enc, lengths, cand, match, rows=rows)
+    want = tower.attend(enc[rows], lengths[rows], cand, match)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    one = tower.attend(enc[:1], lengths[:1], cand, match, rows=torch.zeros(6, dtype=torch.int64))
+    torch.testing.assert_close(one, tower.attend(enc[[0] * 6], lengths[[0] * 6], cand, match), rtol=1e-5, atol=1e-6)
+
+
+def test_simhash_target_attention_picks_the_matching_events_first():
+    tower = _tower("lsh-simhash", match_codes=2).eval()         # topk = 4 of 12 events
+    hist, lengths, cand = _batch(B=1, L=12)
+    lengths = torch.tensor([12])
+    enc = tower.encode(hist, lengths)
+    match = torch.zeros(1, 12, dtype=torch.int64)
+    base = tower.attend(enc, lengths, cand, match)
+    # an event far from the candidate's SimHash neighbours changes nothing ... unless it matches
+    with torch.no_grad():
+        q = tower.to_q(tower.embed(cand))
+        dist = (simhash_signatures(tower.to_k(enc), tower.planes) != simhash_signatures(q, tower.planes)[:, None]).sum(-1)
+    far = int(dist[0].argmax())
+    match[0, far] = 1
+    assert not torch.allclose(tower.attend(enc, lengths, cand, match), base)

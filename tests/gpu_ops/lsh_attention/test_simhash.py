@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpu_ops.lsh_attention import hamming_topk, simhash_signatures
+from gpu_ops.lsh_attention.simhash import hamming_distance
 
 
 @settings(max_examples=25, deadline=None)
@@ -19,10 +20,12 @@ def test_hamming_topk_matches_loop_model(B, L, m, data):
     q = torch.rand(B, m, generator=g) < 0.5
     keys = torch.rand(B, L, m, generator=g) < 0.5
     mask = torch.rand(B, L, generator=g) < 0.7
-    idx, valid = hamming_topk(q, keys, mask, k)
+    first = (torch.rand(B, L, generator=g) < 0.3) if data.draw(st.booleans()) else None
+    idx, valid = hamming_topk(q, keys, mask, k, first=first)
     for b in range(B):
-        # real keys by (distance, most recent first), then padding
+        # real keys by (first ones before the rest, distance, most recent first), then padding
         order = sorted(range(L), key=lambda j: (not bool(mask[b, j]),
+                                                first is not None and not bool(first[b, j]),
                                                 int((keys[b, j] != q[b]).sum()), -j))
         real = [j for j in order if mask[b, j]]
         got = idx[b].tolist()
@@ -41,3 +44,12 @@ def test_signatures_are_signs_of_projections():
         simhash_signatures(x, torch.randn(4, 7))
     with pytest.raises(ValueError, match="k must be"):
         hamming_topk(sig[:, None].expand(4, 3, 7)[:, 0], sig[:, None].expand(4, 3, 7), torch.ones(4, 3, dtype=torch.bool), 4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 4), L=st.integers(1, 9), m=st.integers(1, 40), shared=st.booleans(), seed=st.integers(0, 2**16))
+def test_packed_hamming_distance_counts_the_differing_bits(B, L, m, shared, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.rand(B, m, generator=g) < 0.5
+    keys = torch.rand(1 if shared else B, L, m, generator=g) < 0.5
+    assert torch.equal(hamming_distance(q, keys), (keys != q[:, None, :]).sum(-1))
