@@ -11,7 +11,17 @@ by L^2 from the largest L that ran (or from its score tensors), would pass ``--m
 Part 2 (depth): peak memory of the LSH tower at L = ``--depth-len`` with 2, 4 and 8 blocks,
 reversible against ordinary autograd.
 
-Each configuration runs in fresh processes (one timing, one measuring memory), so one
+Part 3 (quality, ``--parts quality``): on a generated world's model-ready dir (``--data``,
+``--truth``), the DLRM of the params' ``train`` section trained twice in this run, with the
+history tower and without it, each ending at its best validation AUC; test AUC with its
+bootstrap 95% CI, the paired 95% CI of the difference, and each model's gap to the oracle
+AUC (the planted probabilities). Target: the gap with the tower at most half the gap without.
+
+Part 4 (serving, ``--parts serving``): p50/p99 of the ranker scoring ``--candidates`` items
+of a user with a ``--serve-events``-event history, features from the online store
+(``--features``), with the tower against the same model without it. Target: p99 < 30 ms.
+
+Each configuration of parts 1 and 2 runs in fresh processes (one timing, one measuring memory), so one
 configuration's allocations do not hide another's peak. Peak memory: on CPU the growth of
 the process's peak resident set (VmHWM, reset before the step via /proc/self/clear_refs)
 over its resident set before the step, with glibc told to map and unmap every block over
@@ -24,6 +34,7 @@ figures of one run with each other (the ratios), not across runs.
 
     .venv/bin/python benchmarks/history_bench.py                       # L = 256 .. 65536
     .venv/bin/python benchmarks/history_bench.py --lengths 256,1024 --iters 2 --depth-len 1024
+    .venv/bin/python benchmarks/history_bench.py --parts quality,serving   # after `make run` (data/)
 """
 
 from __future__ import annotations
@@ -284,6 +295,170 @@ def plot(scale: list[dict], depth: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+# ----------------------------------------------------------------------------------------
+# Part 3: quality on a generated world (with the tower vs the same model without it)
+# ----------------------------------------------------------------------------------------
+
+def _read_input(data_dir: Path, split: str, spec, history: bool, extra: tuple[str, ...] = ()):
+    from contract.model_input import read_frame
+    from contract.spec import ModelInput
+    from dlrm.stream import model_columns
+
+    frame = read_frame(data_dir, split, columns=model_columns(spec, history) + list(extra))
+    return frame, ModelInput.from_frame(frame, spec, history=history)
+
+
+def quality(args) -> dict:
+    """Trains the configured DLRM twice on ``args.data`` (the model-ready dir of a generated
+    world), with ``model.history`` on and off, all else equal (same seed, same data); both
+    end at their best validation AUC (``train.patience`` keeps it). Scores the test window:
+    AUC with a bootstrap 95% CI each, the paired 95% CI of the difference, the oracle AUC of
+    the planted probabilities (``args.truth``) and each model's gap to it."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from components.evaluate import _oracle
+    from contract.model_input import read_spec
+    from contract.params import load_config
+    from dlrm.bundle import predict
+    from dlrm.configs import TrainConfig
+    from dlrm.metrics import bootstrap_auc, paired_auc_difference
+    from dlrm.train import train_model
+
+    torch.set_num_threads(max(1, args.threads))
+    cfg = load_config(TrainConfig, "train", args.params, list(args.set))
+    cfg = replace(cfg, progress=False, threads=max(1, args.threads))
+    spec = read_spec(args.data)
+    if spec.history is None:
+        raise ValueError(f"{args.data} carries no user history; rerun `robeflow features` (features.history_len)")
+    test_frame, _ = _read_input(args.data, "test", spec, False, ("event_id",))
+    labels = test_frame[spec.label].to_numpy(dtype=np.float64)
+    oracle, oracle_rows = _oracle(test_frame, labels, args.truth) if args.truth else (None, 0)
+    runs: dict[str, dict] = {}
+    scores: dict[str, np.ndarray] = {}
+    for name, enabled in (("without", False), ("with", True)):
+        c = replace(cfg, model=replace(cfg.model, history=replace(cfg.model.history, enabled=enabled)))
+        _, train_in = _read_input(args.data, "train", spec, enabled)
+        _, valid_in = _read_input(args.data, "valid", spec, enabled)
+        _, test_in = _read_input(args.data, "test", spec, enabled)
+        t0 = time.perf_counter()
+        result = train_model(c, spec, train_in, valid_in, log=lambda m: print(f"  [{name}] {m}", flush=True))
+        wall = time.perf_counter() - t0
+        del train_in
+        scores[name] = predict(result.model, test_in, batch_size=8192).astype(np.float64)
+        ci = bootstrap_auc(labels, scores[name], n_boot=args.n_boot)
+        runs[name] = {"test_auc": ci["auc"], "test_auc_lo": ci["lo"], "test_auc_hi": ci["hi"],
+                      "best_valid_auc": result.best_auc, "best_step": result.best_step, "steps": result.steps,
+                      "train_s": result.train_s, "wall_s": wall, "samples_per_s": result.samples_per_s,
+                      "gap_to_oracle": None if oracle is None else oracle - ci["auc"]}
+        print(f"  {name} the tower: test AUC {ci['auc']:.4f} [{ci['lo']:.4f}, {ci['hi']:.4f}], best valid AUC "
+              f"{result.best_auc:.4f} at step {result.best_step} of {result.steps}, "
+              f"{result.samples_per_s:.0f} samples/s", flush=True)
+    diff = paired_auc_difference(labels, scores["with"], scores["without"], n_boot=args.n_boot)
+    out = {"data": str(args.data), "oracle_auc": oracle, "oracle_rows": oracle_rows, "test_rows": len(labels),
+           "history_len": spec.history.length, "overrides": list(args.set), "runs": runs,
+           "diff": diff, "history_config": __import__("dataclasses").asdict(cfg.model.history)}
+    if oracle is not None:
+        g0, g1 = runs["without"]["gap_to_oracle"], runs["with"]["gap_to_oracle"]
+        out["gap_ratio"] = g1 / g0 if g0 else None
+    print(f"\nquality on {args.data} ({len(labels):,} test rows, history of {spec.history.length} events)")
+    print(f"  {'model':<16}{'test AUC':>10}{'95% CI':>22}{'gap to oracle':>16}")
+    for name in ("without", "with"):
+        r = runs[name]
+        gap = "n/a" if r["gap_to_oracle"] is None else f"{r['gap_to_oracle']:.4f}"
+        print(f"  {name + ' tower':<16}{r['test_auc']:>10.4f}   [{r['test_auc_lo']:.4f}, {r['test_auc_hi']:.4f}]"
+              f"{gap:>16}")
+    print(f"  with - without: {diff['diff']:+.4f}, paired 95% CI [{diff['lo']:+.4f}, {diff['hi']:+.4f}]"
+          + (f"; oracle AUC {oracle:.4f} ({oracle_rows:,} rows); gap with / gap without = "
+             f"{out['gap_ratio']:.2f} (target <= 0.5)" if oracle is not None and out.get("gap_ratio") else ""))
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Part 4: serving latency with long histories
+# ----------------------------------------------------------------------------------------
+
+class _LongHistories:
+    """An online feature reader whose ``history`` answers ``events`` events for every user
+    (raw item ids of the catalogue, newest first); everything else is the real reader's."""
+
+    def __init__(self, online, items: list[str], events: int, seed: int = 0) -> None:
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        self.online, self.events = online, events
+        item = rng.choice(np.asarray(items, dtype=object), events)
+        self.answer = {"hist_item": list(item), "hist_cat": [f"cat{i % 20}" for i in range(events)],
+                       "hist_action": rng.integers(0, 2, events).tolist(),
+                       "hist_days": np.sort(rng.integers(1, 60, events)).tolist()}
+
+    def columns(self, *args, **kw):
+        return self.online.columns(*args, **kw)
+
+    def history(self, user_id: str) -> dict[str, list]:
+        self.online.history(user_id)   # the real store read too (its answer is the short one)
+        return {k: list(v) for k, v in self.answer.items()}
+
+
+def serving(args) -> dict:
+    """p50/p99 of :meth:`serving.ranker.Ranker.scores` for ``--candidates`` items of one user
+    whose history holds ``--serve-events`` events, with the tower (the params' ``model.history``,
+    ``max_len`` raised to the history's length) against the same model without it, in one run.
+    Features come from the materialised store ``--features`` (the lean reader); the history is
+    the store's read plus a long one made up of catalogue items (the default world keeps 20).
+    Latency does not depend on the weights: the models are untrained."""
+    from dataclasses import replace
+
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from contract.model_input import read_spec, split_path
+    from contract.params import load_config
+    from dlrm.configs import TrainConfig
+    from dlrm.model import DLRM, history_inputs
+    from features.online import OnlineFeatures
+    from serving.ranker import Ranker
+    from serving.requests import ScoreRequest
+
+    torch.set_num_threads(max(1, args.threads))
+    cfg = load_config(TrainConfig, "train", args.params, list(args.set)).model
+    spec = read_spec(args.data)
+    test = pd.read_parquet(split_path(args.data, "test"), columns=["user_id", "item_id"])
+    items = sorted(test["item_id"].astype(str).unique())
+    users = test["user_id"].astype(str).value_counts().index[:50].tolist()
+    rng = np.random.default_rng(0)
+    online = OnlineFeatures(args.features, spec, reader="lean")
+    out: dict = {"events": args.serve_events, "candidates": args.candidates, "requests": args.requests,
+                 "torch_threads": torch.get_num_threads()}
+    for name, enabled in (("without", False), ("with", True)):
+        mc = replace(cfg, history=replace(cfg.history, enabled=enabled,
+                                          max_len=max(cfg.history.max_len, args.serve_events)))
+        torch.manual_seed(0)
+        model = DLRM(mc, len(spec.dense), spec.table_sizes, history=history_inputs(mc, spec)).eval()
+        ranker = Ranker(model, spec, _LongHistories(online, items, args.serve_events))
+        times = []
+        for i in range(args.requests + 10):
+            request = ScoreRequest(users[i % len(users)], tuple(rng.choice(items, args.candidates, replace=False)),
+                                   {"hour": 12})
+            t0 = time.perf_counter()
+            ranker.scores(request)
+            if i >= 10:   # the first calls warm the store's cache and the ops
+                times.append((time.perf_counter() - t0) * 1e3)
+        t = np.asarray(times)
+        out[name] = {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
+                     "mean_ms": float(t.mean())}
+        print(f"  {name} the tower: p50 {out[name]['p50_ms']:.1f} ms, p99 {out[name]['p99_ms']:.1f} ms "
+              f"({args.requests} requests, {args.candidates} candidates, "
+              f"{args.serve_events if enabled else 0}-event history)", flush=True)
+    out["p99_ratio"] = out["with"]["p99_ms"] / out["without"]["p99_ms"]
+    print(f"  with / without: p99 x{out['p99_ratio']:.2f} (target: p99 < 30 ms with the tower; "
+          f"a shared, noisy machine: compare within one run)")
+    return out
+
+
 def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x]
 
@@ -308,6 +483,20 @@ def main() -> None:
     ap.add_argument("--max-gb", type=float, default=4.0, help="skip full attention projected above this")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--parts", default="scaling,depth",
+                    help="comma-separated parts to run: scaling, depth, quality, serving")
+    ap.add_argument("--data", type=Path, default=Path("data/model_input"),
+                    help="quality: the model-ready dir of a generated world")
+    ap.add_argument("--truth", type=Path, default=Path("data/truth"),
+                    help="quality: the planted probabilities (oracle AUC)")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="quality: the parameters file")
+    ap.add_argument("-S", "--set", action="append", default=[], help="quality: override a parameter (train.x=y)")
+    ap.add_argument("--n-boot", type=int, default=1000, help="quality: bootstrap resamples")
+    ap.add_argument("--features", type=Path, default=Path("data/features"),
+                    help="serving: the materialised feature repo (online store)")
+    ap.add_argument("--serve-events", type=int, default=1000, help="serving: events in the user's history")
+    ap.add_argument("--candidates", type=int, default=100, help="serving: candidates per request")
+    ap.add_argument("--requests", type=int, default=300, help="serving: timed requests")
     args = ap.parse_args()
     if args.iters < 1:
         raise ValueError(f"--iters must be >= 1, got {args.iters}")
@@ -320,13 +509,24 @@ def main() -> None:
     print(f"history_bench on {args.device}, torch threads {args.threads or 'default'}, "
           f"{os.cpu_count()} CPUs (shared machines: compare ratios within one run)")
     t0 = time.perf_counter()
-    scale = scaling(args, base)
-    depth = depth_sweep(args, base) if args.depths else []
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - {"scaling", "depth", "quality", "serving"}
+    if unknown:
+        raise ValueError(f"--parts {sorted(unknown)}: expected some of scaling, depth, quality, serving")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "history_bench.json").write_text(json.dumps({"scaling": scale, "depth": depth}, indent=1))
-    plot(scale, depth, args.out / "history_bench.png")
-    print(f"\nwrote {args.out / 'history_bench.json'} and {args.out / 'history_bench.png'} "
-          f"({time.perf_counter() - t0:.0f} s)")
+    if parts & {"scaling", "depth"}:
+        scale = scaling(args, base) if "scaling" in parts else []
+        depth = depth_sweep(args, base) if args.depths and "depth" in parts else []
+        (args.out / "history_bench.json").write_text(json.dumps({"scaling": scale, "depth": depth}, indent=1))
+        plot(scale, depth, args.out / "history_bench.png")
+        print(f"\nwrote {args.out / 'history_bench.json'} and {args.out / 'history_bench.png'}")
+    if "quality" in parts:
+        (args.out / "history_quality.json").write_text(json.dumps(quality(args), indent=1, default=float))
+        print(f"wrote {args.out / 'history_quality.json'}")
+    if "serving" in parts:
+        (args.out / "history_serving.json").write_text(json.dumps(serving(args), indent=1, default=float))
+        print(f"wrote {args.out / 'history_serving.json'}")
+    print(f"({time.perf_counter() - t0:.0f} s)")
 
 
 def _cuda() -> bool:
