@@ -92,6 +92,14 @@ class Ranker:
         self.reads_history = getattr(model, "history", None) is not None
         if self.reads_history and spec.history is None:
             raise ValueError("the model reads the user history but its feature spec records none")
+        if self.reads_history and not hasattr(features, "history"):
+            raise TypeError(f"the model reads the user history; the feature reader {type(features).__name__} "
+                            "has no history(user_id)")
+
+    def histories(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The users' histories from the online store, as the model reads them:
+        ``(values (nnz, C), offsets (U + 1,))`` int64, newest first (see :func:`dlrm.bundle.predict`)."""
+        return self._history_arrays([self._history(ScoreRequest(u, (), {})) for u in user_ids])
 
     def _history(self, request: ScoreRequest) -> dict[str, list]:
         """The user's history as the online store holds it (empty lists for an unknown user)."""

@@ -65,3 +65,28 @@ def test_an_unknown_user_is_ranked_with_an_empty_history(site, tower_ranker):
                                rtol=1e-5, atol=1e-6)
     ranked, scores = tower_ranker.rank(ScoreRequest("nobody-at-all", items, {"hour": 10}))
     assert sorted(ranked) == sorted(items) and scores == sorted(scores, reverse=True)
+
+
+def test_histories_are_the_stores_hashed_by_the_transform(site, tower_ranker):
+    from features.transform import model_columns
+
+    user = site.events["user_id"].value_counts().index[0]
+    values, offsets = tower_ranker.histories([user, "nobody-at-all"])
+    raw = tower_ranker.features.history(user)
+    n = len(raw["hist_item"])
+    assert offsets.tolist() == [0, n, n] and values.shape == (n, len(site.spec.history.names))
+    cols = model_columns({**{k: [v] for k, v in raw.items()}, "event_timestamp": np.zeros(1, "datetime64[ns]")},
+                         1, site.spec)
+    for j, name in enumerate(site.spec.history.names):
+        np.testing.assert_array_equal(values[:, j], cols[name][0])
+
+
+def test_a_reader_without_histories_is_refused(site, tower_ranker):
+    from serving.ranker import Ranker
+
+    class NoHistory:
+        def columns(self, *args, **kw):
+            raise AssertionError("not reached")
+
+    with pytest.raises(TypeError, match="history"):
+        Ranker(tower_ranker.model, site.spec, NoHistory())
