@@ -381,7 +381,11 @@ def breakdown(registry: Path, repo: Path, bodies: list[dict], n: int, batch: int
         t2 = time.perf_counter()
         mi = ModelInput.from_columns(model_columns(cols, len(inst["item_ids"]), spec), spec)
         t3 = time.perf_counter()
-        predict(model.ranker.model, mi, batch_size=len(inst["item_ids"]))
+        shared = None
+        if model.ranker.reads_history:   # a model with the history tower: the user's, once for all items
+            values, offsets = model.ranker.histories([inst["user_id"]])
+            shared = (values, offsets, np.zeros(len(inst["item_ids"]), dtype=np.int64))
+        predict(model.ranker.model, mi, batch_size=len(inst["item_ids"]), histories=shared)
         t4 = time.perf_counter()
         asyncio.run(model.predict(body))
         t5 = time.perf_counter()
