@@ -28,8 +28,11 @@ class Batcher:
             under load the requests that arrive during scoring fill the next batch anyway).
         in_thread: run ``fn`` on a worker thread instead of the loop's (for work long enough
             that other requests must not wait behind it, and that spends its time in
-            torch kernels, which release the interpreter lock: retrieval over a large
-            catalogue); batches still run one at a time.
+            torch kernels, which release the interpreter lock); batches still run one at a
+            time. A worker thread that gives the lock up and takes it back many times
+            waits up to the interpreter's switch interval (5 ms) each time the loop's
+            thread holds it: ``fn`` may instead be a coroutine function that sends only
+            its long kernel to a thread (:meth:`serving.retrieval.Retriever.retrieve` does).
     """
 
     def __init__(self, fn: Callable[[list[Any]], list[Any]], max_requests: int = 32,
@@ -65,7 +68,12 @@ class Batcher:
             self._last_size = len(batch)
             try:
                 requests = [r for r, _ in batch]
-                results = await asyncio.to_thread(self._fn, requests) if self._in_thread else self._fn(requests)
+                if self._in_thread:
+                    results = await asyncio.to_thread(self._fn, requests)
+                else:
+                    results = self._fn(requests)
+                    if asyncio.iscoroutine(results):
+                        results = await results
             except Exception as e:  # noqa: BLE001 - handed to every waiting request (HTTP 500), not swallowed
                 results = [e] * len(batch)
             for (_, fut), res in zip(batch, results):

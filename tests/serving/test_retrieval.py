@@ -230,23 +230,33 @@ def test_over_http_v1_and_v2(site, pushed, model, tmp_path):
         assert len({o["name"]: o for o in body["outputs"]}["item_ids"]["data"]) == 2
 
 
-def test_concurrent_requests_share_one_retrieval_batch_and_get_each_their_own_top(site, pushed, model):
-    users = [("u3", CONTEXT), ("u5", {"device": "desktop"}), ("u7", CONTEXT)]
-    calls = []
-    search = model.retriever._search
+@pytest.mark.parametrize("exact_on_loop", [1_000_000, 0])   # 30 items: on the loop / on a worker thread
+def test_concurrent_requests_share_one_retrieval_batch_and_get_each_their_own_top(site, pushed, model, monkeypatch,
+                                                                                  exact_on_loop):
+    import threading
 
-    def counted(wanted):
+    import serving.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "EXACT_ON_LOOP", exact_on_loop)
+    users = [("u3", CONTEXT), ("u5", {"device": "desktop"}), ("u7", CONTEXT)]
+    calls, threads = [], []
+    search, exact = model.retriever._search_async, model.retriever._exact
+
+    async def counted(wanted):
         calls.append(len(wanted))
-        return search(wanted)
+        return await search(wanted)
+
+    def where(*args):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return exact(*args)
 
     async def all_at_once():
         return await asyncio.gather(*(model.retriever.retrieve([RetrieveRequest(u, 5, c)]) for u, c in users))
 
-    model.retriever.batcher._fn = counted
-    try:
-        got = asyncio.run(all_at_once())
-    finally:
-        model.retriever.batcher._fn = search
-    assert sorted(calls, reverse=True)[0] >= 2 and sum(calls) == 3     # batched on the retrieval thread
+    monkeypatch.setattr(model.retriever.batcher, "_fn", counted)
+    monkeypatch.setattr(model.retriever, "_exact", where)
+    got = asyncio.run(all_at_once())
+    assert max(calls) >= 2 and sum(calls) == 3                       # batched: one tower call, one pass
+    assert threads == [exact_on_loop > 0] * len(calls)               # the pass ran on the loop / off it
     for (user, context), (cand,) in zip(users, got):
         assert list(cand.items) == _exact_top(site, pushed.registry, user, context, CFG.retrieve_candidates)

@@ -62,3 +62,19 @@ def test_in_thread_batches_take_the_requests_that_came_meanwhile_and_pass_errors
     first, second, err = asyncio.run(main())
     assert (first, second, err) == ([10], [20], "bad -4")
     assert seen == [[1], [2, 3, -4]]   # the two that queued behind the first became one batch
+
+
+def test_a_coroutine_function_is_awaited_once_per_batch() -> None:
+    seen: list[list[int]] = []
+
+    async def fn(requests: list[int]) -> list[int]:
+        seen.append(list(requests))
+        await asyncio.sleep(0)
+        return [r + 1 for r in requests]
+
+    async def main() -> list[list[int]]:
+        batcher = Batcher(fn, max_requests=8, wait_s=0.0)
+        return await asyncio.gather(batcher.submit([1]), batcher.submit([2, 3]))
+
+    assert asyncio.run(main()) == [[2], [3, 4]]
+    assert seen == [[1, 2, 3]]
