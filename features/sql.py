@@ -22,7 +22,9 @@ event.
 The user history (:func:`user_history`) follows the same grid: the row of user u stamped D
 holds u's last ``length`` events strictly before D, newest first, as list columns. It is
 built by equi-joins only (each grid row expands to its ``min(events before D, length)``
-positions, joined on (user, rank of the event)), so its cost follows its output.
+positions, joined on (user, rank of the event)), over only the last ``length`` events of each
+(user, day) (no other event is ever among a later day's last ``length``), so its cost follows
+its output.
 """
 
 from __future__ import annotations
@@ -307,16 +309,21 @@ hist_grid AS (
     SELECT k, {int(snapshot_day)} AS d, 0 AS o FROM hist_day GROUP BY k
 ),
 hist_before AS (
-    -- events of the user before the row's day
-    SELECT k, d, CAST(COALESCE(SUM(o) OVER (PARTITION BY k ORDER BY d
+    -- c: the user's kept events (below) before the row's day
+    SELECT k, d, CAST(COALESCE(SUM(LEAST(o, CAST({int(length)} AS BIGINT))) OVER (PARTITION BY k ORDER BY d
                                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS BIGINT) AS c
     FROM hist_grid
 ),
 hist_ranked AS (
-    -- r: the event's rank in its user's events, oldest first
-    SELECT user_id AS k, day, item_id, category_l1, purchased,
-           ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts_ns, seq) AS r
-    FROM events
+    -- only the last `length` events of each (user, day) can be among the last `length`
+    -- before a later day, so only they are kept; r: the rank of a kept event in its user's
+    -- kept events, oldest first (the kept events before D are a prefix: ranks 1 .. c)
+    SELECT k, day, item_id, category_l1, purchased,
+           ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts_ns, seq) AS r
+    FROM (SELECT user_id AS k, day, ts_ns, seq, item_id, category_l1, purchased,
+                 ROW_NUMBER() OVER (PARTITION BY user_id, day ORDER BY ts_ns DESC, seq DESC) AS rd
+          FROM events) last_of_day
+    WHERE rd <= {int(length)}
 ),
 hist_pos AS (
     -- j = 0 .. min(c, length) - 1: the j-th latest event before the row's day has rank c - j
