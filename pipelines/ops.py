@@ -192,6 +192,7 @@ def retrieval_op(params: dict, generate: dict, model_input: Input[Dataset], vali
     """Whole-catalogue retrieval (user/context tower -> softmax over every item, SLIDE's LSH
     softmax or a baseline) trained on the purchases; Recall@10/@100 and P@1 on the test window,
     and the oracle's, from the generator's world rebuilt with the ``generate`` section."""
+    import json
     import math
     import tempfile
     from pathlib import Path
@@ -207,6 +208,8 @@ def retrieval_op(params: dict, generate: dict, model_input: Input[Dataset], vali
     for key, value in res.metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             metrics.log_metric(key, float(value))
+    # the JSON also as the artifact's file: the monitor puts it on its dashboard
+    Path(metrics.path).write_text(json.dumps(res.metrics, indent=2, default=str))
     model.metadata.update({k: res.metrics[k] for k in ("method", "items", "recall_at_100")})
     model.metadata["framework"] = "pytorch"
 
@@ -230,10 +233,11 @@ def push_op(params: dict, model: Input[Model], metrics: Input[Metrics], model_in
 
 
 @_component
-def monitor_op(params: dict, model_input: Input[Dataset], model: Input[Model], report: Output[HTML],
-               drift: Output[Metrics]):
-    """Evidently drift report of the newest window against the reference; fails on drift
-    when monitor.fail_on_drift, so a scheduled run alerts."""
+def monitor_op(params: dict, model_input: Input[Dataset], model: Input[Model], retrieval_metrics: Input[Metrics],
+               report: Output[HTML], drift: Output[Metrics]):
+    """Evidently drift report of the newest window against the reference, with the retrieval
+    model's metrics (``retrieval_metrics``: the retrieval step's JSON); fails on drift when
+    monitor.fail_on_drift, so a scheduled run alerts."""
     import json
     import tempfile
     from pathlib import Path
@@ -244,7 +248,8 @@ def monitor_op(params: dict, model_input: Input[Dataset], model: Input[Model], r
 
     cfg = from_dict(MonitorConfig, params, "monitor")
     scratch = Path(tempfile.mkdtemp(prefix="monitor-"))
-    res = monitor(cfg, Path(model_input.path), Path(model.path), Path(report.path), scratch / "drift.json")
+    res = monitor(cfg, Path(model_input.path), Path(model.path), Path(report.path), scratch / "drift.json",
+                  retrieval_metrics=Path(retrieval_metrics.path))
     summary = res.summary
     drift.log_metric("drift_detected", float(res.drift_detected))
     for key in ("drift_share", "drifted_count"):

@@ -57,11 +57,12 @@ def _sized(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
 
 def _train_and_ship(gpu: bool, train: dict, evaluate: dict, push: dict, monitor: dict,
                     model_input: PipelineChannel, truth: PipelineChannel, workers: PipelineChannel,
-                    train_staging: PipelineChannel, retrieval: PipelineChannel) -> None:
+                    train_staging: PipelineChannel, retrieval: PipelineChannel,
+                    retrieval_metrics: PipelineChannel) -> None:
     """Adds the steps after the features to the current branch: train -> evaluate -> push
     (with the retrieval model ``retrieval``), which runs only when the evaluate gate
-    passed; and the drift monitor of the newest
-    window, scored by the trained model. The train step is a TrainJob of ``workers`` nodes
+    passed; and the drift monitor of the newest window, scored by the trained model, with
+    the retrieval model's metrics (``retrieval_metrics``) on its dashboard. The train step is a TrainJob of ``workers`` nodes
     when ``workers > 1`` (GPU nodes when ``gpu``), else one pod (on a GPU node when ``gpu``).
 
     Called once in each branch of ``device == "cuda"`` and of ``workers > 1``, so no
@@ -72,16 +73,16 @@ def _train_and_ship(gpu: bool, train: dict, evaluate: dict, push: dict, monitor:
     with dsl.If(workers > 1, name="train-job"):
         job = _sized(train_job_op(params=train, device=device, workers=workers, staging=train_staging, image=IMAGE,
                                   model_input=model_input), "train_job")
-        _ship(job, evaluate, push, monitor, model_input, truth, retrieval)
+        _ship(job, evaluate, push, monitor, model_input, truth, retrieval, retrieval_metrics)
     with dsl.Else(name="train-pod"):
         trained = _sized(train_op(params=train, device=device, model_input=model_input), "train")
         if gpu:
             trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-        _ship(trained, evaluate, push, monitor, model_input, truth, retrieval)
+        _ship(trained, evaluate, push, monitor, model_input, truth, retrieval, retrieval_metrics)
 
 
 def _ship(trained: dsl.PipelineTask, evaluate: dict, push: dict, monitor: dict, model_input: PipelineChannel,
-          truth: PipelineChannel, retrieval: PipelineChannel) -> None:
+          truth: PipelineChannel, retrieval: PipelineChannel, retrieval_metrics: PipelineChannel) -> None:
     """evaluate -> (gate) push with the retrieval model, and monitor, of the model ``trained`` wrote."""
     evaluated = _sized(evaluate_op(params=evaluate, model=trained.outputs["model"],
                                    model_input=model_input, truth=truth), "evaluate")
@@ -89,7 +90,8 @@ def _ship(trained: dsl.PipelineTask, evaluate: dict, push: dict, monitor: dict, 
         _sized(push_op(params=push, model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
                        model_input=model_input, retrieval=retrieval),
                "push")
-    _sized(monitor_op(params=monitor, model_input=model_input, model=trained.outputs["model"]), "monitor")
+    _sized(monitor_op(params=monitor, model_input=model_input, model=trained.outputs["model"],
+                      retrieval_metrics=retrieval_metrics), "monitor")
 
 
 @dsl.pipeline(
@@ -120,7 +122,7 @@ def robe_dlrm_pipeline(
                                     validated=val.outputs["validated"]), "retrieval")
     tail = dict(train=train, evaluate=evaluate, push=push, monitor=monitor, model_input=feat.outputs["model_input"],
                 truth=gen.outputs["truth"], workers=workers, train_staging=train_staging,
-                retrieval=retrieved.outputs["model"])
+                retrieval=retrieved.outputs["model"], retrieval_metrics=retrieved.outputs["metrics"])
     with dsl.If(device == "cuda", name="train-on-gpu"):
         _train_and_ship(gpu=True, **tail)
     with dsl.Else(name="train-on-cpu"):
