@@ -337,7 +337,7 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
 
     # the next batch is read and the last one's files written on threads while GX checks one
     with atomic_dir(out_dir) as out_tmp, atomic_dir(quarantine_dir) as q_tmp, atomic_dir(reports_dir) as r_tmp, \
-            BackgroundCalls(depth=2) as writes:
+            BackgroundCalls(depth=1) as writes:
         for b, (table, day) in enumerate(prefetched(_batches(input_dir, cfg.batch_rows), depth=1)):
             n = table.num_rows
             gx_counts, record = runner.run(_gx_frame(table))
