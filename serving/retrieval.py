@@ -28,11 +28,12 @@ A request without ``item_ids`` is answered in two stages, retrieval then ranking
    items). Above ``EXACT_ON_LOOP`` items the exact pass (one product and one top-k: a
    handful of interpreter-lock hand-offs) runs on a worker thread, so the server's event
    loop keeps reading sockets and ranking other requests meanwhile; everything else
-   (online store, tower, LSH probes: a few milliseconds) stays on the loop. Running the
-   whole retrieval on a thread was measured worse for the recommending client: each of
-   its many small torch calls waited up to the 5 ms switch interval for the lock while
-   the loop ranked (1M items, a recommending and a ranking client: recommend p50 185 ms
-   against 78 ms on the loop).
+   (online store, tower, LSH probes: a few milliseconds) stays on the loop, where a
+   thread would wait for the interpreter lock at each small torch call while the loop
+   ranks. The price on a busy machine: the pass now shares the CPU with the ranking it no
+   longer holds up, so under a recommending and a ranking client at once the ranking
+   client waits far less and the recommending one longer (measured with
+   ``benchmarks/retrieve_bench.py --mixed``).
 
 2. **Ranking.** The DLRM ranker scores those candidates as it scores a request's
    ``item_ids`` (:class:`serving.ranker.Ranker`); the best ``k`` are answered.
