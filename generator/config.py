@@ -12,8 +12,8 @@ import pandas as pd
 @dataclass(frozen=True)
 class GenerateConfig:
     rows: int = 600_000              # transactions (offers) to generate
-    users: int = 20_000
-    items: int = 5_000
+    users: int = 3_000
+    items: int = 1_500
     days: int = 42                   # window: [start_date, start_date + days)
     start_date: str = "2026-09-17"   # UTC
     seed: int = 7
@@ -24,8 +24,8 @@ class GenerateConfig:
     chunk_rows: int = 100_000        # rows per chunk and part file (bounds memory)
     base_rate: float = 0.05          # mean planted purchase probability (before repeat purchases)
     # the terms only an id (or its history) can carry; 0 switches one off
-    item_taste: float = 1.0          # weight of user taste x the item's own deviation from its category
-    user_taste: float = 0.6          # weight of a per-user taste vector that browsing does not reveal
+    item_taste: float = 1.5          # weight of user taste x the item's own deviation from its category
+    user_taste: float = 1.0          # weight of a per-user taste vector that browsing does not reveal
     replenish: float = 1.5           # weight of re-buying a consumable bought 20-60 days earlier (0: no
                                      # repeat effect and no buy-again offers)
     user_zipf: float = 0.7           # events per user ~ 1 / rank**user_zipf (heavy users: thousands)
