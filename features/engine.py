@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from contract.background import prefetched
 from features import sql
 
 ENGINES = ("duckdb", "spark")
@@ -96,46 +97,13 @@ class DuckDBEngine:
 
 
 def _prefetched(reader, depth: int) -> Iterator["object"]:
-    """The non-empty batches of ``reader``, read by a background thread ``depth`` ahead;
-    errors of the reader are raised here, and stopping early stops the thread."""
-    import queue
-    import threading
-
+    """The non-empty batches of ``reader``, read by a background thread ``depth`` ahead
+    (:func:`contract.background.prefetched`; ``depth`` < 1: read in the caller)."""
+    batches = (b for b in reader if b.num_rows)
     if depth < 1:
-        yield from (b for b in reader if b.num_rows)
+        yield from batches
         return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def work() -> None:
-        try:
-            for b in reader:
-                if stop.is_set():
-                    return
-                if b.num_rows:
-                    q.put(b)
-            q.put(done)
-        except BaseException as err:  # handed to the consumer
-            q.put(err)
-
-    thread = threading.Thread(target=work, name="engine-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
+    yield from prefetched(batches, depth)
 
 
 class SparkEngine:
