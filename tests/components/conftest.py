@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,3 +100,16 @@ def make_frame():
 @pytest.fixture
 def make_vconfig():
     return validate_config
+
+
+def train_args(root: Path, out: str, *extra: str) -> list[str]:
+    """`robeflow train` arguments for a project dir holding data/model_input and params.yaml;
+    the outputs go under ``root / out``."""
+    return ["train", "--input", str(root / "data/model_input"), "--model-out", str(root / out / "model"),
+            "--checkpoints", str(root / out / "checkpoints"), "--reports", str(root / out / "reports"),
+            "--params", str(root / "params.yaml"), *extra]
+
+
+def train_metrics(root: Path, out: str) -> dict:
+    """The train_metrics.json of the run that wrote under ``root / out``."""
+    return json.loads((root / out / "reports/train_metrics.json").read_text())

@@ -3,9 +3,6 @@ memory, streamed, with 2 workers and resumed, and the bundle carries it."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +10,7 @@ import yaml
 
 from contract.spec import DenseFeature, FeatureSpec, HistoryColumn, HistorySpec, SparseFeature
 from pipelines.cli import main
+from tests.components.conftest import train_args, train_metrics
 
 ITEMS, USERS = 40, 100
 SPEC = FeatureSpec(
@@ -57,24 +55,14 @@ def project(tmp_path):
     return tmp_path
 
 
-def _args(root: Path, out: str, *extra: str) -> list[str]:
-    return ["train", "--input", str(root / "data/model_input"), "--model-out", str(root / out / "model"),
-            "--checkpoints", str(root / out / "checkpoints"), "--reports", str(root / out / "reports"),
-            "--params", str(root / "params.yaml"), *extra]
-
-
-def _metrics(root: Path, out: str) -> dict:
-    return json.loads((root / out / "reports/train_metrics.json").read_text())
-
-
 @pytest.mark.slow
 def test_two_workers_train_the_tower_resume_and_the_bundle_carries_it(project, capfd):
     from dlrm.bundle import load_model
 
-    assert main(_args(project, "two", "--workers", "2")) == 0
+    assert main(train_args(project, "two", "--workers", "2")) == 0
     assert "history tower over the last 6 events" in capfd.readouterr().err
-    assert main(_args(project, "two", "--workers", "2", "--resume", "-S", "train.epochs=2")) == 0
-    m = _metrics(project, "two")
+    assert main(train_args(project, "two", "--workers", "2", "--resume", "-S", "train.epochs=2")) == 0
+    m = train_metrics(project, "two")
     assert m["workers"] == 2 and m["steps"] == 20
     model, doc = load_model(project / "two/model")
     assert model.history is not None and doc["history"]["columns"] == list(SPEC.history.names)
@@ -84,9 +72,9 @@ def test_two_workers_train_the_tower_resume_and_the_bundle_carries_it(project, c
 def test_streamed_training_reads_the_history_and_off_ignores_it(project):
     from dlrm.bundle import load_model
 
-    assert main(_args(project, "stream", "-S", "train.stream=true")) == 0
-    assert _metrics(project, "stream")["streamed"] is True
+    assert main(train_args(project, "stream", "-S", "train.stream=true")) == 0
+    assert train_metrics(project, "stream")["streamed"] is True
     assert load_model(project / "stream/model")[0].history is not None
-    assert main(_args(project, "off", "-S", "train.model.history.enabled=false")) == 0
+    assert main(train_args(project, "off", "-S", "train.model.history.enabled=false")) == 0
     model, doc = load_model(project / "off/model")
     assert model.history is None and doc["history"] is None

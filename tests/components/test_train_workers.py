@@ -16,6 +16,7 @@ import yaml
 from dlrm import load_model
 from dlrm.synthetic import write_planted_dir
 from pipelines.cli import main
+from tests.components.conftest import train_args, train_metrics
 
 CRITEO_SAMPLE = Path(__file__).parents[1] / "data" / "criteo_sample_200.csv"
 TRAIN = {
@@ -35,16 +36,6 @@ def project(tmp_path):
     return tmp_path
 
 
-def train_args(root: Path, out: str, *extra: str) -> list[str]:
-    return ["train", "--input", str(root / "data/model_input"), "--model-out", str(root / out / "model"),
-            "--checkpoints", str(root / out / "checkpoints"), "--reports", str(root / out / "reports"),
-            "--params", str(root / "params.yaml"), *extra]
-
-
-def _metrics(root: Path, out: str) -> dict:
-    return json.loads((root / out / "reports/train_metrics.json").read_text())
-
-
 def _steps(root: Path, out: str) -> list[int]:
     return [int(r["step"]) for r in csv.DictReader((root / out / "reports/auc_steps.csv").open())]
 
@@ -59,7 +50,7 @@ def test_train_cli_with_two_workers_matches_one_and_resumes(project):
     assert _steps(project, "two") == [10, 20, 30, 32]
     # a second epoch, resumed with 2 workers from the first's last checkpoint
     assert main(train_args(project, "two", "--workers", "2", "--resume", "-S", "train.epochs=2")) == 0
-    one, two = _metrics(project, "one"), _metrics(project, "two")
+    one, two = train_metrics(project, "one"), train_metrics(project, "two")
     assert two["workers"] == 2 and one["workers"] == 1
     assert (two["steps"], two["samples"]) == (one["steps"], one["samples"]) == (64, 8000)
     # the first run's end added an evaluation at 32 (its last step), as one process does
@@ -113,7 +104,7 @@ def test_the_same_command_runs_as_each_worker_of_a_torchrun_style_world(project)
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    metrics = _metrics(project, "env")
+    metrics = train_metrics(project, "env")
     assert metrics["workers"] == 2 and metrics["steps"] == 32 and metrics["samples"] == 4000
     assert "data-parallel workers" in outs[0] and "training rows" not in outs[1]  # rank 0 logs
 
@@ -124,7 +115,7 @@ def test_a_streamed_model_ready_split_is_sharded_over_two_workers(project):
     half of each global batch; together they train on every row once per epoch."""
     assert main(train_args(project, "two", "--workers", "2", "-S", "train.epochs=1", "-S", "train.stream=true",
                            "-S", "train.stream_buffer=1000")) == 0
-    two = _metrics(project, "two")
+    two = train_metrics(project, "two")
     # 2000 rows a rank in parts of 64: 31 full parts and one of 16
     assert two["workers"] == 2 and two["streamed"] and (two["samples"], two["steps"]) == (4000, 32)
     assert two["valid_auc"] > 0.7
