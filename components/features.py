@@ -204,8 +204,10 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
 
         extra = {"splits": {s: [_stamp(d[0]), _stamp(d[-1])] for s, d in splits.items()},
                  "snapshot": str(data.snapshot)}
+        (typical_price,) = engine.rows(sql.typical_price())[0]
         spec = feature_spec(as_dict(cfg.tables), stats, cfg.max_query_terms, cfg.default_position, extra=extra,
-                            history_len=cfg.history_len)
+                            history_len=cfg.history_len,
+                            price_fill=0.0 if typical_price is None else float(typical_price))
         hashed = _hashed_history(engine, spec, Path(work), cfg.batch_rows)
         split_rows = {}
         with atomic_dir(model_input_dir) as mdir:

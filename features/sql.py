@@ -391,6 +391,12 @@ def data_summary() -> str:
             "MIN(day) AS first_day, MAX(day) AS last_day FROM events")
 
 
+def typical_price() -> str:
+    """SELECT of the median offer price, to the cent (NULL without prices): the price a
+    request that gives none is scored at when the item's own price is unknown too."""
+    return "SELECT ROUND(MEDIAN(price), 2) FROM events WHERE price IS NOT NULL"
+
+
 def event_days() -> str:
     """SELECT of the distinct days with events, in order."""
     return "SELECT DISTINCT day FROM events ORDER BY day"

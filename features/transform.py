@@ -76,7 +76,8 @@ HISTORY_IDS: dict[str, str | None] = {
 
 
 def feature_spec(table_sizes: Mapping[str, int], stats: StatsParams, max_query_terms: int = 8,
-                 default_position: int = 1, extra: Mapping | None = None, history_len: int = 0) -> FeatureSpec:
+                 default_position: int = 1, extra: Mapping | None = None, history_len: int = 0,
+                 price_fill: float = 0.0) -> FeatureSpec:
     """The spec of the ``dlrm_v1`` model input.
 
     Args:
@@ -87,6 +88,9 @@ def feature_spec(table_sizes: Mapping[str, int], stats: StatsParams, max_query_t
         extra: more provenance to record (e.g. the split windows).
         history_len: > 0: the rows carry the user's last ``history_len`` events as the
             list columns of :data:`HISTORY_IDS` (``spec.history``); 0: no history.
+        price_fill: the offer price of a row that gives none and whose item has no known
+            price (an item the store does not know): a typical price, so such an offer does
+            not look free.
     """
     unknown = sorted(set(table_sizes) - set(SPARSE_SOURCES))
     absent = [f for f in SPARSE_SOURCES if f not in table_sizes]
@@ -103,6 +107,9 @@ def feature_spec(table_sizes: Mapping[str, int], stats: StatsParams, max_query_t
     fill = {name: 0.0 for name, _ in DENSE}
     fill.update({n: stats.rate_prior for n, _ in DENSE if "_rate_" in n})
     fill["user_days_since_purchase"] = float(stats.days_since_cap)
+    if not (np.isfinite(price_fill) and price_fill >= 0):
+        raise ValueError(f"price_fill must be a finite price >= 0, got {price_fill}")
+    fill["price"] = float(price_fill)
     return FeatureSpec(
         dense=tuple(DenseFeature(n, t) for n, t in DENSE),  # type: ignore[arg-type]
         sparse=tuple(SparseFeature(n, int(table_sizes[n]), multi_hot=n in MULTI_HOT)

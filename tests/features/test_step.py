@@ -31,6 +31,11 @@ def test_every_event_lands_in_exactly_one_split_by_time(built, events, tables):
     assert spec.extra["splits"]["test"] == [str(days[-2].date()), str(days[-1].date())]
 
 
+def test_the_price_fill_is_the_median_offer_price(events, tables):
+    spec, _ = tables
+    assert spec.extra["fill"]["price"] == pytest.approx(round(float(events["price"].median()), 2))
+
+
 def test_every_table_loads_as_model_input(tables):
     spec, parts = tables
     for name, part in parts.items():

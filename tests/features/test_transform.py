@@ -47,6 +47,17 @@ def test_missing_features_are_filled_as_an_entity_without_history(spec):
     assert mi.num_rows == 2 and mi.labels is None
 
 
+def test_an_offer_without_a_price_of_an_unknown_item_is_scored_at_the_typical_price():
+    spec = feature_spec(SIZES, STATS, price_fill=24.99)
+    rows = bare_rows()
+    out = build_model_frame(rows, spec)
+    assert out["price"].tolist() == pytest.approx([np.log1p(24.99)] * 2)
+    rows["item_price"] = [9.99, np.nan]             # the item's last known price comes first
+    assert build_model_frame(rows, spec)["price"].tolist() == pytest.approx([np.log1p(9.99), np.log1p(24.99)])
+    with pytest.raises(ValueError, match="price_fill"):
+        feature_spec(SIZES, STATS, price_fill=float("nan"))
+
+
 def test_values_become_transformed_dense_and_hashed_ids(spec):
     rows = bare_rows().assign(user_offers_30d=[3, None], item_price=[9.0, 4.0], price=[None, 2.5],
                               item_brand=["acme", None], purchased=[1, 0], event_id=["a", "b"])
