@@ -21,25 +21,20 @@ class Batcher:
     scored the loop reads no sockets; the requests that came meanwhile form the next batch.
 
     Args:
-        fn: requests -> one result (or an exception instance) per request.
+        fn: requests -> one result (or an exception instance) per request. A coroutine
+            function is awaited, so it can send its long part to a worker thread while the
+            loop serves other requests (:meth:`serving.retrieval.Retriever.retrieve` does).
         max_requests: most requests per batch.
         wait_s: how long a batch waits for company when the previous batch held more
             than one request (under one client at a time waiting only adds latency, and
             under load the requests that arrive during scoring fill the next batch anyway).
-        in_thread: run ``fn`` on a worker thread instead of the loop's (for work long enough
-            that other requests must not wait behind it, and that spends its time in
-            torch kernels, which release the interpreter lock); batches still run one at a
-            time. A worker thread that gives the lock up and takes it back many times
-            waits up to the interpreter's switch interval (5 ms) each time the loop's
-            thread holds it: ``fn`` may instead be a coroutine function that sends only
-            its long kernel to a thread (:meth:`serving.retrieval.Retriever.retrieve` does).
     """
 
     def __init__(self, fn: Callable[[list[Any]], list[Any]], max_requests: int = 32,
-                 wait_s: float = 0.001, in_thread: bool = False):
+                 wait_s: float = 0.001):
         if max_requests < 1:
             raise ValueError(f"max_requests must be >= 1, got {max_requests}")
-        self._fn, self._max, self._wait, self._in_thread = fn, max_requests, wait_s, bool(in_thread)
+        self._fn, self._max, self._wait = fn, max_requests, wait_s
         self._last_size = 1  # requests in the previous batch: >1 means concurrent clients
         self._pending: list[tuple[ScoreRequest, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
@@ -67,13 +62,9 @@ class Batcher:
             batch, self._pending = self._pending[:self._max], self._pending[self._max:]
             self._last_size = len(batch)
             try:
-                requests = [r for r, _ in batch]
-                if self._in_thread:
-                    results = await asyncio.to_thread(self._fn, requests)
-                else:
-                    results = self._fn(requests)
-                    if asyncio.iscoroutine(results):
-                        results = await results
+                results = self._fn([r for r, _ in batch])
+                if asyncio.iscoroutine(results):
+                    results = await results
             except Exception as e:  # noqa: BLE001 - handed to every waiting request (HTTP 500), not swallowed
                 results = [e] * len(batch)
             for (_, fut), res in zip(batch, results):

@@ -99,16 +99,16 @@ class Ranker:
     def histories(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The users' histories from the online store, as the model reads them:
         ``(values (nnz, C), offsets (U + 1,))`` int64, newest first (see :func:`dlrm.bundle.predict`)."""
-        return self._history_arrays([self._history(ScoreRequest(u, (), {})) for u in user_ids])
+        return self._history_arrays([self._history(u) for u in user_ids])
 
-    def _history(self, request: ScoreRequest) -> dict[str, list]:
+    def _history(self, user_id: str) -> dict[str, list]:
         """The user's history as the online store holds it (empty lists for an unknown user)."""
         if not self.reads_history:
             return {}
         try:
-            return self.features.history(request.user_id)
+            return self.features.history(user_id)
         except ValueError as e:
-            raise InvalidInput(f"cannot read the history of user {request.user_id!r}: {e}") from None
+            raise InvalidInput(f"cannot read the history of user {user_id!r}: {e}") from None
 
     def _history_arrays(self, hists: Sequence[dict[str, list]]) -> tuple[np.ndarray, np.ndarray]:
         """The requests' raw histories -> ``(values (nnz, C), offsets (U + 1,))`` int64, ids
@@ -170,7 +170,7 @@ class Ranker:
         with batch_read:
             for i, request in enumerate(requests):
                 try:
-                    part, hist = self._columns(request), self._history(request)
+                    part, hist = self._columns(request), self._history(request.user_id)
                 except InvalidInput as e:
                     out[i] = e
                     continue

@@ -241,9 +241,9 @@ class Retriever:
         return out  # type: ignore[return-value]
 
     async def retrieve(self, requests: Sequence[RetrieveRequest]) -> list[Candidates]:
-        """The requests' candidates, as :meth:`retrieve_many`, with the tower and the search on
-        the retrieval thread, batched with the requests that arrive meanwhile (the online
-        store is read here, on the caller's thread). Raises the first request's InvalidInput."""
+        """The requests' candidates, as :meth:`retrieve_many`, batched with the requests that
+        arrive meanwhile (:meth:`_search_async`: above ``EXACT_ON_LOOP`` items the exact pass
+        runs on a worker thread). Raises the first request's InvalidInput."""
         out = [self._read(r) for r in requests]
         for got in out:
             if isinstance(got, InvalidInput):

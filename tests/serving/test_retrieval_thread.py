@@ -1,5 +1,6 @@
-"""Retrieval off the event loop: a batcher with ``in_thread`` runs its work on a worker
-thread, so the loop keeps serving (ranking other requests) while a slow search runs."""
+"""Retrieval off the event loop: a batcher whose function is a coroutine that sends its
+work to a worker thread lets the loop keep serving (ranking other requests) while a slow
+search runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import threading
 from serving.batcher import Batcher
 
 
-def test_in_thread_batches_leave_the_loop_free_while_they_run() -> None:
+def _on_a_thread(fn):
+    async def run(requests):
+        return await asyncio.to_thread(fn, requests)
+    return run
+
+
+def test_batches_sent_to_a_thread_leave_the_loop_free_while_they_run() -> None:
     release, loop_ran = threading.Event(), []
 
     def slow(requests: list[str]) -> list[str]:
@@ -19,7 +26,7 @@ def test_in_thread_batches_leave_the_loop_free_while_they_run() -> None:
         return [f"{r}:{'free' if ok else 'blocked'}" for r in requests]
 
     async def main() -> list[str]:
-        batcher = Batcher(slow, max_requests=8, wait_s=0.0, in_thread=True)
+        batcher = Batcher(_on_a_thread(slow), max_requests=8, wait_s=0.0)
         search = asyncio.create_task(batcher.submit(["a", "b"]))
 
         async def other_request() -> None:
@@ -34,7 +41,7 @@ def test_in_thread_batches_leave_the_loop_free_while_they_run() -> None:
     assert loop_ran == [True]
 
 
-def test_in_thread_batches_take_the_requests_that_came_meanwhile_and_pass_errors_on() -> None:
+def test_batches_sent_to_a_thread_take_the_requests_that_came_meanwhile_and_pass_errors_on() -> None:
     seen: list[list[int]] = []
     gate = threading.Event()
 
@@ -45,7 +52,7 @@ def test_in_thread_batches_take_the_requests_that_came_meanwhile_and_pass_errors
         return [ValueError(f"bad {r}") if r < 0 else r * 10 for r in requests]
 
     async def main() -> tuple[list[int], list[int], str]:
-        batcher = Batcher(fn, max_requests=8, wait_s=0.0, in_thread=True)
+        batcher = Batcher(_on_a_thread(fn), max_requests=8, wait_s=0.0)
         first = asyncio.create_task(batcher.submit([1]))
         await asyncio.sleep(0.01)
         second = asyncio.create_task(batcher.submit([2]))
