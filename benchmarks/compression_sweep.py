@@ -21,9 +21,20 @@ then bootstrapped on the same stratified resamples of the test rows, so that
 ``--no-id`` adds the full-table model trained and tested with the ``--id-features`` set to
 one constant id (what the model learns without ids: the rest of the features only).
 
+``--criteo PATH`` runs the same sweep on Criteo-format data instead (a TSV/CSV file or a
+folder of parts, e.g. ``robeflow generate --format criteo``), where nothing but the ids and
+a few counts describe an offer. The rows are in time order; the latest ``--test-fraction``
+form the test window and the same share before it the validation window. Each categorical
+feature's table holds one row per value seen in the training rows plus one for values it
+never saw, so full tables are exact (no hash collisions) and every compression is measured
+against the rows training actually used. ``--truth`` is read in the files' row order (as
+the generator writes it) for the oracle.
+
     .venv/bin/python benchmarks/compression_sweep.py                       # 3 seeds, every row
     .venv/bin/python benchmarks/compression_sweep.py --rows 100000 --seeds 0 --no-id
     .venv/bin/python benchmarks/compression_sweep.py --backends robe --compressions 1000
+    .venv/bin/python benchmarks/compression_sweep.py --criteo data/criteo --truth data/criteo_truth \
+        --no-id --id-features C1,C2
 
 Writes ``<out>/compression_sweep.{md,json,png}`` and prints the Markdown table.
 """
@@ -59,6 +70,44 @@ def oracle_auc(frame: pd.DataFrame, labels: np.ndarray, truth_dir: Path) -> floa
                                              ["purchase_prob"].rename(index=str)).to_numpy(np.float64)
     known = ~np.isnan(prob)
     return auc(labels[known], prob[known]) if known.any() else None
+
+
+def criteo_world(path: Path, truth_dir: Path, test_fraction: float
+                 ) -> tuple[FeatureSpec, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], float | None]:
+    """Criteo rows in time order -> (spec, (train, valid, test) model-ready frames, the
+    oracle AUC of the test rows or None): the latest ``test_fraction`` of the rows test, the
+    share before them validation; categorical ids from the training rows' vocabulary (0: a
+    value training never saw)."""
+    from dlrm.stream import criteo_files
+    from features.criteo import CAT_COLUMNS, criteo_model_frame, criteo_spec, read_criteo
+
+    if not 0 < test_fraction < 0.5:
+        raise ValueError(f"--test-fraction = {test_fraction}; expected 0 < x < 0.5")
+    raw = pd.concat([read_criteo(f) for f in criteo_files(path)], ignore_index=True)
+    n = len(raw)
+    n_test = max(1, round(n * test_fraction))
+    cut_valid, cut_test = n - 2 * n_test, n - n_test
+    if cut_valid < 1:
+        raise ValueError(f"{path}: {n} rows are too few for a test and a validation share of {test_fraction}")
+    frame, _ = criteo_model_frame(raw, 1)      # label and dense columns; ids replaced below
+    sizes = []
+    for c in CAT_COLUMNS:
+        values = raw[c].fillna("").to_numpy(dtype=object)
+        vocab = pd.Index(pd.unique(values[:cut_valid]))
+        frame[c] = vocab.get_indexer(values).astype(np.int64) + 1      # -1 (unseen) -> 0
+        sizes.append(len(vocab) + 1)
+    spec = criteo_spec(sizes)
+    parts = (frame.iloc[:cut_valid], frame.iloc[cut_valid:cut_test], frame.iloc[cut_test:])
+    parts = tuple(p.reset_index(drop=True) for p in parts)
+    oracle = None
+    truth_files = sorted(Path(truth_dir).glob("*.parquet")) if Path(truth_dir).is_dir() else []
+    if truth_files:
+        prob = pd.concat([pd.read_parquet(f, columns=["purchase_prob"]) for f in truth_files],
+                         ignore_index=True)["purchase_prob"].to_numpy(np.float64)
+        if len(prob) != n:
+            raise ValueError(f"{truth_dir} holds {len(prob)} truth rows for {n} Criteo rows")
+        oracle = auc(parts[2]["label"].to_numpy(np.float64), prob[cut_test:])
+    return spec, parts, oracle
 
 
 def without_ids(frame: pd.DataFrame, spec: FeatureSpec, id_features: list[str]) -> ModelInput:
@@ -180,6 +229,10 @@ def main() -> None:
     p.add_argument("--truth", type=Path, default=Path("data/truth"))
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--criteo", type=Path, default=None,
+                   help="Criteo-format data (file or folder of parts, rows in time order) instead of --input")
+    p.add_argument("--test-fraction", type=float, default=3 / 42,
+                   help="--criteo: the latest share of rows tested, the same share before it validated")
     p.add_argument("--rows", type=int, default=0, help="training rows used, the latest ones (0 = all)")
     p.add_argument("--epochs", type=int, default=4, help="at most this many epochs (early stopping ends most runs sooner)")
     p.add_argument("--eval-every", type=int, default=0, help="steps between validation AUCs (0 = 4 per epoch)")
@@ -194,8 +247,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    spec = read_spec(args.input)
-    train_frame, valid_frame, test_frame = (read_frame(args.input, s) for s in ("train", "valid", "test"))
+    if args.criteo is not None:
+        spec, (train_frame, valid_frame, test_frame), oracle = criteo_world(args.criteo, args.truth,
+                                                                            args.test_fraction)
+    else:
+        spec = read_spec(args.input)
+        train_frame, valid_frame, test_frame = (read_frame(args.input, s) for s in ("train", "valid", "test"))
     if args.rows and args.rows < len(train_frame):
         train_frame = train_frame.iloc[-args.rows:].reset_index(drop=True)
     train, valid, test = (ModelInput.from_frame(f, spec) for f in (train_frame, valid_frame, test_frame))
@@ -204,14 +261,16 @@ def main() -> None:
                    eval_every=args.eval_every or max(steps_per_epoch // 4, 1), eval_rows=0,
                    patience=args.patience, target_auc=None, checkpoint_every=0, progress=False, device="cpu")
     labels = test.labels.astype(np.float64)
-    oracle = oracle_auc(test_frame, labels, args.truth)
+    if args.criteo is None:
+        oracle = oracle_auc(test_frame, labels, args.truth)
     seeds = [int(s) for s in args.seeds.split(",")]
-    title = (f"{train.num_rows:,} train rows, <= {args.epochs} epochs, eval every {base.eval_every} steps, "
+    title = ((f"Criteo-format {args.criteo.name}: " if args.criteo is not None else "")
+             + f"{train.num_rows:,} train rows, <= {args.epochs} epochs, eval every {base.eval_every} steps, "
              f"patience {args.patience}, batch {base.batch_size}, dim {base.model.embedding.dim}, "
              f"ROBE Z={base.model.embedding.block}, seeds {args.seeds}")
     facts = {"title": title, "train_rows": train.num_rows, "test_rows": test.num_rows,
              "test_positives": int(labels.sum()), "oracle_auc": oracle, "n_boot": args.n_boot,
-             "params": str(args.params), "input": str(args.input)}
+             "params": str(args.params), "input": str(args.criteo or args.input)}
     print(f"# {title}; test {test.num_rows:,} rows, {int(labels.sum()):,} positives"
           + (f"; oracle AUC {oracle:.5f}" if oracle else ""), flush=True)
 

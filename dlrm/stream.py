@@ -55,13 +55,15 @@ _SPLITS = ("train", "valid", "all")
 
 def criteo_files(path: Path | str) -> list[Path]:
     """The Criteo files under ``path``: the file itself, or a folder's regular files
-    (``day_<n>`` files in day order when the folder has them, else by name)."""
+    (``day_<n>`` files in day order when the folder has them, else by name), leaving out
+    hidden files and those whose name starts with ``_`` (``_SUCCESS``, ``_generate.json``:
+    what writers put beside their parts)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"Criteo input {path} does not exist")
-    files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+    files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith((".", "_")))
     days = [f for f in files if _DAY.match(f.name)]
     if days:
         return sorted(days, key=lambda f: int(_DAY.match(f.name).group(1)))

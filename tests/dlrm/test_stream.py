@@ -76,6 +76,10 @@ def test_folders_of_parts_gzip_and_the_terabyte_layout(tmp_path):
     with gzip.open(parts / "part-1.tsv.gz", "wt") as fh:
         fh.write("".join(line(i) for i in range(30, 60)))
     assert rows_of(CriteoStream(parts, 100, batch_size=16, split="all")) == list(range(60))
+    # what writers put beside their parts is not data
+    (parts / "_SUCCESS").write_text("")
+    (parts / "_generate.json").write_text("{}")
+    assert [f.name for f in criteo_files(parts)] == ["part-0.tsv", "part-1.tsv.gz"]
     days = tmp_path / "tb"
     days.mkdir()
     for d in (0, 1, 2, 10, 23):
