@@ -3,7 +3,8 @@
 The encoder is the Reformer's (Kitaev et al., ICLR 2020, https://arxiv.org/abs/2001.04451):
 N reversible blocks with F = LSH self-attention and G = a feed-forward applied a chunk of
 the sequence at a time; full attention below ``full_attn_below`` tokens, where it is faster
-(reformer-pytorch issue #43: LSH loses below ~2K tokens).
+(reformer-pytorch issue #43: LSH loses below ~2K tokens), computed by
+:func:`~gpu_ops.lsh_attention.dense.dense_attention` (the reference's numbers, fewer passes).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from gpu_ops.lsh_attention.attention import lsh_attention, num_buckets_for, random_rotations
-from gpu_ops.lsh_attention.reference import full_attention
+from gpu_ops.lsh_attention.dense import dense_attention
 from gpu_ops.lsh_attention.reversible import ReversibleBlock, ReversibleSequence
 
 
@@ -32,7 +33,8 @@ class LSHSelfAttention(nn.Module):
         n_buckets: fixed bucket count (even); 0 = ``num_buckets_for(L, bucket_size)``.
         full_attn_below: sequences shorter than this use full attention.
         seed: seed of the fixed rotations used in eval mode (and in training unless
-            ``resample_rotations``), so scoring is deterministic.
+            ``resample_rotations``), so scoring is deterministic; they are drawn once per
+            bucket count, device and dtype and kept.
         resample_rotations: draw new rotations at every training forward (from torch's
             global RNG; the reversible backward replays them).
 
@@ -59,23 +61,29 @@ class LSHSelfAttention(nn.Module):
         self.to_qk = nn.Linear(dim, heads * head_dim, bias=False)
         self.to_v = nn.Linear(dim, heads * head_dim, bias=False)
         self.to_out = nn.Linear(heads * head_dim, dim)
+        self._fixed_rotations: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
 
     def rotations(self, n_buckets: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """``(head_dim, n_hashes, n_buckets // 2)`` rotations for this forward pass."""
-        gen = None
-        if not (self.training and self.resample_rotations):
+        """``(head_dim, n_hashes, n_buckets // 2)`` rotations for this forward pass: fresh
+        draws when training with ``resample_rotations``, else the seed's, drawn once."""
+        if self.training and self.resample_rotations:
+            return random_rotations(self.head_dim, self.n_hashes, n_buckets, device=device, dtype=dtype)
+        key = (n_buckets, torch.device(device), dtype)
+        rot = self._fixed_rotations.get(key)
+        if rot is None:
             gen = torch.Generator().manual_seed(self.seed)
-        return random_rotations(self.head_dim, self.n_hashes, n_buckets, generator=gen,
-                                device=device, dtype=dtype)
+            rot = self._fixed_rotations[key] = random_rotations(
+                self.head_dim, self.n_hashes, n_buckets, generator=gen, device=device, dtype=dtype)
+        return rot
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         B, L, _ = x.shape
         h, dh = self.heads, self.head_dim
         qk = self.to_qk(x).view(B, L, h, dh).transpose(1, 2).reshape(B * h, L, dh)  # (B*h, L, dh)
         v = self.to_v(x).view(B, L, h, dh).transpose(1, 2).reshape(B * h, L, dh)
-        m = None if mask is None else mask.repeat_interleave(h, dim=0)             # (B*h, L)
+        m = mask if mask is None or h == 1 else mask.repeat_interleave(h, dim=0)   # (B*h, L)
         if L < self.full_attn_below:
-            o = full_attention(qk, v, m)
+            o = dense_attention(qk, v, m)
         else:
             nb = self.n_buckets or num_buckets_for(L, self.bucket_size)
             o = lsh_attention(qk, v, m, rotations=self.rotations(nb, x.device, qk.dtype),
