@@ -20,38 +20,24 @@ def simhash_signatures(x: Tensor, planes: Tensor) -> Tensor:
     return torch.matmul(x, planes.to(x.dtype)) > 0
 
 
-_CHUNK = 16   # signature bits packed per integer (a 2^16-entry popcount table)
-
-
-def _pack(sig: Tensor) -> Tensor:
-    """``(..., m)`` bool -> ``(..., ceil(m / 16))`` int64, 16 bits an integer."""
-    m = sig.shape[-1]
-    pad = (-m) % _CHUNK
-    if pad:
-        sig = torch.cat([sig, sig.new_zeros(*sig.shape[:-1], pad)], dim=-1)
-    weights = 2 ** torch.arange(_CHUNK, device=sig.device, dtype=torch.int64)
-    return (sig.view(*sig.shape[:-1], -1, _CHUNK).to(torch.int64) * weights).sum(-1)
-
-
-_POPCOUNT: dict[torch.device, Tensor] = {}
-
-
-def _popcount16(x: Tensor) -> Tensor:
-    table = _POPCOUNT.get(x.device)
-    if table is None:
-        v = torch.arange(1 << _CHUNK, dtype=torch.int64)
-        table = torch.zeros(1 << _CHUNK, dtype=torch.int64)
-        for bit in range(_CHUNK):
-            table += (v >> bit) & 1
-        table = _POPCOUNT[x.device] = table.to(x.device)
-    return table[x]
+def _signs(sig: Tensor) -> Tensor:
+    """bool signatures -> float32 +-1 (exact: a dot product of m of them is an integer < 2^24)."""
+    return sig.to(torch.float32).mul_(2).sub_(1)
 
 
 def hamming_distance(query_sig: Tensor, key_sig: Tensor) -> Tensor:
     """Bits in which ``(B, m)`` query and ``(B or 1, L, m)`` key signatures differ: ``(B, L)``
-    int64, by XOR of the packed signatures and a popcount table (no ``(B, L, m)`` tensor)."""
-    q, k = _pack(query_sig), _pack(key_sig)                                 # (B, c), (B or 1, L, c)
-    return _popcount16(q[:, None, :] ^ k).sum(-1)                           # (B, L)
+    int64, from one matrix product of the +-1 signatures (``dist = (m - <q, k>) / 2``, exact
+    in float32 for ``m < 2^24``; no ``(B, L, m)`` tensor)."""
+    m = query_sig.shape[-1]
+    if m >= 1 << 24:
+        raise ValueError(f"signatures of {m} bits; expected fewer than 2^24")
+    q, k = _signs(query_sig), _signs(key_sig)                               # (B, m), (B or 1, L, m)
+    if k.shape[0] == 1:
+        dot = torch.matmul(q, k[0].T)                                       # (B, L)
+    else:
+        dot = torch.bmm(k, q[:, :, None])[..., 0]                           # (B, L)
+    return (m - dot).div_(2).to(torch.int64)
 
 
 def hamming_topk(query_sig: Tensor, key_sig: Tensor, mask: Tensor, k: int,

@@ -48,7 +48,7 @@ def test_signatures_are_signs_of_projections():
 
 @settings(max_examples=25, deadline=None)
 @given(B=st.integers(1, 4), L=st.integers(1, 9), m=st.integers(1, 40), shared=st.booleans(), seed=st.integers(0, 2**16))
-def test_packed_hamming_distance_counts_the_differing_bits(B, L, m, shared, seed):
+def test_hamming_distance_counts_the_differing_bits(B, L, m, shared, seed):
     g = torch.Generator().manual_seed(seed)
     q = torch.rand(B, m, generator=g) < 0.5
     keys = torch.rand(1 if shared else B, L, m, generator=g) < 0.5
