@@ -21,6 +21,9 @@ that layout from the jagged ``(values, offsets)`` form a model input carries.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, MutableSequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +106,12 @@ def days_bucket(days: Tensor, buckets: int) -> Tensor:
 # ----------------------------------------------------------------------------------------
 # The tower
 # ----------------------------------------------------------------------------------------
+
+# (tower, per-history encodings) while HistoryTower.given_encodings is open; a context
+# variable, so threads and asyncio tasks each see only their own
+_GIVEN: ContextVar[tuple["HistoryTower", MutableSequence[Tensor | None]] | None] = ContextVar(
+    "history_given_encodings", default=None)
+
 
 class HistoryTower(nn.Module):
     """History ids + candidate item id -> one ``(B, D)`` vector.
@@ -191,7 +200,10 @@ class HistoryTower(nn.Module):
 
         ``action`` (0 offered, 1 purchased) and ``days`` (days before the row's day) are
         ``(B, L)`` int64 in the layout of ``history``; each adds its learned embedding when
-        the config has it (``actions``, ``days_buckets``) and the caller gives it."""
+        the config has it (``actions``, ``days_buckets``) and the caller gives it.
+
+        Inside :meth:`given_encodings` the rows' encodings come from (and go to) the list
+        given there."""
         B, L = history.shape
         if L > self.config.max_len:
             raise ValueError(f"history has {L} events per row; history.max_len is "
@@ -201,6 +213,56 @@ class HistoryTower(nn.Module):
         if B and (int(lengths.min()) < 0 or int(lengths.max()) > L):
             raise ValueError(f"lengths must lie in [0, {L}] (the history width), got "
                              f"[{int(lengths.min())}, {int(lengths.max())}]")
+        for ids in (action, days):
+            if ids is not None and ids.shape != history.shape:
+                raise ValueError(f"history side columns must be {tuple(history.shape)}, got {tuple(ids.shape)}")
+        given = _GIVEN.get()
+        if B and given is not None and given[0] is self:
+            return self._encode_given(given[1], history, lengths, action, days)
+        return self._encode(history, lengths, action, days)
+
+    @contextmanager
+    def given_encodings(self, known: MutableSequence[Tensor | None]) -> Iterator[MutableSequence[Tensor | None]]:
+        """While open, :meth:`encode` of ``U = len(known)`` histories (in this thread or task)
+        takes history u's encoding from ``known[u]``, a ``(lengths[u], D)`` tensor that
+        :meth:`encode` made from that very history, and encodes each history whose entry
+        is None on its own (at its own length, so its encoding does not depend on the
+        other histories of the batch), writing the result into ``known[u]``.
+
+        What a serving cache of encoded histories needs: a user's history is encoded once
+        and read by every later request until it changes. The caller answers for
+        ``known[u]`` being history u's; a wrong length raises ValueError. Yields ``known``.
+        """
+        token = _GIVEN.set((self, known))
+        try:
+            yield known
+        finally:
+            _GIVEN.reset(token)
+
+    def _encode_given(self, known: MutableSequence[Tensor | None], history: Tensor, lengths: Tensor,
+                      action: Tensor | None, days: Tensor | None) -> Tensor:
+        B, L = history.shape
+        if len(known) != B:
+            raise ValueError(f"{len(known)} given encodings for {B} histories")
+        counts = lengths.tolist()
+        for u, n in enumerate(counts):
+            if known[u] is None:
+                w = max(1, n)   # at least one (masked) position, as pad_recent gives
+                part = [None if t is None else t[u:u + 1, :w] for t in (action, days)]
+                known[u] = self._encode(history[u:u + 1, :w], lengths[u:u + 1], *part)[0, :n]   # (n, D)
+            elif tuple(known[u].shape) != (n, self.dim):
+                raise ValueError(f"the encoding given for history {u} is {tuple(known[u].shape)}; "
+                                 f"that history encodes to ({n}, {self.dim})")
+        if B == 1 and counts[0] == L:
+            return known[0][None]                                           # (1, L, D), no copy
+        out = history.new_zeros(B, L, self.dim, dtype=known[0].dtype)
+        for u, n in enumerate(counts):
+            out[u, :n] = known[u]
+        return out                                                          # (B, L, D)
+
+    def _encode(self, history: Tensor, lengths: Tensor, action: Tensor | None,
+                days: Tensor | None) -> Tensor:
+        B, L = history.shape
         pos = torch.arange(L, device=history.device)
         mask = pos[None, :] < lengths[:, None]                              # (B, L)
         x = self.embed(history.masked_fill(~mask, 0))                       # (B, L, D)
@@ -211,8 +273,6 @@ class HistoryTower(nn.Module):
                          (self.days, None if days is None or self.days is None
                           else days_bucket(days, self.config.days_buckets))):
             if emb is not None and ids is not None:
-                if ids.shape != history.shape:
-                    raise ValueError(f"history side columns must be {tuple(history.shape)}, got {tuple(ids.shape)}")
                 x = x + emb(ids.masked_fill(~mask, 0))                      # (B, L, D)
         return self.encoder(x, mask) if L else x                            # (B, L, D)
 

@@ -21,6 +21,8 @@ class ServeConfig:
     max_batch_requests: int = 32   # concurrent requests scored in one batch (1 = none)
     batch_wait_ms: float = 1.0     # an idle server waits this long for requests to batch
     online_cache_s: float = 60.0   # lean reader: seconds an entity row may be served from memory (0 = no cache)
+    history_cache_mb: float = 256.0  # history tower: MB of users' encoded histories kept (LRU, by user and a
+                                     # fingerprint of the history: a changed history is re-encoded); 0 = none
     reload_s: float = 10.0         # seconds between looks at the registry's production pointer (0 = never)
     control_token_env: str = "ROBEFLOW_CONTROL_TOKEN"  # env var whose value opens /v2/repository/* (unset: closed)
     # recommendations from the whole catalogue (a request without item_ids; serving/retrieval.py)
@@ -49,6 +51,9 @@ class ServeConfig:
         if self.lsh_bits > 24 or self.lsh_flip_bits > self.lsh_bits:
             raise ValueError(f"serve.lsh_bits = {self.lsh_bits}, serve.lsh_flip_bits = {self.lsh_flip_bits}; "
                              "expected lsh_flip_bits <= lsh_bits <= 24")
+        if isinstance(self.history_cache_mb, bool) or not isinstance(self.history_cache_mb, (int, float)) \
+                or not self.history_cache_mb >= 0:
+            raise ValueError(f"serve.history_cache_mb = {self.history_cache_mb!r}; expected a number >= 0")
         if self.retrieve_k > self.max_k:
             raise ValueError(f"serve.retrieve_k = {self.retrieve_k} exceeds serve.max_k = {self.max_k}")
         if self.retrieval_index not in ("auto", "exact", "lsh"):

@@ -134,7 +134,8 @@ class RobeflowModel(kserve.Model):
             torch.set_num_threads(self.cfg.torch_threads)
         bundle = load_production(self.registry, version)
         spec = FeatureSpec.from_dict(bundle.doc["feature_spec"])
-        ranker = Ranker(bundle.model, spec, self.online(spec), unseen=unseen_sources(bundle.doc, spec))
+        ranker = Ranker(bundle.model, spec, self.online(spec), unseen=unseen_sources(bundle.doc, spec),
+                        history_cache_mb=self.cfg.history_cache_mb)
         ranker.rank(ScoreRequest("warm-up-user", ("warm-up-item",), {}))
         retriever = load_retriever(self.registry, bundle.version, spec, ranker.features, self.cfg)
         if retriever is not None:

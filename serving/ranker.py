@@ -11,7 +11,10 @@ the embedding array and their missing features are filled as in training.
 A model with the history tower also reads the user's last events from the online store
 (:meth:`features.online.OnlineFeatures.history`), hashes them with the same transform,
 encodes them once per request and scores every candidate against them; a user the store
-does not know has an empty history, as id dropout taught the model.
+does not know has an empty history, as id dropout taught the model. With a history cache
+(``serve.history_cache_mb``, :mod:`serving.history_cache`) a user's hashed and encoded
+history is kept and reused while the store returns the same history; each history is
+then encoded on its own, so its encoding does not depend on the batch it came in.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 from kserve.errors import InvalidInput
 
 from contract.spec import ModelInput
+from serving.history_cache import CachedHistory, HistoryCache, history_fingerprint
 from serving.requests import ScoreRequest
 
 
@@ -84,12 +88,20 @@ class Ranker:
             ``columns(user_id, item_ids, context)`` and, optionally, ``prefetched(rows)``.
         unseen: id columns whose entities the store does not know are scored as the
             model's unseen id (:func:`unseen_sources` of the bundle).
+        history_cache_mb: a model with the history tower keeps users' encoded histories
+            in this many MB (LRU, :class:`serving.history_cache.HistoryCache`); 0 = none.
     """
 
-    def __init__(self, model: Any, spec: Any, features: Any, unseen: Sequence[str] = ()):
+    def __init__(self, model: Any, spec: Any, features: Any, unseen: Sequence[str] = (),
+                 history_cache_mb: float = 0.0):
         self.model, self.spec, self.features = model, spec, features
         self.unseen = tuple(unseen)
         self.reads_history = getattr(model, "history", None) is not None
+        if isinstance(history_cache_mb, bool) or not isinstance(history_cache_mb, (int, float)) \
+                or not history_cache_mb >= 0:
+            raise ValueError(f"history_cache_mb = {history_cache_mb!r}; expected a number >= 0")
+        max_bytes = int(history_cache_mb * 2**20)
+        self.history_cache = HistoryCache(max_bytes) if self.reads_history and max_bytes >= 1 else None
         if self.reads_history and spec.history is None:
             raise ValueError("the model reads the user history but its feature spec records none")
         if self.reads_history and not hasattr(features, "history"):
@@ -135,10 +147,11 @@ class Ranker:
         except ValueError as e:  # a context value the feature reader cannot use
             raise InvalidInput(f"cannot build features for user {request.user_id!r}: {e}") from None
 
-    def _score_columns(self, parts: Sequence[dict[str, Any]],
-                       hists: Sequence[dict[str, list]] = ()) -> list[np.ndarray]:
+    def _score_columns(self, parts: Sequence[dict[str, Any]], hists: Sequence[dict[str, list]] = (),
+                       users: Sequence[str] = ()) -> list[np.ndarray]:
         """Scores the candidates of several requests in one transform and one model batch
-        (``hists``: each request's user history, for a model with the history tower)."""
+        (``hists``: each request's user history and ``users`` its user, for a model with the
+        history tower)."""
         from dlrm.bundle import predict
         from features.transform import model_columns
 
@@ -149,13 +162,54 @@ class Ranker:
             for key in parts[0]}
         # the transform and the model are row-wise, so batching requests changes no row's score
         inputs = ModelInput.from_columns(model_columns(columns, sum(sizes), self.spec), self.spec, history=False)
-        histories = None
-        if self.reads_history:   # one history per request, encoded once for all its candidates
+        batch = max(1, inputs.num_rows)
+        if not self.reads_history:
+            probs = predict(self.model, inputs, batch_size=batch)                                  # (sum K,)
+        elif self.history_cache is None:   # one history per request, encoded once for all its candidates
             values, offsets = self._history_arrays(hists)
             histories = (values, offsets, np.repeat(np.arange(len(parts)), sizes))
-        probs = predict(self.model, inputs, batch_size=max(1, inputs.num_rows), histories=histories)   # (sum K,)
+            probs = predict(self.model, inputs, batch_size=batch, histories=histories)
+        else:
+            probs = self._predict_cached(inputs, sizes, hists, users)
         bounds = np.cumsum([0, *sizes])
         return [probs[bounds[i]:bounds[i + 1]] for i in range(len(parts))]
+
+    def _predict_cached(self, inputs: ModelInput, sizes: Sequence[int], hists: Sequence[dict[str, list]],
+                        users: Sequence[str]) -> np.ndarray:
+        """``predict`` with the users' histories from the cache where it holds them (the
+        same history, by fingerprint), the others hashed and encoded now and kept."""
+        import torch
+
+        from dlrm.bundle import predict
+
+        if len(users) != len(hists):
+            raise ValueError(f"{len(users)} users for {len(hists)} histories")
+        cache, names = self.history_cache, self.spec.history.names
+        slot: dict[tuple[str, bytes], int] = {}   # (user, fingerprint) -> history index
+        request_history = [slot.setdefault((str(u), history_fingerprint(h, names)), len(slot))
+                           for u, h in zip(users, hists)]
+        keys = list(slot)
+        first = {i: r for r, i in reversed(list(enumerate(request_history)))}   # a request of each history
+        entries = [cache.get(u, fp) for u, fp in keys]
+        missing = [i for i, e in enumerate(entries) if e is None]
+        values_of: list[np.ndarray | None] = [None if e is None else e.values for e in entries]
+        if missing:
+            got, offsets = self._history_arrays([hists[first[i]] for i in missing])
+            for j, i in enumerate(missing):   # own copies: a kept entry holds only its rows
+                values_of[i] = got[offsets[j]:offsets[j + 1]] if len(missing) == 1 else got[offsets[j]:offsets[j + 1]].copy()
+        lengths = np.array([len(v) for v in values_of], dtype=np.int64)
+        offsets = np.zeros(len(keys) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = values_of[0] if len(keys) == 1 else np.concatenate(values_of, axis=0)
+        known = [None if e is None else e.encoded for e in entries]
+        rows = np.repeat(np.asarray(request_history, dtype=np.int64), sizes)
+        with torch.inference_mode(), self.model.history.given_encodings(known):
+            probs = predict(self.model, inputs, batch_size=max(1, inputs.num_rows),
+                            histories=(values, offsets, rows))
+        for i in missing:
+            if known[i] is not None:
+                cache.put(keys[i][0], CachedHistory(keys[i][1], values_of[i], known[i]))
+        return probs
 
     def score_many(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray | InvalidInput]:
         """Per request: (K,) float32 probabilities in request order, or the InvalidInput
@@ -180,14 +234,14 @@ class Ranker:
         if not parts:
             return out
         try:
-            scored = self._score_columns(parts, hists)
+            scored = self._score_columns(parts, hists, [requests[i].user_id for i in good])
         except ValueError:
             # one request's rows broke the shared transform: score them one by one, so
             # only that request gets its 400
             scored = []
             for part, hist, i in zip(parts, hists, good):
                 try:
-                    scored.append(self._score_columns([part], [hist])[0])
+                    scored.append(self._score_columns([part], [hist], [requests[i].user_id])[0])
                 except ValueError as e:
                     scored.append(InvalidInput(f"cannot score request for user {requests[i].user_id!r}: {e}"))
         for i, s in zip(good, scored):
