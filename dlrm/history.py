@@ -315,19 +315,27 @@ class HistoryTower(nn.Module):
             return x.expand(B, *x.shape[1:]) if U == 1 else x[rows]
 
         k_u, v_u = self.to_k(encoded), self.to_v(encoded)                   # (U, L, D) once per history
-        k, v, lengths = per_row(k_u), per_row(v_u), per_row(lengths)       # (B, L, D)
-        mask = torch.arange(L, device=encoded.device)[None, :] < lengths[:, None]   # (B, L)
+        pos = torch.arange(L, device=encoded.device)
+        mask_u = pos[None, :] < lengths[:, None]                            # (U, L)
+        lengths = per_row(lengths)                                          # (B,)
         if self.config.target == "simhash" and L > self.config.topk:
             key_sig = simhash_signatures(k_u, self.planes)                  # (U, L, m)
-            key_sig = key_sig if rows is None or U == 1 else key_sig[rows]  # (B or 1, L, m)
-            idx, mask = hamming_topk(simhash_signatures(q, self.planes), key_sig, mask, self.config.topk,
-                                     first=None if match is None else match > 0)
-            k = torch.gather(k, 1, idx[..., None].expand(-1, -1, self.dim))  # (B, k, D)
-            v = torch.gather(v, 1, idx[..., None].expand(-1, -1, self.dim))
+            shared = rows is not None and U == 1                            # all candidates read one history
+            if not shared:
+                key_sig, mask_u = per_row(key_sig), per_row(mask_u)         # (B, L, m), (B, L)
+            idx, mask = hamming_topk(simhash_signatures(q, self.planes), key_sig, mask_u, self.config.topk,
+                                     first=None if match is None else match > 0)   # (B, k)
+            # the picked events' keys and values: rows of the (U * L, D) projections
+            owner = torch.arange(B, device=idx.device) if rows is None else rows
+            flat = (idx + (owner * L)[:, None]).reshape(-1)                 # (B * k,)
+            k = k_u.reshape(U * L, self.dim).index_select(0, flat).view(B, -1, self.dim)   # (B, k, D)
+            v = v_u.reshape(U * L, self.dim).index_select(0, flat).view(B, -1, self.dim)
             match = None if match is None else torch.gather(match, 1, idx)
+        else:
+            k, v, mask = per_row(k_u), per_row(v_u), per_row(mask_u)        # (B, L, D), (B, L)
         if match is not None:   # to_k(e + m) = to_k(e) + to_k(m): the codes' keys and values
-            k = k + F.linear(self.match.weight, self.to_k.weight)[match]   # (B, L or k, D)
-            v = v + F.linear(self.match.weight, self.to_v.weight)[match]
+            k = k + F.embedding(match, F.linear(self.match.weight, self.to_k.weight))   # (B, L or k, D)
+            v = v + F.embedding(match, F.linear(self.match.weight, self.to_v.weight))
         s = torch.einsum("bd,bld->bl", q, k) / math.sqrt(self.dim)          # (B, L or k)
         s = s.masked_fill(~mask, torch.finfo(s.dtype).min)
         att = torch.einsum("bl,bld->bd", torch.softmax(s, dim=-1), v)       # (B, D)

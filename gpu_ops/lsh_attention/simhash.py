@@ -20,6 +20,9 @@ def simhash_signatures(x: Tensor, planes: Tensor) -> Tensor:
     return torch.matmul(x, planes.to(x.dtype)) > 0
 
 
+_FLOAT32_EXACT = 1 << 24   # integers below this are exact float32 values
+
+
 def _signs(sig: Tensor) -> Tensor:
     """bool signatures -> float32 +-1 (exact: a dot product of m of them is an integer < 2^24)."""
     return sig.to(torch.float32).mul_(2).sub_(1)
@@ -47,8 +50,8 @@ def hamming_topk(query_sig: Tensor, key_sig: Tensor, mask: Tensor, k: int,
     Args:
         query_sig: ``(B, m)`` bool signatures of the queries.
         key_sig: ``(B, L, m)`` bool signatures of the keys (``(1, L, m)``: the same keys for all).
-        mask: ``(B, L)`` bool, True for real keys; padded keys are never picked while a
-            real one is left.
+        mask: ``(B, L)`` bool, True for real keys (``(1, L)``: the same for all); padded keys
+            are never picked while a real one is left.
         k: keys to pick (``k <= L``).
         first: ``(B, L)`` bool or None: real keys picked before all others (nearest first
             among themselves), e.g. the events that share the candidate's item (SIM's hard
@@ -64,18 +67,31 @@ def hamming_topk(query_sig: Tensor, key_sig: Tensor, mask: Tensor, k: int,
         raise ValueError(f"key_sig must be (B={B} or 1, L, m), got {tuple(key_sig.shape)}")
     if not 1 <= k <= L:
         raise ValueError(f"k must be in [1, L={L}], got {k}")
-    if query_sig.shape != (B, m) or mask.shape != (B, L):
+    if query_sig.shape != (B, m) or mask.dim() != 2 or mask.shape[0] not in (1, B) or mask.shape[1] != L:
         raise ValueError(f"query_sig {tuple(query_sig.shape)} and mask {tuple(mask.shape)} do not "
                          f"fit key_sig {tuple(key_sig.shape)}")
     if first is not None and first.shape != (B, L):
         raise ValueError(f"first must be ({B}, {L}), got {tuple(first.shape)}")
-    dist = hamming_distance(query_sig, key_sig)                             # (B, L) in [0, m]
-    # one integer key: (first or not,) distance, then recency; padding after every real key
-    pos = torch.arange(L, device=key_sig.device)
+    # one integer key per (query, key): (first or not,) distance, then recency; padding after
+    # every real key:  rank = [not first] * span + dist * L + (L - 1 - pos),  span = (m + 1) * L
     span = (m + 1) * L
-    rank = dist.to(torch.int64) * L + (L - 1 - pos)                         # < span
-    if first is not None:
-        rank = rank + (~first).to(torch.int64) * span
-    rank = rank.masked_fill(~mask, 2 * span)
+    pos = torch.arange(L, device=key_sig.device)
+    if 2 * span < _FLOAT32_EXACT:   # every rank an exact float32: one fused product and three passes
+        # dist * L = (m - <q, k>) * L / 2 with +-1 signatures, so rank = <q, k> * (-L / 2) + base
+        base = (m * L / 2 + span + (L - 1) - pos).to(torch.float32)          # (L,)
+        q, keys = _signs(query_sig), _signs(key_sig)
+        if keys.shape[0] == 1:
+            rank = torch.addmm(base, q, keys[0].T, alpha=-L / 2)             # (B, L)
+        else:
+            rank = torch.baddbmm(base[:, None], keys, q[:, :, None], alpha=-L / 2)[..., 0]
+        if first is not None:
+            rank = torch.where(first, rank - span, rank)
+        rank = rank.masked_fill_(~mask, 2 * span).to(torch.int32)
+    else:
+        dist = hamming_distance(query_sig, key_sig)                         # (B, L) in [0, m]
+        rank = dist * L + (L - 1 - pos)                                     # < span
+        if first is not None:
+            rank = rank + (~first).to(torch.int64) * span
+        rank = rank.masked_fill(~mask, 2 * span)
     idx = torch.topk(rank, k, dim=1, largest=False, sorted=True).indices  # (B, k)
-    return idx, torch.gather(mask, 1, idx)
+    return idx, torch.gather(mask.expand(B, L), 1, idx)

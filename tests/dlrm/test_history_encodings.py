@@ -121,3 +121,62 @@ def test_dlrm_scores_with_handed_in_encodings_equal_its_own():
             warm = model(dense, values, offsets, hv, hoff, rows)
     torch.testing.assert_close(cold, ref)
     torch.testing.assert_close(warm, ref)
+
+
+def _attend_reference(tower: HistoryTower, encoded, lengths, candidate, match=None, rows=None):
+    """Target attention written plainly: every candidate's own copy of its history's keys and
+    values, gathered per candidate (what the tower's attend computes with shared projections)."""
+    import math
+
+    import torch.nn.functional as F
+
+    from gpu_ops.lsh_attention import hamming_topk, simhash_signatures
+
+    U, L, D = encoded.shape
+    B = candidate.shape[0]
+    rows = torch.arange(B) if rows is None else rows
+    q = tower.to_q(tower.embed(candidate))                                  # (B, D)
+    k, v = tower.to_k(encoded)[rows], tower.to_v(encoded)[rows]             # (B, L, D)
+    n = lengths[rows]
+    mask = torch.arange(L)[None, :] < n[:, None]
+    if tower.config.target == "simhash" and L > tower.config.topk:
+        idx, mask = hamming_topk(simhash_signatures(q, tower.planes), simhash_signatures(k, tower.planes), mask,
+                                 tower.config.topk, first=None if match is None else match > 0)
+        k = torch.gather(k, 1, idx[..., None].expand(-1, -1, D))
+        v = torch.gather(v, 1, idx[..., None].expand(-1, -1, D))
+        match = None if match is None else torch.gather(match, 1, idx)
+    if match is not None:
+        k = k + F.linear(tower.match(match), tower.to_k.weight)
+        v = v + F.linear(tower.match(match), tower.to_v.weight)
+    s = torch.einsum("bd,bld->bl", q, k) / math.sqrt(D)
+    s = s.masked_fill(~mask, torch.finfo(s.dtype).min)
+    att = torch.einsum("bl,bld->bd", torch.softmax(s, dim=-1), v) * (n > 0)[:, None].to(q.dtype)
+    return tower.to_out(att)
+
+
+@pytest.mark.parametrize("target", ["simhash", "full"])
+@pytest.mark.parametrize("layout", ["one per candidate", "one user", "two users"])
+def test_attend_equals_the_plain_target_attention_values_and_gradients(target, layout):
+    torch.manual_seed(0)
+    backend = RobeArray([50, 40], 8, size=512, block=8, seed=0)
+    tower = HistoryTower(HistoryConfig(max_len=32, table_size=40, depth=1, heads=1, target=target, topk=5),
+                         8, backend, match_codes=4)
+    g = torch.Generator().manual_seed(4)
+    B, L = 6, 20
+    U, rows = {"one per candidate": (B, None), "one user": (1, torch.zeros(B, dtype=torch.int64)),
+               "two users": (2, torch.tensor([1, 0, 0, 1, 1, 0]))}[layout]
+    encoded = torch.randn(U, L, 8, generator=g, dtype=torch.float32)
+    lengths = torch.tensor([20, 3, 0, 12, 17, 9][:U])
+    candidate = torch.randint(0, 40, (B,), generator=g)
+    match = torch.randint(0, 4, (B, L), generator=g)
+    outs, grads = [], []
+    for fn in (HistoryTower.attend, _attend_reference):
+        tower.zero_grad()
+        enc = encoded.clone().requires_grad_()
+        out = fn(tower, enc, lengths, candidate, match, rows=rows)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out)
+        grads.append([enc.grad] + [p.grad for p in tower.parameters()])
+    torch.testing.assert_close(outs[0], outs[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -11,17 +11,26 @@ from gpu_ops.lsh_attention import hamming_topk, simhash_signatures
 from gpu_ops.lsh_attention.simhash import hamming_distance
 
 
-@settings(max_examples=25, deadline=None)
-@given(B=st.integers(1, 3), L=st.integers(1, 12), m=st.integers(1, 8), data=st.data())
-def test_hamming_topk_matches_loop_model(B, L, m, data):
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(1, 3), L=st.integers(1, 12), m=st.integers(1, 8), shared_keys=st.booleans(),
+       shared_mask=st.booleans(), integer_path=st.booleans(), data=st.data())
+def test_hamming_topk_matches_loop_model(B, L, m, shared_keys, shared_mask, integer_path, data):
+    import gpu_ops.lsh_attention.simhash as simhash
+
     k = data.draw(st.integers(1, L))
     seed = data.draw(st.integers(0, 2**16))
     g = torch.Generator().manual_seed(seed)
     q = torch.rand(B, m, generator=g) < 0.5
-    keys = torch.rand(B, L, m, generator=g) < 0.5
-    mask = torch.rand(B, L, generator=g) < 0.7
+    keys = torch.rand(1 if shared_keys else B, L, m, generator=g) < 0.5
+    mask = torch.rand(1 if shared_mask else B, L, generator=g) < 0.7
     first = (torch.rand(B, L, generator=g) < 0.3) if data.draw(st.booleans()) else None
-    idx, valid = hamming_topk(q, keys, mask, k, first=first)
+    exact = simhash._FLOAT32_EXACT
+    simhash._FLOAT32_EXACT = 0 if integer_path else exact   # 0: the int64 path of very long histories
+    try:
+        idx, valid = hamming_topk(q, keys, mask, k, first=first)
+    finally:
+        simhash._FLOAT32_EXACT = exact
+    keys, mask = keys.expand(B, L, m), mask.expand(B, L)
     for b in range(B):
         # real keys by (first ones before the rest, distance, most recent first), then padding
         order = sorted(range(L), key=lambda j: (not bool(mask[b, j]),
