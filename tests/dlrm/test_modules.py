@@ -1,6 +1,8 @@
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dlrm.modules import CrossInteraction, DotInteraction, mlp
+from dlrm.modules import CrossInteraction, DotInteraction, dot_interaction_reference, mlp
 
 
 def test_dot_interaction_is_the_strict_lower_triangle():
@@ -25,3 +27,33 @@ def test_cross_layers_keep_the_width_and_start_from_x0():
 def test_mlp_widths():
     net = mlp([3, 8, 2], last_activation=False)
     assert net(torch.randn(4, 3)).shape == (4, 2) and not isinstance(net[-1], torch.nn.ReLU)
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 9), f=st.integers(2, 8), d=st.integers(1, 6), dense_grad=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_dot_interaction_gradients_equal_plain_autograd(b, f, d, dense_grad, seed):
+    """The interaction's own backward (one bmm of the mirrored pair gradients) gives the
+    gradients autograd gives through the plain ops, for every input that needs one."""
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.randn(b, d, generator=g, dtype=torch.float64).requires_grad_(dense_grad)
+    sparse = torch.randn(b, f - 1, d, generator=g, dtype=torch.float64).requires_grad_()
+    out = DotInteraction(f)(dense, sparse)
+    want = dot_interaction_reference(dense, sparse)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    inputs = (dense, sparse) if dense_grad else (sparse,)
+    got = torch.autograd.grad(out, inputs, grad)
+    ref = torch.autograd.grad(want, inputs, grad)
+    for x, y in zip(got, ref):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+def test_dot_interaction_float32_kaggle_shape_matches_plain_autograd():
+    torch.manual_seed(0)
+    dense, sparse = torch.randn(64, 16, requires_grad=True), torch.randn(64, 26, 16, requires_grad=True)
+    out, want = DotInteraction(27)(dense, sparse), dot_interaction_reference(dense, sparse)
+    torch.testing.assert_close(out, want)
+    grad = torch.randn(out.shape)
+    for x, y in zip(torch.autograd.grad(out, (dense, sparse), grad), torch.autograd.grad(want, (dense, sparse), grad)):
+        torch.testing.assert_close(x, y)

@@ -156,6 +156,33 @@ def test_robe_arrays_train_with_sparse_updates(spec, windows):
     assert auc(valid_frame["purchased"], predict(result.model, valid)) > 0.7
 
 
+@pytest.mark.parametrize("dense", ["adam", "adagrad", "sgd"])
+def test_dense_optimizer_is_fused_and_steps_as_the_plain_one(spec, windows, dense):
+    """The MLPs' optimizer runs as one fused kernel; its steps equal the plain optimizer's
+    to float rounding."""
+    from dlrm.model import DLRM
+    from dlrm.train import build_optimizers
+
+    train, _, _ = windows
+    torch.manual_seed(0)
+    model = DLRM(small_cfg().model, len(spec.dense), spec.table_sizes)
+    plain = DLRM(small_cfg().model, len(spec.dense), spec.table_sizes)
+    plain.load_state_dict(model.state_dict())
+    opt = build_optimizers(model, OptimConfig(dense=dense, dense_lr=0.01))[0]
+    assert opt.defaults["fused"]
+    ref = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}[dense](
+        plain.dense_parameters(), lr=0.01)
+    data = TensorData(train, len(spec.sparse))
+    for step in range(5):
+        b = data.batch(torch.arange(step * 64, (step + 1) * 64))
+        for m, o in ((model, opt), (plain, ref)):
+            o.zero_grad()
+            m(b.dense, b.values, b.offsets).square().mean().backward()
+            o.step()
+    for p, q in zip(model.dense_parameters(), plain.dense_parameters()):
+        torch.testing.assert_close(p, q)
+
+
 def test_checkpoints_hold_the_train_state(tmp_path, spec, windows):
     from dataclasses import asdict
 
