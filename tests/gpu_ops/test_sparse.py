@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gpu_ops import robe_lookup, robe_lookup_reference, robe_slot_indices
 from gpu_ops.robe.optim import SparseRobeOptimizer, robe_sparse_update_
-from gpu_ops.robe.sparse import robe_slot_gradients
+from gpu_ops.robe.sparse import _MASK_FLOATS_PER_START, distinct_sorted, robe_slot_gradients
 
 _HC = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 
@@ -102,6 +102,45 @@ def _train(weight, case, batches, mode, sparse, lr=0.3, row=3):
     return w.detach(), state
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 300), bound=st.integers(1, 40_000), seed=st.integers(0, 2**31 - 1))
+def test_distinct_sorted_is_torch_unique(n, bound, seed):
+    """Both ways (a mask when the bound is small for n, else a sort) give torch.unique's answer."""
+    x = torch.randint(0, bound, (n,), generator=torch.Generator().manual_seed(seed))
+    want_u, want_i = torch.unique(x, sorted=True, return_inverse=True)
+    got_u, got_i = distinct_sorted(x, bound)
+    assert torch.equal(got_u, want_u) and torch.equal(got_i, want_i)
+    assert got_u.dtype == got_i.dtype == torch.int64
+
+
+@pytest.mark.parametrize("num_floats", [400, 5_000_000])
+def test_slot_gradients_of_hot_ids_on_a_small_and_a_large_array(num_floats):
+    """Hot ids repeat (their windows' rows are summed first). On the small array the windows
+    overlap and the distinct starts come from a mask; on the large one they come from a sort
+    and no two windows overlap (the slots are the windows themselves)."""
+    gen = torch.Generator().manual_seed(3)
+    sizes = torch.tensor([5, 50, 10**6])
+    table_offsets = torch.tensor([0, 5, 55])
+    ids = (torch.rand(40, 3, generator=gen).pow(3) * sizes).long()  # (B, T), hot ids repeat
+    dim, block, abc = 8, 8, (97, 13, 5)
+    w = torch.randn(num_floats, dtype=torch.float64, requires_grad=True)
+    out = robe_lookup_reference(w, ids, table_offsets=table_offsets, dim=dim, block=block, hash_abc=abc)
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad)
+    slots, grads = robe_slot_gradients(grad.reshape(-1, dim), ids.reshape(-1), None, table_offsets,
+                                       num_floats, dim, block, *abc)
+    read = torch.unique(robe_slot_indices(ids, num_floats=num_floats, table_offsets=table_offsets, dim=dim,
+                                          block=block, hash_abc=abc))
+    assert torch.equal(slots, read)
+    windows = torch.unique(ids + table_offsets).numel()  # one window per distinct id (dim == Z)
+    assert windows < ids.numel()
+    if num_floats > _MASK_FLOATS_PER_START * ids.numel():
+        assert slots.numel() == windows * dim  # whole windows, none shared
+    else:
+        assert slots.numel() < windows * dim
+    torch.testing.assert_close(torch.zeros_like(w).index_add_(0, slots, grads), w.grad, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("mode", ["sgd", "adagrad", "rowwise_adagrad"])
 @settings(max_examples=25, deadline=None, suppress_health_check=_HC)
 @given(data=st.data())
@@ -135,30 +174,40 @@ def test_sparse_steps_equal_the_dense_optimizer(mode, robe_cases, data):
 @pytest.mark.parametrize("mode", ["sgd", "adagrad", "rowwise_adagrad"])
 def test_float32_training_batches_match_the_dense_optimizer(mode):
     """A Criteo-like float32 batch (26 tables, dim 16, Z 32, hot ids repeating) on a small
-    array where the windows overlap a lot, and on a large one where they rarely do."""
+    array where the windows overlap a lot, and on a large one where they rarely do.
+
+    The sparse path sums a slot's gradients in another order than the dense scatter, so the
+    two float32 results differ by rounding; both are held against the same steps in float64:
+    the sparse one must be as close to it as the dense float32 one is (2x, or 1e-6)."""
     gen = torch.Generator().manual_seed(5)
     sizes = torch.tensor([3, 40, 1000, 10**7] * 6 + [7, 11])
     table_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), sizes[:-1].cumsum(0)])
     for num_floats in (300, 2_000_000):
         weight = torch.randn(num_floats, generator=gen)
         w_d, w_s = weight.clone().requires_grad_(), weight.clone().requires_grad_()
+        w_64 = weight.double().requires_grad_()
         opt_s = SparseRobeOptimizer([w_s], lr=0.05, mode=mode, row=16)
-        opt_d = (torch.optim.SGD if mode == "sgd" else torch.optim.Adagrad)([w_d], lr=0.05)
+        dense_opt = torch.optim.SGD if mode == "sgd" else torch.optim.Adagrad
+        opt_d, opt_64 = dense_opt([w_d], lr=0.05), dense_opt([w_64], lr=0.05)
         acc = torch.zeros(-(-num_floats // 16))
+        acc_64 = acc.double()
         for _ in range(3):
             ids = (torch.rand(256, sizes.numel(), generator=gen).pow(3) * sizes).long()
             grad = torch.randn(256, sizes.numel(), 16, generator=gen)
             kw = dict(table_offsets=table_offsets, dim=16, block=32, hash_abc=(97, 13, 5))
-            for w, sparse in ((w_d, False), (w_s, True)):
+            for w, sparse, g in ((w_d, False, grad), (w_s, True, grad), (w_64, False, grad.double())):
                 w.grad = None
-                robe_lookup(w, ids, sparse_grad=sparse, **kw).backward(grad)
+                robe_lookup(w, ids, sparse_grad=sparse, **kw).backward(g)
             opt_s.step()
             if mode == "rowwise_adagrad":
                 with torch.no_grad():
                     dense_rowwise_adagrad_(w_d, acc, w_d.grad, 0.05, 16)
+                    dense_rowwise_adagrad_(w_64, acc_64, w_64.grad, 0.05, 16)
             else:
                 opt_d.step()
-        torch.testing.assert_close(w_s.detach(), w_d.detach(), rtol=1e-6, atol=1e-6)
+                opt_64.step()
+        dense_err = (w_d.detach().double() - w_64.detach()).abs().max().item()
+        torch.testing.assert_close(w_s.detach().double(), w_64.detach(), rtol=0, atol=max(2 * dense_err, 1e-6))
 
 
 def test_a_dense_gradient_updates_every_slot_alike():
