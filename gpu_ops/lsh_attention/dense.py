@@ -8,16 +8,40 @@ score is written on the diagonal in place (``L`` entries, not ``L^2``), padding 
 in place and only when a row has padding, and the output is zeroed at padded queries only
 then. The in-place writes land on the matmul's output, which autograd does not keep, so
 the same function trains.
+
+Without autograd (scoring) the scores live in a per-thread workspace that is kept between
+calls and the softmax runs in place: a fresh 4 MB tensor per call (L = 1K) costs its page
+faults every time once the allocator hands such blocks back to the system, which on a busy
+machine doubled the attention's time.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import Tensor
 
 from gpu_ops.lsh_attention.reference import SELF_SCORE, check_qkv, shared_keys
+
+
+WORKSPACE_MAX_BYTES = 64 << 20   # larger score tensors are allocated per call
+_workspace = threading.local()
+
+
+def _scores_workspace(n: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+    """``n`` elements of this thread's score workspace for ``(dtype, device)`` (None: too large)."""
+    if n * torch.empty((), dtype=dtype).element_size() > WORKSPACE_MAX_BYTES:
+        return None
+    buffers = getattr(_workspace, "buffers", None)
+    if buffers is None:
+        buffers = _workspace.buffers = {}
+    buf = buffers.get((dtype, device))
+    if buf is None or buf.numel() < n:
+        with torch.inference_mode(False):   # a normal tensor: writable inside and outside inference mode
+            buf = buffers[(dtype, device)] = torch.empty(n, dtype=dtype, device=device)
+    return buf[:n]
 
 
 def dense_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -37,9 +61,19 @@ def dense_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor
         padded = False
     N, L, d = qk.shape
     k = shared_keys(qk)                                                    # (N, L, d)
-    s = torch.bmm(qk * (1.0 / math.sqrt(d)), k.transpose(1, 2))            # (N, L, L)
+    q = qk * (1.0 / math.sqrt(d))
+    graph = torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad)
+    work = None if graph else _scores_workspace(N * L * L, qk.dtype, qk.device)
+    if work is None:
+        s = torch.bmm(q, k.transpose(1, 2))                                # (N, L, L)
+    else:
+        s = torch.bmm(q, k.transpose(1, 2), out=work.view(N, L, L))
     s.diagonal(dim1=1, dim2=2).fill_(SELF_SCORE)
     if padded:   # finfo.min, as the reference: exactly 0 weight, finite on all-padded rows
         s.masked_fill_(~mask[:, None, :], torch.finfo(s.dtype).min)
-    out = torch.bmm(torch.softmax(s, dim=-1), v)                           # (N, L, dv)
+    if work is None:
+        p = torch.softmax(s, dim=-1)
+    else:   # in place: the last-dim kernel reads a row before it writes it
+        p = torch.ops.aten._softmax.out(s, -1, False, out=s)
+    out = torch.bmm(p, v)                                                  # (N, L, dv)
     return out * mask[..., None].to(out.dtype) if padded else out

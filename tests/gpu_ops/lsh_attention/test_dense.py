@@ -69,3 +69,22 @@ def test_fixed_rotations_are_the_seeds_and_drawn_once():
     a = resampling.rotations(6, torch.device("cpu"), torch.float32)
     b = resampling.rotations(6, torch.device("cpu"), torch.float32)
     assert not torch.equal(a, b)
+
+
+def test_dense_without_autograd_reuses_its_workspace_and_returns_its_own_tensor():
+    import gpu_ops.lsh_attention.dense as dense
+
+    qk, v, mask = _inputs(2, 30, 4, 3, 8, dtype=torch.float32)
+    ref = full_attention(qk, v, mask)
+    with torch.inference_mode():
+        a = dense_attention(qk, v, mask)
+    with torch.no_grad():
+        b = dense_attention(qk, v, mask)
+        work = dense._scores_workspace(2 * 30 * 30, torch.float32, qk.device)
+        c = dense_attention(qk[:1, :10], v[:1, :10])      # a smaller call reuses the same memory
+        assert dense._scores_workspace(2 * 30 * 30, torch.float32, qk.device).data_ptr() == work.data_ptr()
+    torch.testing.assert_close(a, ref)
+    torch.testing.assert_close(b, ref)                      # not overwritten by the later call
+    torch.testing.assert_close(c, full_attention(qk[:1, :10], v[:1, :10]))
+    big = dense.WORKSPACE_MAX_BYTES // 4 + 1
+    assert dense._scores_workspace(big, torch.float32, qk.device) is None
