@@ -76,7 +76,7 @@ def hamming_topk(query_sig: Tensor, key_sig: Tensor, mask: Tensor, k: int,
     # every real key:  rank = [not first] * span + dist * L + (L - 1 - pos),  span = (m + 1) * L
     span = (m + 1) * L
     pos = torch.arange(L, device=key_sig.device)
-    if 2 * span < _FLOAT32_EXACT:   # every rank an exact float32: one fused product and three passes
+    if 2 * span < _FLOAT32_EXACT:   # every rank an exact float32: one fused product, in-place passes
         # dist * L = (m - <q, k>) * L / 2 with +-1 signatures, so rank = <q, k> * (-L / 2) + base
         base = (m * L / 2 + span + (L - 1) - pos).to(torch.float32)          # (L,)
         q, keys = _signs(query_sig), _signs(key_sig)
@@ -85,7 +85,7 @@ def hamming_topk(query_sig: Tensor, key_sig: Tensor, mask: Tensor, k: int,
         else:
             rank = torch.baddbmm(base[:, None], keys, q[:, :, None], alpha=-L / 2)[..., 0]
         if first is not None:
-            rank = torch.where(first, rank - span, rank)
+            rank.add_(first, alpha=-span)                                   # first ones ahead of all others
         rank = rank.masked_fill_(~mask, 2 * span).to(torch.int32)
     else:
         dist = hamming_distance(query_sig, key_sig)                         # (B, L) in [0, m]
