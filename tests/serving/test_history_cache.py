@@ -21,6 +21,9 @@ def test_fingerprint_follows_every_value_and_type():
     h = {"hist_item": ["a", "b"], "hist_days": [1, 2]}
     fp = history_fingerprint(h, names)
     assert fp == history_fingerprint({"hist_item": ["a", "b"], "hist_days": [1, 2], "other": [9]}, names)
+    one = "item-" + "x" * 3   # one object twice, or two equal objects: the same history
+    assert history_fingerprint({"hist_item": [one, one], "hist_days": (1, 2)}, names) == \
+        history_fingerprint({"hist_item": ["item-xxx", "".join(["item-", "xxx"])], "hist_days": [1, 2]}, names)
     for changed in ({"hist_item": ["a", "b", "c"], "hist_days": [1, 2]}, {"hist_item": ["b", "a"], "hist_days": [1, 2]},
                     {"hist_item": ["a", "b"], "hist_days": [1, 3]}, {"hist_item": ["a", "b"], "hist_days": ["1", "2"]},
                     {"hist_item": ["a", "b"], "hist_days": None}, {"hist_item": ["a"], "hist_days": ["b", 1, 2]}):
