@@ -36,7 +36,11 @@ def block_starts_fast(
     ``(g mod P) * A mod P`` and ``(k*B + C) mod P`` are both < P, so their sum mod P is a
     conditional subtraction; the result is < P < 2**31.
     """
-    hv = (rows % P).mul_(a).remainder_(P)  # (nnz,)
+    lo_hi = rows.aminmax() if rows.device.type == "cpu" and rows.numel() else None
+    if lo_hi is not None and lo_hi.min >= 0 and lo_hi.max < P:
+        hv = (rows * a).remainder_(P)  # (nnz,) global rows below P (any real table): no first modulo
+    else:
+        hv = (rows % P).mul_(a).remainder_(P)  # (nnz,)
     kbc = (torch.arange(num_blocks, dtype=torch.int64, device=rows.device) * b + c) % P  # (nb,)
     h = hv.unsqueeze(1) + kbc  # (nnz, nb) < 2P
     h -= (h >= P).to(torch.int64) * P

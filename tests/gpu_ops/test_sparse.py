@@ -275,3 +275,22 @@ def test_bad_arguments_raise_value_errors():
         SparseRobeOptimizer([torch.zeros(2, 2, requires_grad=True)])
     with pytest.raises(ValueError, match="accumulator"):
         robe_sparse_update_(w.detach(), torch.tensor([1]), torch.tensor([1.0]), lr=0.1, mode="adagrad")
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), big=st.booleans(), nb=st.integers(1, 3),
+       num_floats=st.integers(40, 10**7))
+def test_block_starts_fast_equals_the_contract(seed, big, nb, num_floats):
+    """Global rows all below P (the first modulo skipped) or some at and beyond P."""
+    from gpu_ops.robe.cpu import block_starts_fast
+    from gpu_ops.robe.hashing import P
+    from gpu_ops.robe.reference import block_starts
+
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, 2**40 if big else P, (50,), generator=g)
+    rows[:2] = torch.tensor([0, P - 1])
+    if big:
+        rows[2:4] = torch.tensor([P, 2**62])
+    abc = (int(torch.randint(1, P, (1,), generator=g)), int(torch.randint(0, P, (1,), generator=g)), 7)
+    assert torch.equal(block_starts_fast(rows, nb, num_floats, 32, *abc),
+                       block_starts(rows, nb, num_floats, 32, abc))
