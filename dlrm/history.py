@@ -299,30 +299,27 @@ class HistoryTower(nn.Module):
         if lengths.shape != (U,) or candidate.shape != (B,) or (rows is None and U != B):
             raise ValueError(f"lengths {tuple(lengths.shape)} must be ({U},) and candidate {tuple(candidate.shape)} "
                              f"({U},) unless rows maps the candidates to the histories")
-        if rows is not None and rows.shape != (B,):
-            raise ValueError(f"rows must be ({B},), got {tuple(rows.shape)}")
+        if rows is not None and (rows.shape != (B,) or (B and (int(rows.min()) < 0 or int(rows.max()) >= U))):
+            raise ValueError(f"rows must be ({B},) indices of the {U} histories, got shape {tuple(rows.shape)}")
         if match is not None and self.match is None:
             raise ValueError("match codes given to a tower built with match_codes=0")
         if match is not None and match.shape != (B, L):
             raise ValueError(f"match must be ({B}, {L}), got {tuple(match.shape)}")
+        if rows is not None and U > 1:   # several histories: each with its own candidates
+            return self._attend_by_history(encoded, lengths, candidate, match, rows)
         q = self.to_q(self.embed(candidate))                                # (B, D)
         if L == 0:
             return self.to_out(torch.zeros_like(q))
 
-        def per_row(x: Tensor) -> Tensor:   # a history's tensor for each candidate (a view when U = 1)
-            if rows is None:
-                return x
-            return x.expand(B, *x.shape[1:]) if U == 1 else x[rows]
+        def per_row(x: Tensor) -> Tensor:   # the history's tensor for each candidate (a view)
+            return x if rows is None else x.expand(B, *x.shape[1:])
 
         k_u, v_u = self.to_k(encoded), self.to_v(encoded)                   # (U, L, D) once per history
         pos = torch.arange(L, device=encoded.device)
         mask_u = pos[None, :] < lengths[:, None]                            # (U, L)
         lengths = per_row(lengths)                                          # (B,)
         if self.config.target == "simhash" and L > self.config.topk:
-            key_sig = simhash_signatures(k_u, self.planes)                  # (U, L, m)
-            shared = rows is not None and U == 1                            # all candidates read one history
-            if not shared:
-                key_sig, mask_u = per_row(key_sig), per_row(mask_u)         # (B, L, m), (B, L)
+            key_sig = simhash_signatures(k_u, self.planes)                  # (U, L, m): U = B, or 1 for all
             idx, mask = hamming_topk(simhash_signatures(q, self.planes), key_sig, mask_u, self.config.topk,
                                      first=None if match is None else match > 0)   # (B, k)
             # the picked events' keys and values: rows of the (U * L, D) projections
@@ -341,6 +338,24 @@ class HistoryTower(nn.Module):
         att = torch.einsum("bl,bld->bd", torch.softmax(s, dim=-1), v)       # (B, D)
         att = att * (lengths > 0)[:, None].to(att.dtype)                    # empty history: 0
         return self.to_out(att)
+
+    def _attend_by_history(self, encoded: Tensor, lengths: Tensor, candidate: Tensor, match: Tensor | None,
+                           rows: Tensor) -> Tensor:
+        """:meth:`attend` of candidates spread over several histories, one history at a time,
+        so no per-candidate copy of a history's ``(L, ...)`` tensors is ever made."""
+        B = candidate.shape[0]
+        order = torch.argsort(rows, stable=True)
+        counts = torch.bincount(rows, minlength=encoded.shape[0]).tolist()
+        parts, start = [], 0
+        for u, n in enumerate(counts):
+            if n == 0:
+                continue
+            sel = order[start:start + n]
+            start += n
+            parts.append(self.attend(encoded[u:u + 1], lengths[u:u + 1], candidate[sel],
+                                     None if match is None else match[sel], rows=rows.new_zeros(n)))
+        out = torch.cat(parts)                                              # (B, D) in history order
+        return out[torch.argsort(order)] if B else out
 
     def forward(self, history: Tensor, lengths: Tensor, candidate: Tensor) -> Tensor:
         """``history (B, L)`` int64, ``lengths (B,)``, ``candidate (B,)`` item ids -> ``(B, D)``."""

@@ -21,6 +21,7 @@ def simhash_signatures(x: Tensor, planes: Tensor) -> Tensor:
 
 
 _FLOAT32_EXACT = 1 << 24   # integers below this are exact float32 values
+_CHUNK = 16   # signature bits packed per integer (a 2^16-entry popcount table)
 
 
 def _signs(sig: Tensor) -> Tensor:
@@ -28,19 +29,43 @@ def _signs(sig: Tensor) -> Tensor:
     return sig.to(torch.float32).mul_(2).sub_(1)
 
 
+def _pack(sig: Tensor) -> Tensor:
+    """``(..., m)`` bool -> ``(..., ceil(m / 16))`` int64, 16 bits an integer."""
+    m = sig.shape[-1]
+    pad = (-m) % _CHUNK
+    if pad:
+        sig = torch.cat([sig, sig.new_zeros(*sig.shape[:-1], pad)], dim=-1)
+    weights = 2 ** torch.arange(_CHUNK, device=sig.device, dtype=torch.int64)
+    return (sig.view(*sig.shape[:-1], -1, _CHUNK).to(torch.int64) * weights).sum(-1)
+
+
+_POPCOUNT: dict[torch.device, Tensor] = {}
+
+
+def _popcount16(x: Tensor) -> Tensor:
+    table = _POPCOUNT.get(x.device)
+    if table is None:
+        v = torch.arange(1 << _CHUNK, dtype=torch.int64)
+        table = torch.zeros(1 << _CHUNK, dtype=torch.int64)
+        for bit in range(_CHUNK):
+            table += (v >> bit) & 1
+        table = _POPCOUNT[x.device] = table.to(x.device)
+    return table[x]
+
+
 def hamming_distance(query_sig: Tensor, key_sig: Tensor) -> Tensor:
-    """Bits in which ``(B, m)`` query and ``(B or 1, L, m)`` key signatures differ: ``(B, L)``
-    int64, from one matrix product of the +-1 signatures (``dist = (m - <q, k>) / 2``, exact
-    in float32 for ``m < 2^24``; no ``(B, L, m)`` tensor)."""
+    """Bits in which ``(B, m)`` query and ``(B or 1, L, m)`` key signatures differ: ``(B, L)`` int64.
+
+    Keys shared by all queries (``(1, L, m)``): one matrix product of the +-1 signatures,
+    ``dist = (m - <q, k>) / 2``, exact in float32 for ``m < 2^24``. Keys of their own per
+    query: XOR of the packed signatures and a popcount table, so no ``(B, L, m)`` float
+    tensor is made (4 bytes a bit where the packed keys take 8 bytes per 16 bits)."""
     m = query_sig.shape[-1]
-    if m >= 1 << 24:
-        raise ValueError(f"signatures of {m} bits; expected fewer than 2^24")
-    q, k = _signs(query_sig), _signs(key_sig)                               # (B, m), (B or 1, L, m)
-    if k.shape[0] == 1:
-        dot = torch.matmul(q, k[0].T)                                       # (B, L)
-    else:
-        dot = torch.bmm(k, q[:, :, None])[..., 0]                           # (B, L)
-    return (m - dot).div_(2).to(torch.int64)
+    if key_sig.shape[0] == 1 and m < _FLOAT32_EXACT:
+        dot = torch.matmul(_signs(query_sig), _signs(key_sig[0]).T)        # (B, L)
+        return (m - dot).div_(2).to(torch.int64)
+    q, k = _pack(query_sig), _pack(key_sig)                                 # (B, c), (B, L, c)
+    return _popcount16(q[:, None, :] ^ k).sum(-1)                           # (B, L)
 
 
 def hamming_topk(query_sig: Tensor, key_sig: Tensor, mask: Tensor, k: int,
@@ -76,14 +101,11 @@ def hamming_topk(query_sig: Tensor, key_sig: Tensor, mask: Tensor, k: int,
     # every real key:  rank = [not first] * span + dist * L + (L - 1 - pos),  span = (m + 1) * L
     span = (m + 1) * L
     pos = torch.arange(L, device=key_sig.device)
-    if 2 * span < _FLOAT32_EXACT:   # every rank an exact float32: one fused product, in-place passes
+    if key_sig.shape[0] == 1 and 2 * span < _FLOAT32_EXACT:
+        # shared keys, every rank an exact float32: one fused product, in-place passes;
         # dist * L = (m - <q, k>) * L / 2 with +-1 signatures, so rank = <q, k> * (-L / 2) + base
         base = (m * L / 2 + span + (L - 1) - pos).to(torch.float32)          # (L,)
-        q, keys = _signs(query_sig), _signs(key_sig)
-        if keys.shape[0] == 1:
-            rank = torch.addmm(base, q, keys[0].T, alpha=-L / 2)             # (B, L)
-        else:
-            rank = torch.baddbmm(base[:, None], keys, q[:, :, None], alpha=-L / 2)[..., 0]
+        rank = torch.addmm(base, _signs(query_sig), _signs(key_sig[0]).T, alpha=-L / 2)   # (B, L)
         if first is not None:
             rank.add_(first, alpha=-span)                                   # first ones ahead of all others
         rank = rank.masked_fill_(~mask, 2 * span).to(torch.int32)

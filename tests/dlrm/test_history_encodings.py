@@ -155,7 +155,7 @@ def _attend_reference(tower: HistoryTower, encoded, lengths, candidate, match=No
 
 
 @pytest.mark.parametrize("target", ["simhash", "full"])
-@pytest.mark.parametrize("layout", ["one per candidate", "one user", "two users"])
+@pytest.mark.parametrize("layout", ["one per candidate", "one user", "two users", "three users, one unread"])
 def test_attend_equals_the_plain_target_attention_values_and_gradients(target, layout):
     torch.manual_seed(0)
     backend = RobeArray([50, 40], 8, size=512, block=8, seed=0)
@@ -164,12 +164,15 @@ def test_attend_equals_the_plain_target_attention_values_and_gradients(target, l
     g = torch.Generator().manual_seed(4)
     B, L = 6, 20
     U, rows = {"one per candidate": (B, None), "one user": (1, torch.zeros(B, dtype=torch.int64)),
-               "two users": (2, torch.tensor([1, 0, 0, 1, 1, 0]))}[layout]
+               "two users": (2, torch.tensor([1, 0, 0, 1, 1, 0])),
+               "three users, one unread": (3, torch.tensor([2, 0, 0, 2, 2, 0]))}[layout]
     encoded = torch.randn(U, L, 8, generator=g, dtype=torch.float32)
     lengths = torch.tensor([20, 3, 0, 12, 17, 9][:U])
     candidate = torch.randint(0, 40, (B,), generator=g)
     match = torch.randint(0, 4, (B, L), generator=g)
     outs, grads = [], []
+    with pytest.raises(ValueError, match="rows must be"):
+        tower.attend(encoded, lengths, candidate, match, rows=torch.full((B,), U))
     for fn in (HistoryTower.attend, _attend_reference):
         tower.zero_grad()
         enc = encoded.clone().requires_grad_()
