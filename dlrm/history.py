@@ -311,13 +311,10 @@ class HistoryTower(nn.Module):
         if L == 0:
             return self.to_out(torch.zeros_like(q))
 
-        def per_row(x: Tensor) -> Tensor:   # the history's tensor for each candidate (a view)
-            return x if rows is None else x.expand(B, *x.shape[1:])
-
         k_u, v_u = self.to_k(encoded), self.to_v(encoded)                   # (U, L, D) once per history
         pos = torch.arange(L, device=encoded.device)
         mask_u = pos[None, :] < lengths[:, None]                            # (U, L)
-        lengths = per_row(lengths)                                          # (B,)
+        lengths = lengths if rows is None else lengths.expand(B)            # (B,)
         if self.config.target == "simhash" and L > self.config.topk:
             key_sig = simhash_signatures(k_u, self.planes)                  # (U, L, m): U = B, or 1 for all
             idx, mask = hamming_topk(simhash_signatures(q, self.planes), key_sig, mask_u, self.config.topk,
@@ -328,14 +325,25 @@ class HistoryTower(nn.Module):
             k = k_u.reshape(U * L, self.dim).index_select(0, flat).view(B, -1, self.dim)   # (B, k, D)
             v = v_u.reshape(U * L, self.dim).index_select(0, flat).view(B, -1, self.dim)
             match = None if match is None else torch.gather(match, 1, idx)
-        else:
-            k, v, mask = per_row(k_u), per_row(v_u), per_row(mask_u)        # (B, L, D), (B, L)
-        if match is not None:   # to_k(e + m) = to_k(e) + to_k(m): the codes' keys and values
-            k = k + F.embedding(match, F.linear(self.match.weight, self.to_k.weight))   # (B, L or k, D)
-            v = v + F.embedding(match, F.linear(self.match.weight, self.to_v.weight))
-        s = torch.einsum("bd,bld->bl", q, k) / math.sqrt(self.dim)          # (B, L or k)
-        s = s.masked_fill(~mask, torch.finfo(s.dtype).min)
-        att = torch.einsum("bl,bld->bd", torch.softmax(s, dim=-1), v)       # (B, D)
+            s = torch.bmm(k, q[:, :, None])[..., 0]                         # (B, k)
+        elif rows is None:
+            v, mask = v_u, mask_u                                           # (B, L, D), (B, L)
+            s = torch.bmm(k_u, q[:, :, None])[..., 0]                       # (B, L)
+        else:   # all candidates read one history: its keys and values once
+            v, mask = v_u[0], mask_u.expand(B, L)                           # (L, D), (B, L)
+            s = q @ k_u[0].T                                                # (B, L)
+        if match is not None:
+            # to_k(e + c) = to_k(e) + to_k(c): a code adds <q, to_k(c)> to the score and, weighted
+            # by the attention, to_v(c) to the output; no (B, n, D) tensor of sums is made
+            codes_k = F.linear(self.match.weight, self.to_k.weight)          # (C, D)
+            s = s + torch.gather(q @ codes_k.T, 1, match)                   # (B, n)
+        s = (s / math.sqrt(self.dim)).masked_fill(~mask, torch.finfo(s.dtype).min)
+        p = torch.softmax(s, dim=-1)                                        # (B, n)
+        att = p @ v if v.dim() == 2 else torch.bmm(p[:, None], v)[:, 0]     # (B, D)
+        if match is not None:
+            weight = torch.zeros(B, self.match.num_embeddings, dtype=p.dtype, device=p.device)
+            weight = weight.scatter_add(1, match, p)                        # (B, C) each code's share
+            att = att + weight @ F.linear(self.match.weight, self.to_v.weight)
         att = att * (lengths > 0)[:, None].to(att.dtype)                    # empty history: 0
         return self.to_out(att)
 
