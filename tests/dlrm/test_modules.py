@@ -57,3 +57,36 @@ def test_dot_interaction_float32_kaggle_shape_matches_plain_autograd():
     grad = torch.randn(out.shape)
     for x, y in zip(torch.autograd.grad(out, (dense, sparse), grad), torch.autograd.grad(want, (dense, sparse), grad)):
         torch.testing.assert_close(x, y)
+
+
+@settings(max_examples=25, deadline=None)
+@given(widths=st.lists(st.integers(1, 20), min_size=2, max_size=5), last=st.booleans(), b=st.integers(1, 9),
+       input_grad=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_mlp_single_node_equals_layer_by_layer_autograd(widths, last, b, input_grad, seed):
+    """One autograd node for the whole MLP: the same output and the same gradients as the
+    layers run one by one (odd and multiple-of-8 widths both)."""
+    torch.manual_seed(seed)
+    net = mlp(widths, last_activation=last).double()
+    x = torch.randn(b, widths[0], dtype=torch.float64, requires_grad=input_grad)
+    out = net(x)
+    assert out.grad_fn is not None and "MLPFunction" in type(out.grad_fn).__name__
+    want = torch.nn.Sequential.forward(net, x)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    grad = torch.randn(out.shape, dtype=torch.float64)
+    inputs = [*net.parameters(), *([x] if input_grad else [])]
+    for got, ref in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(want, inputs, grad)):
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_kaggle_widths_float32_match_and_keep_the_state_dict():
+    torch.manual_seed(0)
+    net = mlp([367, 512, 256, 1], last_activation=False)
+    assert list(net.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    x = torch.randn(64, 367, requires_grad=True)
+    out, want = net(x), torch.nn.Sequential.forward(net, x)
+    torch.testing.assert_close(out, want)
+    params = [*net.parameters(), x]
+    for got, ref in zip(torch.autograd.grad(out.sum(), params), torch.autograd.grad(want.sum(), params)):
+        torch.testing.assert_close(got, ref)
+    with torch.no_grad():  # inference runs layer by layer
+        torch.testing.assert_close(net(x), want)
