@@ -189,14 +189,17 @@ class Ranker:
         request_history = [slot.setdefault((str(u), history_fingerprint(h, names)), len(slot))
                            for u, h in zip(users, hists)]
         keys = list(slot)
-        first = {i: r for r, i in reversed(list(enumerate(request_history)))}   # a request of each history
+        first: dict[int, int] = {}   # history index -> its first request
+        for r, i in enumerate(request_history):
+            first.setdefault(i, r)
         entries = [cache.get(u, fp) for u, fp in keys]
         missing = [i for i, e in enumerate(entries) if e is None]
         values_of: list[np.ndarray | None] = [None if e is None else e.values for e in entries]
         if missing:
             got, offsets = self._history_arrays([hists[first[i]] for i in missing])
-            for j, i in enumerate(missing):   # own copies: a kept entry holds only its rows
-                values_of[i] = got[offsets[j]:offsets[j + 1]] if len(missing) == 1 else got[offsets[j]:offsets[j + 1]].copy()
+            for j, i in enumerate(missing):
+                part = got[offsets[j]:offsets[j + 1]]
+                values_of[i] = part if len(missing) == 1 else part.copy()   # a kept entry holds only its rows
         lengths = np.array([len(v) for v in values_of], dtype=np.int64)
         offsets = np.zeros(len(keys) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
