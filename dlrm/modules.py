@@ -28,7 +28,7 @@ def mlp(sizes: list[int], *, last_activation: bool) -> "MLP":
 class _MLPFunction(torch.autograd.Function):
     """Linear (+ ReLU) layers as one autograd node: the forward keeps each layer's output
     (ReLU applied in place), the backward runs per layer the ReLU mask, the bias sum and two
-    matmuls, with no per-op autograd nodes, transposes or extra activation copies."""
+    matmuls, with no per-op autograd nodes or extra activation copies."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, relu: tuple[bool, ...], *params: torch.Tensor) -> torch.Tensor:
@@ -55,17 +55,18 @@ class _MLPFunction(torch.autograd.Function):
         for i in reversed(range(n)):
             if relu[i]:
                 g = torch.ops.aten.threshold_backward(g, acts[i + 1], 0)  # as ReLU's own backward
-            # an input width that is not a multiple of 8 (13 dense features, 367 interaction
-            # outputs) makes MKL's product slow when it is the output's row length: the products
-            # are then taken transposed (~0.5 ms less each at 1024 x 512 x 367 on one AVX2 core)
-            odd = acts[i].shape[1] % 8 != 0
             if ctx.needs_input_grad[2 + 2 * i]:
-                grads[2 * i] = (acts[i].t().mm(g).t().contiguous() if odd else g.t().mm(acts[i]))  # (out, in)
+                # an input width that is not a multiple of 8 (13 dense features, 367 interaction
+                # outputs) makes MKL slow as the row length of the weight gradient: it is taken
+                # transposed then (~0.5 ms less each at 1024 x 512 x 367 on one AVX2 core)
+                a = acts[i]
+                grads[2 * i] = a.t().mm(g).t().contiguous() if a.shape[1] % 8 else g.t().mm(a)  # (out, in)
             if ctx.needs_input_grad[3 + 2 * i]:
                 grads[2 * i + 1] = g.sum(0)                            # (out,)
             if i > 0 or ctx.needs_input_grad[0]:
-                w = params[2 * i]
-                g = w.t().mm(g.t()).t() if odd else g.mm(w)            # (B, in)
+                # (the input gradient stays row-major: its consumers, e.g. the interaction's
+                # backward, cost more on a transposed one than the transposed product saves)
+                g = g.mm(params[2 * i])                                # (B, in)
         return (g if ctx.needs_input_grad[0] else None), None, *grads
 
 
