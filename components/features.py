@@ -165,7 +165,8 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
     import pandas as pd
 
     from features import sql
-    from features.compute import StatsParams, materialize_feature_tables, materialize_user_history, summarize
+    from features.compute import (StatsParams, materialize_feature_tables, materialize_user_category,
+                                  materialize_user_history, summarize)
     from features.engine import open_engine
     from features.transform import feature_spec
 
@@ -191,10 +192,12 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
                   f"engine {cfg.engine}, memory limit {cfg.memory_limit}")
 
         materialize_feature_tables(engine, data, stats)
+        materialize_user_category(engine, data, stats)
         materialize_user_history(engine, data, cfg.history_len)
         counts = engine.rows(sql.entity_counts())[0]
         feature_rows = dict(zip(sql.TABLES, map(int, counts[:3])))
-        feature_rows[sql.HISTORY] = int(engine.rows(sql.row_count(sql.HISTORY))[0][0])
+        for name in (sql.USER_CATEGORY, sql.HISTORY):
+            feature_rows[name] = int(engine.rows(sql.row_count(name))[0][0])
         log(STEP, "feature tables: " + ", ".join(f"{n} {r:,} rows" for n, r in feature_rows.items())
             + f" ({time.perf_counter() - t0:.1f}s)")
 
@@ -214,7 +217,8 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
             for name in SPLITS:
                 # one query per day: each sort holds a day of events, not a split's
                 batches = (b for day in splits[name]
-                           for b in engine.batches(sql.model_rows(day, day, history=True, history_table=hashed),
+                           for b in engine.batches(sql.model_rows(day, day, history=True, history_table=hashed,
+                                                                  user_category=True, dialect=engine.dialect),
                                                    cfg.batch_rows))
                 split_rows[name] = write_model_table(batches, spec, split_path(mdir, name), hashed_history=True)
             spec.save(mdir / SPEC_FILE)
@@ -253,8 +257,8 @@ def _import_in_background(*modules: str) -> None:
 def _feast_repo(engine, repo: Path, data, batch_rows: int) -> None:
     """Installs the Feast repo in ``repo``, streams the offline tables out of the engine,
     applies the repo and loads the snapshot rows (``data.snapshot``) into the online store:
-    the statistics through Feast's materialisation, the user history (whose lists Feast
-    would read whole) straight from the engine, a batch at a time."""
+    the statistics through Feast's materialisation, the list views (user history, user x
+    category; Feast would read their lists whole) straight from the engine, a batch at a time."""
     from features import sql
     from features.compute import stamped_batches
     from features.repo import (apply_repo, check_tables_match_views, install_repo, materialize_latest,
@@ -262,13 +266,15 @@ def _feast_repo(engine, repo: Path, data, batch_rows: int) -> None:
 
     install_repo(repo)
     columns = {}
-    for name, (key, fields) in {**sql.TABLES, sql.HISTORY: ("user_id", sql.HISTORY_COLUMNS)}.items():
+    lists = {sql.USER_CATEGORY: ("user_id", sql.UCAT_COLUMNS), sql.HISTORY: ("user_id", sql.HISTORY_COLUMNS)}
+    for name, (key, fields) in {**sql.TABLES, **lists}.items():
         write_offline_batches(name, stamped_batches(engine, name, batch_rows), repo)
         columns[name] = [key, "event_timestamp", *fields]
     store = apply_repo(repo)
     check_tables_match_views(store, columns)
     materialize_latest(store, data.snapshot, views=list(sql.TABLES))
-    write_online_batches(store, sql.HISTORY, stamped_batches(engine, sql.HISTORY, batch_rows, day=data.snapshot_day))
+    for name in lists:
+        write_online_batches(store, name, stamped_batches(engine, name, batch_rows, day=data.snapshot_day))
     del store
 
 

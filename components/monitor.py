@@ -73,7 +73,7 @@ class MonitorConfig:
     reference: Literal["valid", "train", "train+valid"] = "valid"  # split(s) of data/model_input compared with test
     max_rows: int = 20_000           # rows sampled from each window (bounds time; seeded)
     seed: int = 0                    # sampling seed
-    max_drift_share: float = 0.3     # drift_detected when this share of tested features drifted (>=, as Evidently)
+    max_drift_share: float = 0.15    # drift_detected when this share of tested features drifted (>=, as Evidently)
     max_categories: int = 100        # sparse features with more distinct ids are tested by popularity bucket
     min_category_rows: int = 5       # categories with fewer reference rows are pooled as "rare"
     exclude: tuple[str, ...] = ("day_of_week",)  # features not tested (a < 7-day window has no full week)

@@ -47,6 +47,7 @@ class FeatureTables:
     item_attributes: pd.DataFrame
     snapshot: pd.Timestamp      # the stamp of the latest rows (day after the last event day)
     user_history: pd.DataFrame | None = None   # the user's last events (list columns), when asked for
+    user_category_stats: pd.DataFrame | None = None   # per user: lists by category (sql.USER_CATEGORY)
 
     def items(self) -> list[tuple[str, pd.DataFrame]]:
         out = [("user_daily_stats", self.user_daily_stats),
@@ -54,6 +55,8 @@ class FeatureTables:
                ("item_attributes", self.item_attributes)]
         if self.user_history is not None:
             out.append((sql.HISTORY, self.user_history))
+        if self.user_category_stats is not None:
+            out.append((sql.USER_CATEGORY, self.user_category_stats))
         return out
 
 
@@ -108,6 +111,14 @@ def materialize_feature_tables(engine, summary: DataSummary, params: StatsParams
         engine.materialize(name, select)
 
 
+def materialize_user_category(engine, summary: DataSummary, params: StatsParams) -> None:
+    """Computes the user x category table (:func:`features.sql.user_category_stats`: per user
+    and day, the offers, purchases and rate of each category_l1 and category_l2 the user was
+    offered in the 30 days before) into the engine, as table ``user_category_stats``."""
+    engine.materialize(sql.USER_CATEGORY, sql.user_category_stats(
+        engine.dialect, summary.snapshot_day, params.rate_prior, params.rate_prior_weight))
+
+
 def materialize_user_history(engine, summary: DataSummary, length: int) -> None:
     """Computes the user history table (:func:`features.sql.user_history`: each user's last
     ``length`` events before the row's day) into the engine, as table ``user_history``."""
@@ -130,10 +141,11 @@ def stamp_days(batch: "pa.RecordBatch") -> "pa.RecordBatch":
 
 def stamped_batches(engine, name: str, batch_rows: int, day: int | None = None) -> Iterator["pa.RecordBatch"]:
     """The rows of feature table ``name`` in (key, day) order, stamped (:func:`stamp_days`);
-    the user history's rows of ``day`` only, when given."""
-    select = sql.history_rows(day) if day is not None and name == sql.HISTORY else sql.table_rows(name)
-    if day is not None and name != sql.HISTORY:
-        raise ValueError(f"rows of one day are read from {sql.HISTORY} only, not {name}")
+    the rows of ``day`` only, when given (the user history and user x category tables)."""
+    by_day = {sql.HISTORY: sql.history_rows, sql.USER_CATEGORY: sql.user_category_rows}
+    if day is not None and name not in by_day:
+        raise ValueError(f"rows of one day are read from {sorted(by_day)} only, not {name}")
+    select = by_day[name](day) if day is not None else sql.table_rows(name)
     for batch in engine.batches(select, batch_rows):
         yield stamp_days(batch)
 
@@ -194,7 +206,8 @@ def compute_feature_tables(events: pd.DataFrame, params: StatsParams = StatsPara
         engine.events_from_arrow(_events_arrow(events))
         summary = summarize(engine)
         materialize_feature_tables(engine, summary, params)
-        names = list(sql.TABLES)
+        materialize_user_category(engine, summary, params)
+        names = [*sql.TABLES, sql.USER_CATEGORY]
         if history_len > 0:
             materialize_user_history(engine, summary, history_len)
             names.append(sql.HISTORY)
@@ -205,4 +218,4 @@ def compute_feature_tables(events: pd.DataFrame, params: StatsParams = StatsPara
             batches = list(stamped_batches(engine, name, 1 << 20))
             frames[name] = pa.Table.from_batches(batches).to_pandas() if batches else None
     return FeatureTables(frames["user_daily_stats"], frames["item_daily_stats"], frames["item_attributes"],
-                         summary.snapshot, frames.get(sql.HISTORY))
+                         summary.snapshot, frames.get(sql.HISTORY), frames[sql.USER_CATEGORY])

@@ -39,3 +39,11 @@ user_history_source = FileSource(
     timestamp_field="event_timestamp",
     description="Per user and day: the user's last events before that day, newest first (lists).",
 )
+
+user_category_stats_source = FileSource(
+    name="user_category_stats_source",
+    path="store/offline/user_category_stats.parquet",
+    file_format=ParquetFormat(),
+    timestamp_field="event_timestamp",
+    description="Per user and day: offers, purchases and rates of each category offered in the last 30 days (lists).",
+)

@@ -6,12 +6,13 @@ A new model version that reads different features gets a new service (``dlrm_v2`
 
 from feast import FeatureService
 
-from feature_views import item_attributes, item_daily_stats, user_daily_stats, user_history
+from feature_views import item_attributes, item_daily_stats, user_category_stats, user_daily_stats, user_history
 
 dlrm_v1 = FeatureService(
     name="dlrm_v1",
-    features=[user_daily_stats, item_daily_stats, item_attributes],
-    description="Everything the robeflow DLRM v1 reads from the feature store.",
+    features=[user_daily_stats, item_daily_stats, item_attributes, user_category_stats],
+    description="Everything the robeflow DLRM v1 reads from the feature store (the user x category "
+                "view as arrays by category: a model reads the entry of the candidate item's category).",
     tags={"model": "dlrm", "version": "1"},
 )
 

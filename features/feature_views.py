@@ -4,7 +4,10 @@ A row stamped with day D at 00:00 UTC is computed from events strictly before D,
 point-in-time join of an event on day D reads only its past. TTLs: the statistics are
 refreshed daily, so a value older than two days means a missed run (one is tolerated);
 catalogue attributes change rarely and stay valid for 30 days. The user history holds the
-user's last ``features.history_len`` events before D as parallel arrays, newest first.
+user's last ``features.history_len`` events before D as parallel arrays, newest first; the
+user x category view, per category level, the categories offered to the user in the 30 days
+before D with the user's statistics in each (parallel arrays; a model reads the entry of
+the candidate item's category).
 """
 
 from datetime import timedelta
@@ -12,8 +15,8 @@ from datetime import timedelta
 from feast import FeatureView, Field
 from feast.types import Array, Float64, Int64, String
 
-from data_sources import (item_attributes_source, item_daily_stats_source, user_daily_stats_source,
-                          user_history_source)
+from data_sources import (item_attributes_source, item_daily_stats_source, user_category_stats_source,
+                          user_daily_stats_source, user_history_source)
 from entities import item, user
 
 user_daily_stats = FeatureView(
@@ -84,6 +87,30 @@ user_history = FeatureView(
         Field(name="hist_days", dtype=Array(Int64), description="days from the event's day to the row's day (>= 1)"),
     ],
     source=user_history_source,
+    online=True,
+    tags={"team": "recsys", "refresh": "daily"},
+)
+
+
+def _user_category_fields(level: str) -> list[Field]:
+    """The user x category view's parallel arrays of one category level."""
+    per_category = [("offers_7d", Int64, "offers in each, last 7 days"),
+                    ("purchases_7d", Int64, "purchases in each, last 7 days"),
+                    ("offers_30d", Int64, "offers in each, last 30 days"),
+                    ("purchases_30d", Int64, "purchases in each, last 30 days"),
+                    ("purchase_rate_30d", Float64, "(purchases + prior * weight) / (offers + weight) in each, 30 days")]
+    return [Field(name=f"ucat_{level}_keys", dtype=Array(String),
+                  description=f"the category_{level} values offered to the user in the last 30 days, in text order"),
+            *(Field(name=f"ucat_{level}_{name}_list", dtype=Array(dtype), description=text)
+              for name, dtype, text in per_category)]
+
+
+user_category_stats = FeatureView(
+    name="user_category_stats",
+    entities=[user],
+    ttl=timedelta(days=2),
+    schema=[*_user_category_fields("l1"), *_user_category_fields("l2")],
+    source=user_category_stats_source,
     online=True,
     tags={"team": "recsys", "refresh": "daily"},
 )

@@ -4,7 +4,7 @@ A materialised repo directory holds the Feast definitions (copied from this pack
 under ``store/``, the offline Parquet tables, the registry and the SQLite online store::
 
     DIR/feature_store.yaml, entities.py, data_sources.py, feature_views.py, feature_services.py
-    DIR/store/offline/{user_daily_stats,item_daily_stats,item_attributes,user_history}.parquet
+    DIR/store/offline/{user_daily_stats,item_daily_stats,item_attributes,user_category_stats,user_history}.parquet
     DIR/store/registry.db, DIR/store/online_store.db
 
 so ``cd DIR && feast feature-views list`` works on it. Feast is imported lazily.
@@ -215,21 +215,23 @@ def materialize_latest(store: "FeatureStore", tables: FeatureTables | pd.Timesta
                           feature_views=list(views) if views is not None else None)
 
 
-def write_online_batches(store: "FeatureStore", view: str, batches: Iterable[Any]) -> int:
+def write_online_batches(store: "FeatureStore", view: str, batches: Iterable[Any], write_rows: int = 1024) -> int:
     """Writes a view's latest rows (Arrow record batches with the key, ``event_timestamp``
-    and the view's fields) straight into the online store, a batch at a time; returns the
-    rows. For views whose offline table is too heavy for Feast's materialisation, which
-    reads the whole table into memory (the user history's lists)."""
+    and the view's fields) straight into the online store, ``write_rows`` rows a write;
+    returns the rows. For views whose offline table is too heavy for Feast's
+    materialisation, which reads the whole table into memory (the list views): Feast turns
+    every list element into a Python object, so a write holds few rows."""
     import pyarrow as pa
 
     rows = 0
     for batch in batches:
-        frame = pa.Table.from_batches([batch]).to_pandas()
-        for col in frame.columns:   # Feast's type conversion reads Python lists
-            if frame[col].dtype == object and len(frame) and hasattr(frame[col].iloc[0], "tolist"):
-                frame[col] = [v.tolist() for v in frame[col]]
-        store.write_to_online_store(view, frame)
-        rows += len(frame)
+        for start in range(0, batch.num_rows, write_rows):
+            frame = pa.Table.from_batches([batch.slice(start, write_rows)]).to_pandas()
+            for col in frame.columns:   # Feast's type conversion reads Python lists
+                if frame[col].dtype == object and len(frame) and hasattr(frame[col].iloc[0], "tolist"):
+                    frame[col] = [v.tolist() for v in frame[col]]
+            store.write_to_online_store(view, frame)
+            rows += len(frame)
     return rows
 
 

@@ -54,6 +54,17 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
         "item_price", "item_price_band")),
 }
 
+# the user x category view: user_id, day, then per category level the categories the user
+# was offered in the last 30 days (``ucat_<level>_keys``, text order) and, in parallel lists,
+# the user's statistics in each (``ucat_<level>_<stat>_list``)
+USER_CATEGORY = "user_category_stats"
+UCAT_LEVELS = ("l1", "l2")
+UCAT_STATS = ("offers_7d", "purchases_7d", "offers_30d", "purchases_30d", "purchase_rate_30d")
+UCAT_COLUMNS = tuple(c for lv in UCAT_LEVELS
+                     for c in (f"ucat_{lv}_keys", *(f"ucat_{lv}_{s}_list" for s in UCAT_STATS)))
+# a model-ready row's values: the entry of its item's category (item_attributes' category_<level>)
+UCAT_ROW_COLUMNS = tuple(f"ucat_{lv}_{s}" for lv in UCAT_LEVELS for s in UCAT_STATS)
+
 # the user history view: user_id, day, then these list columns (newest event first)
 HISTORY = "user_history"
 HISTORY_COLUMNS = ("hist_item", "hist_cat", "hist_action", "hist_days")
@@ -96,6 +107,14 @@ class Dialect:
         if self.name == "spark":
             return f"TRANSFORM({records}, r -> r.{name})"
         return f"list_transform({records}, lambda r: r.{name})"
+
+    def pick(self, keys: str, key: str, values: str) -> str:
+        """The element of list ``values`` at the position of ``key`` in list ``keys`` (NULL
+        where ``key`` or either list is NULL, or ``key`` is not in ``keys``)."""
+        if self.name == "spark":
+            return (f"CASE WHEN ARRAY_POSITION({keys}, {key}) > 0 "
+                    f"THEN ELEMENT_AT({values}, CAST(ARRAY_POSITION({keys}, {key}) AS INT)) END")
+        return f"list_extract({values}, list_position({keys}, {key}))"
 
     def empty_list(self, element: str) -> str:
         """An empty list of ``element`` (``STRING`` or ``BIGINT``)."""
@@ -281,6 +300,75 @@ def feature_tables(snapshot_day: int, rate_prior: float, weight: float, days_sin
     }
 
 
+def user_category_stats(dialect: Dialect, snapshot_day: int, rate_prior: float, weight: float) -> str:
+    """SELECT of the user x category view's rows: user_id, day, then :data:`UCAT_COLUMNS`.
+
+    The row of user u stamped D (every day u has events, and the snapshot day) lists, per
+    level (category_l1, category_l2), the categories u was offered in the 30 days before D
+    (text order) and, in parallel lists, u's offers and purchases in each over the last 7 and
+    30 days and the smoothed purchase rate over 30 days (as the user view's). Empty lists
+    when u was offered nothing with a category in those 30 days. A model-ready row reads the
+    entry of its item's category (:func:`model_rows`); a category not listed has no offers.
+    """
+    levels = []
+    for lv in UCAT_LEVELS:
+        col = f"category_{lv}"
+        fields = [("c", "w.c"), *((st, f"w.{st}") for st in UCAT_STATS)]
+        lists = ",\n       ".join(
+            f"CASE WHEN {lv}.records IS NULL THEN {dialect.empty_list(t)} "
+            f"ELSE {dialect.list_field(f'{lv}.records', f)} END AS {name}"
+            for name, f, t in [(f"ucat_{lv}_keys", "c", "STRING"),
+                               *((f"ucat_{lv}_{st}_list", st, "DOUBLE" if st.startswith("purchase_rate") else "BIGINT")
+                                 for st in UCAT_STATS)])
+        levels.append((lv, col, fields, lists))
+    ctes = []
+    for lv, col, fields, _ in levels:
+        ctes.append(f"""
+uc_{lv}_day AS (
+    SELECT user_id AS k, {col} AS c, day AS d, COUNT(*) AS o, SUM(COALESCE(purchased, 0)) AS p
+    FROM events WHERE {col} IS NOT NULL GROUP BY user_id, {col}, day
+),
+uc_{lv}_span AS (
+    SELECT k, c, MIN(d) AS first_d, MAX(d) AS last_d FROM uc_{lv}_day GROUP BY k, c
+),
+uc_{lv}_grid AS (
+    -- q = 1: a row of the user's grid, for every category offered to the user in the 30 days before it
+    SELECT s.k, s.c, g.d, 0 AS o, 0 AS p, 1 AS q
+    FROM uc_{lv}_span s JOIN uc_grid g ON g.k = s.k AND g.d > s.first_d AND g.d <= s.last_d + 30
+    UNION ALL
+    SELECT k, c, d, o, p, 0 AS q FROM uc_{lv}_day
+),
+uc_{lv}_win AS (
+    SELECT k, c, d, q,
+           COALESCE(SUM(o) OVER (PARTITION BY k, c ORDER BY d RANGE BETWEEN 7 PRECEDING AND 1 PRECEDING), 0) AS o7,
+           COALESCE(SUM(p) OVER (PARTITION BY k, c ORDER BY d RANGE BETWEEN 7 PRECEDING AND 1 PRECEDING), 0) AS p7,
+           COALESCE(SUM(o) OVER (PARTITION BY k, c ORDER BY d RANGE BETWEEN 30 PRECEDING AND 1 PRECEDING), 0) AS o30,
+           COALESCE(SUM(p) OVER (PARTITION BY k, c ORDER BY d RANGE BETWEEN 30 PRECEDING AND 1 PRECEDING), 0) AS p30
+    FROM uc_{lv}_grid
+),
+uc_{lv}_lists AS (
+    SELECT w.k, w.d, {dialect.sorted_records(fields)} AS records
+    FROM (SELECT k, c, d, CAST(o7 AS BIGINT) AS offers_7d, CAST(p7 AS BIGINT) AS purchases_7d,
+                 CAST(o30 AS BIGINT) AS offers_30d, CAST(p30 AS BIGINT) AS purchases_30d,
+                 {_smoothed("p30", "o30", rate_prior, weight)} AS purchase_rate_30d
+          FROM uc_{lv}_win WHERE q = 1 AND o30 > 0) w
+    GROUP BY w.k, w.d
+)""")
+    joins = "\n".join(f"LEFT JOIN uc_{lv}_lists {lv} ON {lv}.k = g.k AND {lv}.d = g.d" for lv, *_ in levels)
+    cols = ",\n       ".join(lists for *_, lists in levels)
+    return f"""
+WITH uc_grid AS (
+    SELECT user_id AS k, day AS d FROM events GROUP BY user_id, day
+    UNION
+    SELECT user_id AS k, {int(snapshot_day)} AS d FROM events GROUP BY user_id
+),{",".join(ctes)}
+SELECT g.k AS user_id, g.d AS day,
+       {cols}
+FROM uc_grid g
+{joins}
+"""
+
+
 def user_history(dialect: Dialect, snapshot_day: int, length: int) -> str:
     """SELECT of the user history view's rows: user_id, day, then :data:`HISTORY_COLUMNS`.
 
@@ -342,6 +430,13 @@ FROM hist_before b LEFT JOIN hist_lists h ON h.k = b.k AND h.d = b.d
 """
 
 
+def user_category_rows(day: int | None = None) -> str:
+    """SELECT of the materialised user x category table in (user_id, day) order (the rows
+    stamped ``day`` only, when given)."""
+    where = f" WHERE day = {int(day)}" if day is not None else ""
+    return f"SELECT user_id, day, {', '.join(UCAT_COLUMNS)} FROM {USER_CATEGORY}{where} ORDER BY user_id, day"
+
+
 def history_rows(day: int | None = None) -> str:
     """SELECT of the materialised user history in (user_id, day) order (the rows stamped
     ``day`` only, when given)."""
@@ -358,28 +453,38 @@ def table_rows(name: str) -> str:
     """SELECT of a materialised feature table in (key, day) order."""
     if name == HISTORY:
         return history_rows()
+    if name == USER_CATEGORY:
+        return user_category_rows()
     key, fields = TABLES[name]
     return f"SELECT {key}, day, {', '.join(fields)} FROM {name} ORDER BY {key}, day"
 
 
-def model_rows(first_day: int, last_day: int, history: bool = False, history_table: str = HISTORY) -> str:
+def model_rows(first_day: int, last_day: int, history: bool = False, history_table: str = HISTORY,
+               user_category: bool = False, dialect: Dialect = DUCKDB) -> str:
     """SELECT of the events of days [first_day, last_day] joined with their feature rows
     (point in time: the rows stamped on the event's day), in (time, seq) order; with
     ``history``, also the user's :data:`HISTORY_COLUMNS` (from ``history_table``: the
     user history view's table :data:`HISTORY`, or a table of the same rows and columns
-    whose lists hold ids)."""
+    whose lists hold ids); with ``user_category``, also :data:`UCAT_ROW_COLUMNS`: the user x
+    category view's entry of the item's category (as item_attributes gives it; NULL where the
+    user has none: no offers in it)."""
     cols = ", ".join(f"e.{c}" for c in ROW_COLUMNS)
     u = ", ".join(f"u.{c}" for c in TABLES["user_daily_stats"][1])
     i = ", ".join(f"i.{c}" for c in TABLES["item_daily_stats"][1])
     a = ", ".join(f"a.{c}" for c in TABLES["item_attributes"][1])
     h = "".join(f", h.{c}" for c in HISTORY_COLUMNS) if history else ""
     join_h = (f"\nLEFT JOIN {history_table} h ON h.user_id = e.user_id AND h.day = e.day" if history else "")
+    uc = "".join(f", {dialect.pick(f'uc.ucat_{lv}_keys', f'a.item_category_{lv}', f'uc.ucat_{lv}_{st}_list')}"
+                 f" AS ucat_{lv}_{st}"
+                 for lv in UCAT_LEVELS for st in UCAT_STATS) if user_category else ""
+    join_uc = (f"\nLEFT JOIN {USER_CATEGORY} uc ON uc.user_id = e.user_id AND uc.day = e.day"
+               if user_category else "")
     return f"""
-SELECT {cols}, {u}, {i}, {a}{h}
+SELECT {cols}, {u}, {i}, {a}{h}{uc}
 FROM events e
 LEFT JOIN user_daily_stats u ON u.user_id = e.user_id AND u.day = e.day
 LEFT JOIN item_daily_stats i ON i.item_id = e.item_id AND i.day = e.day
-LEFT JOIN item_attributes a ON a.item_id = e.item_id AND a.day = e.day{join_h}
+LEFT JOIN item_attributes a ON a.item_id = e.item_id AND a.day = e.day{join_h}{join_uc}
 WHERE e.day >= {int(first_day)} AND e.day <= {int(last_day)}
 ORDER BY e.ts_ns, e.seq
 """

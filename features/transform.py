@@ -22,6 +22,7 @@ import pandas as pd
 
 from features.categorize import MISSING, SMALL_INPUT, bag_ids, hash_ids
 from features.compute import StatsParams
+from features.sql import UCAT_LEVELS, UCAT_ROW_COLUMNS, UCAT_STATS
 from contract.spec import DenseFeature, FeatureSpec, HistoryColumn, HistorySpec, SparseFeature
 
 PASS_THROUGH = ("event_id", "event_timestamp", "user_id", "item_id")
@@ -44,6 +45,9 @@ DENSE: tuple[tuple[str, str], ...] = (
     ("item_purchases_30d", "log1p"),
     ("item_purchase_rate_30d", "identity"),
     ("price", "log1p"),   # the offer's price; the item's last known price where not given
+    # the user's offers, purchases and rate in the item's category_l1 and category_l2
+    # (the user x category view's entry of that category)
+    *((name, "identity" if "_rate_" in name else "log1p") for name in UCAT_ROW_COLUMNS),
 )
 
 # sparse feature -> the row column its values come from ("query" is multi-hot)
@@ -212,6 +216,38 @@ def _dense_columns(raw_of, spec: FeatureSpec) -> dict[str, np.ndarray]:
     return out
 
 
+def user_category_values(columns: Mapping[str, np.ndarray | list], n: int) -> dict[str, list]:
+    """The user x category entries of each row's item category, from the view's lists.
+
+    ``columns`` holds, per level, ``ucat_<level>_keys`` (a list of categories per row, None
+    where the store has no row), the parallel ``ucat_<level>_<stat>_list`` lists, and the
+    row's ``item_category_<level>``; returns ``ucat_<level>_<stat>`` -> n values, None where
+    the category is missing or not listed (the user had no offers in it), as
+    :func:`features.sql.model_rows` picks them in the engine. {} when ``columns`` holds no
+    lists (rows from the engine hold the picked values)."""
+    out: dict[str, list] = {}
+    for lv in UCAT_LEVELS:
+        keys = columns.get(f"ucat_{lv}_keys")
+        if keys is None:
+            continue
+        cats = columns.get(f"item_category_{lv}")
+        cats = [None] * n if cats is None else cats
+        where: dict[int, dict] = {}     # one index per distinct list object (a request shares one)
+        pos = []
+        for k, c in zip(keys, cats):
+            if k is None or c is None or (type(c) is float and c != c) or (type(k) is float and k != k):
+                pos.append(-1)
+                continue
+            index = where.get(id(k))
+            if index is None:
+                index = where[id(k)] = {v: j for j, v in enumerate(k)}
+            pos.append(index.get(c, -1))
+        for st in UCAT_STATS:
+            values = columns[f"ucat_{lv}_{st}_list"]
+            out[f"ucat_{lv}_{st}"] = [values[i][p] if p >= 0 else None for i, p in enumerate(pos)]
+    return out
+
+
 def model_columns(columns: Mapping[str, np.ndarray | list], n: int, spec: FeatureSpec) -> dict[str, object]:
     """The transform's core on plain columns; :func:`build_model_frame` and the server
     both call it, so training and serving compute every feature with the same code.
@@ -228,6 +264,9 @@ def model_columns(columns: Mapping[str, np.ndarray | list], n: int, spec: Featur
         list of n int64 id arrays (multi-hot); and the label (float32) when present.
     """
     extra = spec.extra
+    picked = user_category_values(columns, n)
+    if picked:
+        columns = {**columns, **picked}
     out: dict[str, object] = _dense_columns(lambda name: _numeric(columns.get(name), n), spec)
 
     hour, weekday = _utc_hour_and_weekday(np.asarray(columns["event_timestamp"]))

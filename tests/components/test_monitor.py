@@ -51,6 +51,10 @@ MAY_DRIFT = {
     "item_offers_30d", "item_purchases_30d", "item_purchase_rate_30d",
     "user_purchases_7d", "user_purchases_30d", "user_purchase_rate_30d",
     "user_avg_price_paid_30d", "user_days_since_purchase",
+    # the user's statistics in the item's category: a shifted category mix moves them
+    "ucat_l1_offers_7d", "ucat_l1_purchases_7d", "ucat_l1_offers_30d", "ucat_l1_purchases_30d",
+    "ucat_l1_purchase_rate_30d", "ucat_l2_offers_7d", "ucat_l2_purchases_7d", "ucat_l2_offers_30d",
+    "ucat_l2_purchases_30d", "ucat_l2_purchase_rate_30d",
 }
 # ...and the direct shifts, which a drift of 0.8 must show.
 MUST_DRIFT = {"price", "category_l1", "item"}

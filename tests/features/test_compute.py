@@ -79,6 +79,48 @@ def test_item_stats_and_attributes_equal_direct_recomputation(tables, events):
     assert_rows_match(tables.item_attributes, "item_id", events, naive_item)
 
 
+def naive_user_category(ev: pd.DataFrame, stamp: pd.Timestamp) -> dict:
+    """The user x category lists of the events ``ev`` of one user, as of ``stamp``."""
+    past = ev[ev["event_timestamp"] < stamp]
+    out = {}
+    for lv in ("l1", "l2"):
+        w30 = past[past["event_timestamp"] >= stamp - 30 * DAY].dropna(subset=[f"category_{lv}"])
+        cats = sorted(w30[f"category_{lv}"].unique())
+        rows = {k: [] for k in ("offers_7d", "purchases_7d", "offers_30d", "purchases_30d", "purchase_rate_30d")}
+        for c in cats:
+            in30 = w30[w30[f"category_{lv}"] == c]
+            in7 = in30[in30["event_timestamp"] >= stamp - 7 * DAY]
+            o, p = len(in30), int(in30["purchased"].sum())
+            rows["offers_7d"].append(len(in7))
+            rows["purchases_7d"].append(int(in7["purchased"].sum()))
+            rows["offers_30d"].append(o)
+            rows["purchases_30d"].append(p)
+            rows["purchase_rate_30d"].append((p + P.rate_prior * P.rate_prior_weight) / (o + P.rate_prior_weight))
+        out[f"ucat_{lv}_keys"] = cats
+        out.update({f"ucat_{lv}_{k}_list": v for k, v in rows.items()})
+    return out
+
+
+def test_user_category_lists_equal_direct_recomputation(tables, events):
+    table = tables.user_category_stats
+    groups = dict(tuple(events.groupby("user_id")))
+    nonempty = 0
+    for row in table.sample(n=150, random_state=0).itertuples(index=False):
+        want = naive_user_category(groups[row.user_id], row.event_timestamp)
+        assert set(want) == set(table.columns[2:])
+        for k, v in want.items():
+            got = list(getattr(row, k))
+            if k.endswith("purchase_rate_30d"):
+                assert got == pytest.approx(v), (k, row.user_id, row.event_timestamp)
+            else:
+                assert got == v, (k, row.user_id, row.event_timestamp)
+        nonempty += bool(want["ucat_l2_keys"])
+    assert nonempty > 100
+    # one row per (user, day) of the user's grid, as the user view
+    assert set(zip(table["user_id"], table["event_timestamp"])) == set(
+        zip(tables.user_daily_stats["user_id"], tables.user_daily_stats["event_timestamp"]))
+
+
 def test_rows_cover_every_event_day_and_a_latest_snapshot(tables, events):
     day = events["event_timestamp"].dt.floor("D")
     snapshot = day.max() + DAY

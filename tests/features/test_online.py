@@ -37,7 +37,12 @@ def sample(events):
 def assert_same_values(a: pd.DataFrame, b: pd.DataFrame, cols) -> None:
     for c in cols:
         x, y = a[c].tolist(), b[c].tolist()
-        if all(isinstance(v, str) or v is None for v in x + y):
+        if any(isinstance(v, (list, tuple, np.ndarray)) for v in x + y):   # the list views' fields
+            x, y = ([None if v is None else list(v) for v in vs] for vs in (x, y))
+            assert [v is None for v in x] == [v is None for v in y], c
+            for u, v in zip(x, y):
+                assert u == pytest.approx(v) if c.endswith("rate_30d_list") else u == v, c
+        elif all(isinstance(v, str) or v is None for v in x + y):
             assert x == y, c
         else:
             np.testing.assert_allclose(np.asarray(x, float), np.asarray(y, float), err_msg=c)

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from features import sql
-from features.compute import (StatsParams, _events_arrow, materialize_feature_tables, materialize_user_history,
-                              summarize)
+from features.compute import (StatsParams, _events_arrow, materialize_feature_tables, materialize_user_category,
+                              materialize_user_history, summarize)
 from features.engine import DuckDBEngine
 
 pytest.importorskip("pyspark")   # in the dev extra: `make test` installs it
@@ -24,10 +24,12 @@ def _tables(engine, events, params):
     data = summarize(engine)
     materialize_feature_tables(engine, data, params)
     materialize_user_history(engine, data, HISTORY_LEN)
+    materialize_user_category(engine, data, params)
     out = {name: pa.Table.from_batches(list(engine.batches(sql.table_rows(name), 1 << 20)))
-           for name in (*sql.TABLES, sql.HISTORY)}
+           for name in (*sql.TABLES, sql.HISTORY, sql.USER_CATEGORY)}
     out["model_rows"] = pa.Table.from_batches(list(engine.batches(
-        sql.model_rows(data.first_day, data.last_day, history=True), 1 << 20)))
+        sql.model_rows(data.first_day, data.last_day, history=True, user_category=True, dialect=engine.dialect),
+        1 << 20)))
     return data, out
 
 
@@ -58,7 +60,7 @@ def test_spark_local_gives_duckdbs_tables_and_model_rows(events, tmp_path):
     with SparkEngine(tmp_path / "spark", master="local[2]") as spark:
         s_data, s_out = _tables(spark, events, params)
     assert d_data == s_data
-    for name in (*sql.TABLES, sql.HISTORY, "model_rows"):
+    for name in (*sql.TABLES, sql.HISTORY, sql.USER_CATEGORY, "model_rows"):
         _assert_same(d_out[name], s_out[name], name)
     lengths = [len(h) for h in d_out[sql.HISTORY].column("hist_item").to_pylist()]
     assert max(lengths) == HISTORY_LEN and min(lengths) == 0
