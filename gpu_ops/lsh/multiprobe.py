@@ -140,8 +140,10 @@ class ProbeIndex:
         else:
             order = torch.argsort(cost, stable=True)
         table, flip = order // P, order % P
-        mask = (self.flip_sets[flip].to(torch.int64) * self.powers[weak.indices[table]]).sum(dim=1)  # (T,)
-        return table, home[table] ^ mask
+        # index_select, not advanced indexing: one gather kernel per step, no index checks in Python
+        weak_bits = weak.indices.index_select(0, table)                             # (T, F)
+        mask = (self.flip_sets.index_select(0, flip).to(torch.int64) * self.powers[weak_bits]).sum(dim=1)  # (T,)
+        return table, home.index_select(0, table) ^ mask
 
     @torch.no_grad()
     def query(self, query: Tensor, budget: int) -> Tensor:
@@ -156,8 +158,10 @@ class ProbeIndex:
         # enough probes to fill the budget with buckets of average size, twice over
         limit = self.tables + 2 * budget * (1 << self.bits) // self.num_items
         table, code = self.probe_order(query, limit)
-        start = self.offsets[table, code]                                          # (T,)
-        size = self.offsets[table, code + 1] - start
+        flat = self.offsets.view(-1)                                               # (L * (2^K + 1),)
+        at = table * self.offsets.shape[1] + code                                  # (T,) flat bucket starts
+        start = flat.index_select(0, at)                                           # (T,)
+        size = flat.index_select(0, at + 1) - start
         size = torch.minimum(size, (budget - (torch.cumsum(size, 0) - size)).clamp(min=0))
         keep = size > 0
         table, start, size = table[keep], start[keep], size[keep]
@@ -167,4 +171,4 @@ class ProbeIndex:
         # flat positions into ids: bucket j contributes table_j * N + start_j + [0, size_j)
         base = table * self.num_items + start - (torch.cumsum(size, 0) - size)
         pos = torch.repeat_interleave(base, size, output_size=total) + torch.arange(total)
-        return torch.unique(self.ids.view(-1)[pos]).to(torch.int64)
+        return torch.unique(self.ids.view(-1).index_select(0, pos)).to(torch.int64)
