@@ -45,3 +45,12 @@ def test_query_equals_the_bucket_by_bucket_reference(n, dim, bits, tables, flips
         got = index.query(query, budget)
         assert got.dtype == torch.int64
         torch.testing.assert_close(got, reference_query(index, query, budget), rtol=0, atol=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(ids=st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=300))
+def test_sorted_distinct_equals_torch_unique(ids) -> None:
+    from gpu_ops.lsh.multiprobe import _sorted_distinct
+
+    x = torch.tensor(ids, dtype=torch.int32)
+    torch.testing.assert_close(_sorted_distinct(x), torch.unique(x).to(torch.int64), rtol=0, atol=0)
