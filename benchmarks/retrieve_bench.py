@@ -18,7 +18,8 @@ What it does, per catalogue size N (``--items 100000,1000000``):
    ``{"user_id", "k": 10, "context"}`` one after the other.
 
 Prints per N and index: p50/p95/p99 latency (ms) over HTTP, and in process where the time
-goes (retrieval: features + tower + top candidates; ranking of the candidates) and the
+goes (retrieval: features + tower + top candidates; ranking of the candidates; and stage by
+stage: online reads, transforms, tower, LSH probes, exact scores, DLRM forward) and the
 share of the exact top 100 the LSH index finds (its recall against exact inner-product
 search) on the same users, and on the planted world's own user vectors (``h = [z, 0]``,
 the intents the item vectors were planted for: what a trained tower approaches); with
@@ -170,6 +171,52 @@ def mixed_http(registry: Path, repo: Path, work: Path, reqs: list[dict], rank_re
     return out
 
 
+def stages(model, rq: list) -> dict:
+    """p50 ms of each stage of one recommendation, timed one after the other on the same
+    requests: the tower's online read, transform + tower, the index's probes (LSH), the
+    candidates' exact scores and top, the ranker's online read of the candidates, its
+    transform, the DLRM forward pass and the sort (a ranker without the history tower)."""
+    import torch
+
+    from contract.spec import ModelInput
+    from dlrm.bundle import predict
+    from features.transform import model_columns
+    from serving.requests import ScoreRequest
+
+    ret, ranker = model.retriever, model.ranker
+    if ranker.reads_history:
+        return {}
+    spans: dict[str, list[float]] = {}
+
+    def timed(name: str, fn):
+        t0 = time.perf_counter()
+        got = fn()
+        spans.setdefault(name, []).append(1e3 * (time.perf_counter() - t0))
+        return got
+
+    for r in rq:
+        columns = timed("stage_tower_read", lambda: ret._read(r))
+        if not isinstance(columns, dict):
+            continue
+        hidden = timed("stage_tower", lambda: ret._hidden([(r, columns)]))
+        n = max(ret.cfg.retrieve_candidates, r.k)
+        if ret.index is not None:
+            with torch.no_grad():
+                timed("stage_lsh_probe", lambda: ret.index.query(hidden[0], ret.cfg.lsh_budget))
+        (rows,) = timed("stage_top_candidates", lambda: ret.top_many(hidden, [n]))
+        request = ScoreRequest(r.user_id, tuple(ret.items[i] for i in rows), r.context)
+        part = timed("stage_rank_read", lambda: ranker._columns(request))
+        inputs = timed("stage_rank_transform", lambda: ModelInput.from_columns(
+            model_columns(part, len(rows), ranker.spec), ranker.spec, history=False))
+        probs = timed("stage_rank_forward", lambda: predict(ranker.model, inputs, batch_size=max(1, len(rows))))
+        timed("stage_rank_sort", lambda: ranker.ranked(request, probs))
+    out = {f"{k}_ms_p50": float(np.median(v)) for k, v in spans.items()}
+    print("    stages p50 (ms): " + ", ".join(f"{k.removeprefix('stage_')} {float(np.median(v)):.2f}"
+                                        for k, v in spans.items()) +
+          " (top_candidates includes the probes)", flush=True)
+    return out
+
+
 def in_process(registry: Path, repo: Path, reqs: list[dict], overrides: dict, n_time: int,
                budgets: list[int] | None = None) -> dict:
     """Where a request's time goes, and the LSH index's recall against exact search."""
@@ -196,6 +243,7 @@ def in_process(registry: Path, repo: Path, reqs: list[dict], overrides: dict, n_
     out = {"method": ret.method, "load_s": load_s, "retrieval_ms_p50": 1e3 * float(np.median(t_ret)),
            "retrieval_ms_p99": 1e3 * float(np.percentile(t_ret, 99)), "ranking_ms_p50": 1e3 * float(np.median(t_rank)),
            "ranking_ms_p99": 1e3 * float(np.percentile(t_rank, 99)), "candidates": model.cfg.retrieve_candidates}
+    out.update(stages(model, rq))
     if ret.index is not None:   # recall of the tables' top 100 against exact inner products, same users
         from dataclasses import replace
 
