@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from dlrm.metrics import auc
 from features.criteo import CAT_COLUMNS, INT_COLUMNS, write_criteo
-
-SWEEP = Path(__file__).resolve().parents[2] / "benchmarks" / "compression_sweep.py"
-
-
-def load_sweep():
-    spec = importlib.util.spec_from_file_location("compression_sweep", SWEEP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def criteo_rows(n: int, first: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -33,8 +21,8 @@ def criteo_rows(n: int, first: int, rng: np.random.Generator) -> pd.DataFrame:
     return frame
 
 
-def test_criteo_world_splits_in_time_order_with_the_training_vocabulary(tmp_path):
-    sweep = load_sweep()
+def test_criteo_world_splits_in_time_order_with_the_training_vocabulary(tmp_path, benchmark_module):
+    sweep = benchmark_module("compression_sweep")
     rng = np.random.default_rng(0)
     parts = [criteo_rows(60, 0, rng), criteo_rows(60, 60, rng)]
     data, truth = tmp_path / "raw", tmp_path / "truth"
@@ -64,8 +52,8 @@ def test_criteo_world_splits_in_time_order_with_the_training_vocabulary(tmp_path
             assert part[f].between(0, sizes[f] - 1).all()
 
 
-def test_criteo_world_refuses_a_truth_of_other_rows(tmp_path):
-    sweep = load_sweep()
+def test_criteo_world_refuses_a_truth_of_other_rows(tmp_path, benchmark_module):
+    sweep = benchmark_module("compression_sweep")
     rng = np.random.default_rng(1)
     write_criteo(criteo_rows(50, 0, rng), tmp_path / "one.tsv")
     (tmp_path / "truth").mkdir()

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "kaggle_bench.py"
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("kaggle_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_mlp_flops_are_what_a_training_step_of_the_mlps_multiplies():
+def test_mlp_flops_are_what_a_training_step_of_the_mlps_multiplies(benchmark_module):
     from dlrm.modules import mlp
 
-    bench = load_bench()
+    bench = benchmark_module("kaggle_bench")
     bottom = mlp([13, *bench.BOTTOM, bench.DIM], last_activation=True)
     top = mlp([367, *bench.TOP, 1], last_activation=False)
     dense = torch.randn(8, 13)                       # data: no gradient
