@@ -310,19 +310,16 @@ def user_category_stats(dialect: Dialect, snapshot_day: int, rate_prior: float, 
     when u was offered nothing with a category in those 30 days. A model-ready row reads the
     entry of its item's category (:func:`model_rows`); a category not listed has no offers.
     """
-    levels = []
+    ctes, lists = [], []
     for lv in UCAT_LEVELS:
         col = f"category_{lv}"
         fields = [("c", "w.c"), *((st, f"w.{st}") for st in UCAT_STATS)]
-        lists = ",\n       ".join(
+        lists.append(",\n       ".join(
             f"CASE WHEN {lv}.records IS NULL THEN {dialect.empty_list(t)} "
             f"ELSE {dialect.list_field(f'{lv}.records', f)} END AS {name}"
             for name, f, t in [(f"ucat_{lv}_keys", "c", "STRING"),
                                *((f"ucat_{lv}_{st}_list", st, "DOUBLE" if st.startswith("purchase_rate") else "BIGINT")
-                                 for st in UCAT_STATS)])
-        levels.append((lv, col, fields, lists))
-    ctes = []
-    for lv, col, fields, _ in levels:
+                                 for st in UCAT_STATS)]))
         ctes.append(f"""
 uc_{lv}_day AS (
     SELECT user_id AS k, {col} AS c, day AS d, COUNT(*) AS o, SUM(COALESCE(purchased, 0)) AS p
@@ -354,8 +351,8 @@ uc_{lv}_lists AS (
           FROM uc_{lv}_win WHERE q = 1 AND o30 > 0) w
     GROUP BY w.k, w.d
 )""")
-    joins = "\n".join(f"LEFT JOIN uc_{lv}_lists {lv} ON {lv}.k = g.k AND {lv}.d = g.d" for lv, *_ in levels)
-    cols = ",\n       ".join(lists for *_, lists in levels)
+    joins = "\n".join(f"LEFT JOIN uc_{lv}_lists {lv} ON {lv}.k = g.k AND {lv}.d = g.d" for lv in UCAT_LEVELS)
+    cols = ",\n       ".join(lists)
     return f"""
 WITH uc_grid AS (
     SELECT user_id AS k, day AS d FROM events GROUP BY user_id, day
