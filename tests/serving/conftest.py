@@ -173,3 +173,20 @@ def ranker(site):
     model = RobeflowModel(ServeConfig(), site.registry, site.repo)
     model.load()
     return model.ranker
+
+
+@pytest.fixture(scope="session")
+def tower_model(site):
+    """``tower_model(heads)``: a small seeded DLRM with the history tower on the site's spec."""
+    def make(heads: int = 1):
+        import torch
+
+        from dlrm.configs import EmbeddingConfig, HistoryConfig, ModelConfig
+        from dlrm.model import DLRM, history_inputs
+
+        torch.manual_seed(0)
+        cfg = ModelConfig(embedding=EmbeddingConfig(backend="robe", dim=8, compression=1000, block=8),
+                          bottom_mlp=(16,), top_mlp=(16,), history=HistoryConfig(depth=1, heads=heads, ff_mult=2))
+        return DLRM(cfg, len(site.spec.dense), site.spec.table_sizes, history=history_inputs(cfg, site.spec)).eval()
+
+    return make

@@ -66,16 +66,11 @@ class _Histories:
 
 
 @pytest.fixture(scope="module")
-def rankers(site):
-    from dlrm.configs import EmbeddingConfig, HistoryConfig, ModelConfig
-    from dlrm.model import DLRM, history_inputs
+def rankers(site, tower_model):
     from features.online import OnlineFeatures
     from serving.ranker import Ranker
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(embedding=EmbeddingConfig(backend="robe", dim=8, compression=1000, block=8),
-                      bottom_mlp=(16,), top_mlp=(16,), history=HistoryConfig(depth=1, heads=2, ff_mult=2))
-    model = DLRM(cfg, len(site.spec.dense), site.spec.table_sizes, history=history_inputs(cfg, site.spec)).eval()
+    model = tower_model(heads=2)
     reader = _Histories(OnlineFeatures(site.repo, site.spec, reader="lean", max_age_s=0))
     return Ranker(model, site.spec, reader), Ranker(model, site.spec, reader, history_cache_mb=16)
 

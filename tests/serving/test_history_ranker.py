@@ -8,18 +8,11 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def tower_ranker(site):
-    import torch
-
-    from dlrm.configs import EmbeddingConfig, HistoryConfig, ModelConfig
-    from dlrm.model import DLRM, history_inputs
+def tower_ranker(site, tower_model):
     from features.online import OnlineFeatures
     from serving.ranker import Ranker
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(embedding=EmbeddingConfig(backend="robe", dim=8, compression=1000, block=8),
-                      bottom_mlp=(16,), top_mlp=(16,), history=HistoryConfig(depth=1, heads=1, ff_mult=2))
-    model = DLRM(cfg, len(site.spec.dense), site.spec.table_sizes, history=history_inputs(cfg, site.spec)).eval()
+    model = tower_model(heads=1)
     online = OnlineFeatures(site.repo, site.spec, reader="lean", max_age_s=0)
     return Ranker(model, site.spec, online)
 
