@@ -125,10 +125,13 @@ def test_reload_interval_is_checked(site, registry):
 
 class Load:
     """Clients posting REQUEST in a loop from threads; records (answered at, status,
-    version in the body, version in the header, sent at)."""
+    version in the body, version in the header, sent at). ``new_connections``: every
+    request on a connection of its own (kept-alive connections otherwise), so a server with
+    several workers sharing a port gets each request wherever the kernel hands it."""
 
-    def __init__(self, url: str, clients: int = 4):
+    def __init__(self, url: str, clients: int = 4, new_connections: bool = False):
         self.url, self.results, self._stop = url, [], threading.Event()
+        self.headers = {"Connection": "close"} if new_connections else {}
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
     def _run(self) -> None:
@@ -136,7 +139,7 @@ class Load:
             while not self._stop.is_set():
                 sent = time.monotonic()
                 try:
-                    r = c.post("/v1/models/robeflow:predict", json=REQUEST)
+                    r = c.post("/v1/models/robeflow:predict", json=REQUEST, headers=self.headers)
                     version = r.json().get("model_version") if r.status_code == 200 else r.text
                     self.results.append((time.monotonic(), r.status_code, version, r.headers.get("x-model-version"),
                                          sent))

@@ -92,7 +92,9 @@ def test_two_workers_serve_follow_the_registry_restart_and_stop(site, registry, 
     with running_server(site, registry, tmp_path / "srv", params) as srv:
         workers = _two_workers_loaded(srv)
         cpu_before = [w.cpu_times().user for w in workers]
-        with Load(srv.url, clients=4) as load:
+        # a kept-alive connection stays with the worker that accepted it: with 4 of them all
+        # land on one worker one time in 8, so each request comes on a new connection
+        with Load(srv.url, clients=4, new_connections=True) as load:
             time.sleep(2.0)
             pushed = time.monotonic()
             push_random_model(site.spec, tmp_path / "m2" / "model", registry, seed=1)
