@@ -23,7 +23,8 @@ stage: online reads, transforms, tower, LSH probes, exact scores, DLRM forward) 
 share of the exact top 100 the LSH index finds (its recall against exact inner-product
 search) on the same users, and on the planted world's own user vectors (``h = [z, 0]``,
 the intents the item vectors were planted for: what a trained tower approaches); with
-``--budgets`` that recall and the search time at several ``serve.lsh_budget`` values.
+``--misses`` that recall, the items scored and the search time at several ``serve.lsh_miss``
+values, beside the exact scan over all items timed on the same vectors in the same run.
 
 The machine is shared: compare figures within one run (run it more than once), and note
 the load (``uptime``) beside them.
@@ -201,8 +202,8 @@ def stages(model, rq: list) -> dict:
         hidden = timed("stage_tower", lambda: ret._hidden([(r, columns)]))
         n = max(ret.cfg.retrieve_candidates, r.k)
         if ret.index is not None:
-            with torch.no_grad():
-                timed("stage_lsh_probe", lambda: ret.index.query(hidden[0], ret.cfg.lsh_budget))
+            timed("stage_lsh_search", lambda: ret.index.search(hidden[0], n, miss=ret.cfg.lsh_miss,
+                                                                budget=ret.cfg.lsh_budget))
         (rows,) = timed("stage_top_candidates", lambda: ret.top_many(hidden, [n]))
         request = ScoreRequest(r.user_id, tuple(ret.items[i] for i in rows), r.context)
         part = timed("stage_rank_read", lambda: ranker._columns(request))
@@ -213,12 +214,12 @@ def stages(model, rq: list) -> dict:
     out = {f"{k}_ms_p50": float(np.median(v)) for k, v in spans.items()}
     print("    stages p50 (ms): " + ", ".join(f"{k.removeprefix('stage_')} {float(np.median(v)):.2f}"
                                         for k, v in spans.items()) +
-          " (top_candidates includes the probes)", flush=True)
+          " (top_candidates includes the search)", flush=True)
     return out
 
 
 def in_process(registry: Path, repo: Path, reqs: list[dict], overrides: dict, n_time: int,
-               budgets: list[int] | None = None) -> dict:
+               misses: list[float] | None = None) -> dict:
     """Where a request's time goes, and the LSH index's recall against exact search."""
     import torch
 
@@ -265,24 +266,36 @@ def in_process(registry: Path, repo: Path, reqs: list[dict], overrides: dict, n_
         z = world.z(ctx)
         queries = {"tower": torch.cat(hs), "planted": torch.cat([z, z.new_zeros(len(z), ret.weight.shape[1] - 16)], 1)}
         cfg = ret.cfg
-        for budget in budgets or [cfg.lsh_budget]:
-            ret.cfg = replace(cfg, lsh_budget=budget)
+        n = max(cfg.retrieve_candidates, 100)
+        exact, exact_ms = {}, {}
+        for name, h in queries.items():   # the reference: one scan over all items per user, timed alike
+            spent, rows = [], []
+            for j in range(h.shape[0]):
+                t0 = time.perf_counter()
+                rows.append(ret._exact(h[j:j + 1], n)[0, :100])
+                spent.append(time.perf_counter() - t0)
+            exact[name], exact_ms[name] = torch.stack(rows), 1e3 * float(np.median(spent))
+            out[f"exact_search_ms_p50{'' if name == 'tower' else '_planted'}"] = exact_ms[name]
+        for miss in misses or [cfg.lsh_miss]:
+            ret.cfg = replace(cfg, lsh_miss=miss)
             for name, h in queries.items():
-                with torch.no_grad():
-                    exact = (h @ ret.weight.t() + ret.bias).topk(100, dim=1).indices
-                found, spent = 0, []
+                found, spent, scored = 0, [], []
                 for j in range(h.shape[0]):
                     t0 = time.perf_counter()
-                    (got,) = ret.top_many(h[j:j + 1], [100])
+                    (got,) = ret.top_many(h[j:j + 1], [n])
                     spent.append(time.perf_counter() - t0)
-                    found += len(set(exact[j].tolist()) & set(got))
+                    found += len(set(exact[name][j].tolist()) & set(got[:100]))
+                    scored.append(ret.index.search(h[j], n, miss=miss, budget=cfg.lsh_budget).scored)
                 key = "" if name == "tower" else "_planted"
-                suffix = "" if budget == cfg.lsh_budget else f"_budget{budget}"
-                out[f"lsh_recall_vs_exact_at_100{key}{suffix}"] = found / (100 * h.shape[0])
-                out[f"lsh_search_ms_p50{key}{suffix}"] = 1e3 * float(np.median(spent))
-                print(f"    lsh budget {budget:>6}: {name:7s} user vectors: recall@100 vs exact "
-                      f"{found / (100 * h.shape[0]):.3f}, search (tables + exact scores of the gathered items) "
-                      f"p50 {1e3 * float(np.median(spent)):.1f} ms", flush=True)
+                suffix = "" if miss == cfg.lsh_miss else f"_miss{miss}"
+                recall, ms = found / (100 * h.shape[0]), 1e3 * float(np.median(spent))
+                out[f"lsh_recall_vs_exact_at_100{key}{suffix}"] = recall
+                out[f"lsh_search_ms_p50{key}{suffix}"] = ms
+                out[f"lsh_scored{key}{suffix}"] = float(np.mean(scored))
+                print(f"    lsh miss {miss:<5}: {name:7s} user vectors: recall@100 vs exact {recall:.3f}, "
+                      f"items scored {np.mean(scored):,.0f} of {ret.num_items:,}, search p50 {ms:.1f} ms "
+                      f"(p90 {1e3 * float(np.quantile(spent, 0.9)):.1f}) vs exact scan {exact_ms[name]:.1f} ms "
+                      f"({exact_ms[name] / ms:.1f}x)", flush=True)
         ret.cfg = cfg
     model.unload()
     return out
@@ -297,8 +310,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--breakdown", type=int, default=100, help="requests timed stage by stage in process")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="serve.KEY=VALUE")
-    ap.add_argument("--budgets", default="", help="LSH: also measure recall and search time in process at these "
-                                                   "serve.lsh_budget values, comma-separated")
+    ap.add_argument("--misses", default="", help="LSH: also measure recall, items scored and search time in process "
+                                                  "at these serve.lsh_miss values, comma-separated")
     ap.add_argument("--mixed", type=float, default=0.0, metavar="SECONDS",
                     help="also run a recommending client and a ranking client (200 given items) at once for "
                          "SECONDS and print both latencies")
@@ -328,8 +341,8 @@ def main() -> None:
 
             types = {f.name: f.type for f in fields(ServeConfig)}
             typed = {k: (int(v) if types[k] == "int" else float(v) if types[k] == "float" else v) for k, v in kv.items()}
-            budgets = [int(b) for b in args.budgets.split(",") if b]
-            proc = {} if args.no_breakdown else in_process(registry, repo, reqs, typed, args.breakdown, budgets)
+            misses = [float(m) for m in args.misses.split(",") if m]
+            proc = {} if args.no_breakdown else in_process(registry, repo, reqs, typed, args.breakdown, misses)
             http = over_http(registry, repo, args.work, reqs, sets, args.warmup)
             row = {"items": n, "index": index, **proc, **{f"http_{k}": v for k, v in http.items()}}
             if args.mixed > 0:

@@ -34,20 +34,24 @@ class ServeConfig:
     lsh_bits: int = 14                 # lsh: K bits per table (2^K buckets; every item sits in every table)
     lsh_tables: int = 32               # lsh: L tables over the item vectors
     lsh_flip_bits: int = 8             # lsh: multi-probe flips up to this many least certain bits per table
-    lsh_norm_ranges: int = 0           # lsh: MIPS transform per norm range (0: the angle of [w, b] alone)
-    lsh_budget: int = 5000             # lsh: items gathered from the best buckets and scored exactly
+    lsh_norm_ranges: int = 9           # lsh: norm ranges (half of the items, a quarter, ...), searched top down
+    lsh_miss: float = 0.5              # lsh: per range, chance an item at the threshold angle is in no probed bucket
+    lsh_budget: int = 100_000          # lsh: most items scored exactly per request (a latency guard)
     lsh_seed: int = 0                  # lsh: hash functions' seed
 
     def __post_init__(self) -> None:
         for name in ("retrieve_k", "max_k", "retrieve_candidates", "exact_max_items", "lsh_bits", "lsh_tables",
-                     "lsh_budget"):
+                     "lsh_norm_ranges", "lsh_budget"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"serve.{name} = {value!r}; expected an integer >= 1")
-        for name in ("lsh_flip_bits", "lsh_norm_ranges"):
+        for name in ("lsh_flip_bits",):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"serve.{name} = {value!r}; expected an integer >= 0")
+        if isinstance(self.lsh_miss, bool) or not isinstance(self.lsh_miss, (int, float)) \
+                or not 0 < self.lsh_miss < 1:
+            raise ValueError(f"serve.lsh_miss = {self.lsh_miss!r}; expected a probability in (0, 1)")
         if self.lsh_bits > 24 or self.lsh_flip_bits > self.lsh_bits:
             raise ValueError(f"serve.lsh_bits = {self.lsh_bits}, serve.lsh_flip_bits = {self.lsh_flip_bits}; "
                              "expected lsh_flip_bits <= lsh_bits <= 24")

@@ -17,12 +17,17 @@ A request without ``item_ids`` is answered in two stages, retrieval then ranking
      the true top, which hashing only approximates; or
    - through LSH tables (``lsh``; :class:`gpu_ops.lsh.multiprobe.ProbeIndex`, built from
      the item vectors when the bundle loads, with the ``serve.lsh_*`` settings): SimHash
-     codes of ``[w_i, b_i]`` (optionally MIPS-transformed per norm range), every item in
-     every table; the query ``[h, 1]`` probes its own bucket and the buckets one or a few
-     uncertain bits away, best first across tables, until ``serve.lsh_budget`` items are
-     gathered; those are scored exactly. The work grows with the budget, not with N.
-     ``auto`` picks it above ``serve.exact_max_items``. When the tables return fewer
-     items than needed, the most popular items fill the list.
+     codes of the angle of ``[w_i, b_i]``, every item in every table, the items cut into
+     ``serve.lsh_norm_ranges`` norm ranges (half of the items, a quarter, ...). The query
+     ``[h, 1]`` visits the ranges from the largest norm down; with tau the
+     ``retrieve_candidates``-th best exact score so far, an item of range r can only beat tau
+     within the angle ``arccos(tau / (M_r |h, 1|))``, so each range probes the buckets where
+     an item at that angle would most likely fall (across tables, until it is missed
+     everywhere with probability ``serve.lsh_miss``), scores them exactly, and the search
+     stops at the first range whose largest norm cannot reach tau. The work grows with the
+     items near the query, not with N (``serve.lsh_budget`` caps the items scored).
+     ``auto`` picks it above ``serve.exact_max_items``. When the tables return fewer items
+     than needed, the most popular items fill the list.
 
    Concurrent requests are retrieved as one batch (one tower call, one pass over the
    items). Above ``EXACT_ON_LOOP`` items the exact pass (one product and one top-k: a
@@ -148,9 +153,9 @@ class Retriever:
         """Per user vector of ``hidden`` ``(B, d)``: its ``ns[j]`` best catalogue rows, best first.
 
         Exact: the B vectors share one pass over the item matrix (at a million items the
-        pass is memory-bound, so B users cost little more than one). LSH: each vector's
-        candidates from the tables, scored exactly; when the tables give too few, the most
-        popular other items fill up.
+        pass is memory-bound, so B users cost little more than one). LSH: each vector's best
+        rows that the tables find (:meth:`ProbeIndex.search`, scored exactly); when the tables
+        give too few, the most popular other items fill up.
         """
         import torch
 
@@ -163,11 +168,7 @@ class Retriever:
                 return out
             for j, n in enumerate(ns):
                 n = min(n, self.num_items)
-                cand = self.index.query(hidden[j], self.cfg.lsh_budget)            # (M,) distinct rows
-                # index_select gathers the M rows in one kernel (a quarter of what advanced
-                # indexing costs at M = 5000, d = 64); the same product, so the same scores
-                scores = torch.mv(self.weight.index_select(0, cand), hidden[j]) + self.bias.index_select(0, cand)
-                found = cand.index_select(0, scores.topk(min(n, cand.numel())).indices).tolist()
+                found = self.index.search(hidden[j], n, miss=self.cfg.lsh_miss, budget=self.cfg.lsh_budget).rows.tolist()
                 if len(found) < n:   # the tables returned too few: the most popular others fill up
                     seen = set(found)
                     found += [i for i in self.popular[:n + len(found)].tolist() if i not in seen][:n - len(found)]

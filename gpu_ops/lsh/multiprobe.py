@@ -1,97 +1,172 @@
-"""A static multi-probe SimHash index over a fixed matrix: candidates for maximum inner product.
+"""A static multi-probe SimHash index over a fixed matrix: the rows of largest inner product.
 
 :class:`LSHIndex` (SLIDE's tables) keeps at most ``bucket_size`` ids per bucket, which suits
 a layer being trained (buckets are refilled at every rehash) but not a catalogue of a
 million fixed item vectors: with 2^8 buckets of 256 ids a table holds 65,536 of the
 1,000,000 items, and an item missing from a bucket can never be found through it.
-:class:`ProbeIndex` is built once, for serving:
+:class:`ProbeIndex` is built once, for serving, and answers "the n rows x with the largest
+``q . x``" for a query q (rows ``x = [w, b]``, queries ``q = [h, 1]``: item vector and bias).
 
-- every row sits in every table: per table the row ids sorted by bucket code, with the
-  ``2^K + 1`` bucket offsets (CSR), so a bucket is one slice;
-- rows ``[w, b]`` are hashed through the MIPS-to-cosine transform (Neyshabur & Srebro,
-  ICML 2015, https://arxiv.org/abs/1410.5518) applied per norm range (norm-ranging LSH,
-  Yan et al., NeurIPS 2018, https://arxiv.org/abs/1809.08782): the rows are cut into
-  ``ranges`` groups of similar norm and each group is scaled by its own largest norm M_r,
-  ``[w, b] / M_r, sqrt(1 - |[w, b]|^2 / M_r^2)``; a query ``[h, 1, 0]`` then has cosine
-  ``(h.w + b) / (M_r |[h, 1]|)`` with each row of group r, so inside a group the angle
-  order is the score order, and no group's extra coordinate swamps its angles as one
-  global M does when norms spread;
-- a query probes, besides its own bucket in each table, the buckets reached by flipping
-  the bits whose projections were closest to zero (query-directed multi-probe, Lv et al.,
-  VLDB 2007): every (table, flip set) over the ``flip_bits`` least certain bits of each
-  table is scored by the sum of the flipped projections' squares, and buckets are taken in
-  that order, across tables, until ``budget`` row ids were gathered;
-- the distinct gathered rows are scored exactly by the caller.
+Tables
+    Every row sits in every one of L tables of 2^K SimHash buckets (signed random
+    projections, Charikar, STOC 2002: the code of the angle of ``[w, b]``), stored per
+    table as the row ids sorted by (norm range, code) with the bucket offsets (CSR), so a
+    bucket is one slice.
 
-Memory: ``tables * N`` int32 ids plus ``tables * 2^K`` offsets (32 tables over 1M rows:
-128 MB).
+Hyperplanes in the rows' span
+    The random hyperplanes are drawn inside the principal directions that hold ``energy``
+    (99%) of the rows' squared norms. A query's part outside them changes every score by
+    little (``|q_out|`` times the rows' small spread there, allowed for in the bounds
+    below), but a hyperplane drawn across it would split the query from the rows it scores
+    highest as often as from any other (a random user tower's vector is mostly such a part).
+
+Norm ranges (norm-ranging LSH, Yan et al., NeurIPS 2018, https://arxiv.org/abs/1809.08782)
+    The rows are cut by norm into ``ranges`` ranges, each holding half of the rows not in a
+    higher one (the top two hold the last 2^-(R-1) share each), with M_r the largest norm
+    of range r. A row of range r scores at most ``M_r |q|``, and it beats a score tau only
+    if its angle with q is at most ``arccos(tau / (M_r |q|))``: the top ranges hold few rows
+    that may lie at wide angles, the bottom ones many rows that must lie close. One global
+    MIPS transform (Neyshabur & Srebro, ICML 2015) instead squeezes every angle towards 90
+    degrees, and hashing the angle alone fills the budget with short rows that cannot win.
+
+Search, range by range from the largest norm down (:meth:`ProbeIndex.search`)
+    With tau the n-th best exact score so far (none yet: 90 degrees), a range whose bound
+    ``M_r |q| <= tau`` ends the search (no row below can enter the top n). Otherwise the
+    range is probed where a row at the threshold angle theta would fall: a row at angle
+    theta from q, uniform around it in the span's s dims, lands on the other side of
+    hyperplane k with probability about ``Phi(-|m_k| cot theta)``, with
+    ``m_k = (r_k . q^) sqrt(s - 1) / |r_k - (r_k . q^) q^|`` (r_k: the hyperplane's normal,
+    q^: the unit query; the bits are treated as independent), so the
+    bucket that flips the set S of a table's ``flip_bits`` least certain bits holds it with
+    probability ``prod_{k in S} Phi(-|m_k| cot theta) prod_{k not in S} Phi(|m_k| cot theta)``
+    (query-directed multi-probe, Lv et al., VLDB 2007, with the likelihood for the angle
+    the range needs). The most likely buckets over all tables are taken, the fewest that
+    leave ``prod_t (1 - P(found in table t)) <= miss``; their rows are scored exactly and
+    tau rises. ``budget`` caps the rows scored (a latency guard).
+
+Measured at 1M planted item vectors (``benchmarks/retrieve_bench.py``): see the README.
+
+Memory: ``tables * N`` int32 ids plus ``tables * ranges * 2^K`` int64 offsets (32 tables of
+14 bits over 1M rows, 9 ranges: 128 + 38 MB).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+GRID_STEP = math.log(10.0) / 4   # probe probabilities are compared in quarter decades ...
+SPREAD = 3.0                     # root-mean-squares of the rows along a direction outside their span
+GRID = 48                        # ... down to 1e-12 (a bucket less likely than that is never probed)
 
-def norm_ranged_augment(rows: Tensor, ranges: int) -> tuple[Tensor, Tensor]:
-    """Rows ``x`` -> ``[x / M_r, sqrt(1 - |x|^2 / M_r^2)]`` with M_r the largest norm of the
-    row's norm range (``ranges`` groups of equal count by norm).
 
-    Returns:
-        ``(N, d + 1)`` augmented rows (norm 1 where ``x`` is non-zero) and ``(N,)`` range of each row.
+def norm_ranges(norms: Tensor, ranges: int) -> tuple[Tensor, Tensor]:
+    """Rows' norms -> ``(N,)`` range of each row (0 = smallest norms) and ``(R,)`` largest norm M_r
+    of each range (0 for an empty range).
+
+    Range r < R - 1 holds the rows whose norm rank lies in ``[1 - 2^-r, 1 - 2^-(r+1))`` of
+    the rows (half of them, then a quarter, ...); the top range holds the rest, as many as
+    the range below it. Ties in norm keep row order.
     """
-    if ranges < 0:
-        raise ValueError(f"ranges={ranges}: expected an int >= 0")
-    if ranges == 0:   # no transform: the rows' own directions (angle only, norms ignored)
-        return torch.cat([rows, rows.new_zeros(rows.shape[0], 1)], dim=1), rows.new_zeros(rows.shape[0], dtype=torch.int64)
-    norms = rows.norm(dim=1)                                              # (N,)
-    n = rows.shape[0]
-    order = torch.argsort(norms)
-    group = torch.empty(n, dtype=torch.int64)
-    group[order] = torch.arange(n) * ranges // max(n, 1)                  # equal-count ranges
-    top = torch.zeros(ranges).scatter_reduce(0, group, norms, "amax")    # (R,) M_r
-    m = top[group].clamp_min(1e-12)                                       # (N,)
-    extra = (1.0 - (norms / m).square()).clamp_min(0.0).sqrt()
-    return torch.cat([rows / m.unsqueeze(1), extra.unsqueeze(1)], dim=1), group
+    if isinstance(ranges, bool) or not isinstance(ranges, int) or ranges < 1:
+        raise ValueError(f"ranges={ranges!r}: expected an int >= 1")
+    n = norms.shape[0]
+    order = torch.argsort(norms, stable=True)
+    rank = torch.empty(n, dtype=torch.float64)
+    rank[order] = (torch.arange(n, dtype=torch.float64) + 0.5) / max(n, 1)       # in (0, 1)
+    upper = torch.tensor([1.0 - 2.0 ** -(r + 1) for r in range(ranges - 1)], dtype=torch.float64)
+    group = torch.searchsorted(upper, rank, right=True)                          # (N,)
+    top = torch.zeros(ranges, dtype=norms.dtype).scatter_reduce(0, group, norms, "amax")  # (R,)
+    return group, top
+
+
+def principal_span(rows: Tensor, energy: float) -> tuple[Tensor, float]:
+    """``(N, D)`` rows -> ``(D, s)`` orthonormal basis of the fewest principal directions (of the
+    rows' second moment) that hold ``energy`` of the rows' squared norms, and the rows' spread
+    outside it: ``SPREAD`` root-mean-squares along the widest direction left out (0 when
+    ``energy`` is 1: the whole space). A query's part q_out outside the span moves a row's
+    score by ``q_out . x_out``, within ``|q_out|`` times that spread for all but a few rows."""
+    D = rows.shape[1]
+    if energy >= 1.0:
+        return torch.eye(D), 0.0
+    second = (rows.double().t() @ rows.double()) / max(rows.shape[0], 1)            # (D, D)
+    values, vectors = torch.linalg.eigh(second)                                     # ascending
+    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    share = values.cumsum(0) / values.sum().clamp_min(1e-30)
+    keep = min(int((share < energy).sum()) + 1, D)
+    basis = vectors[:, :keep].float().contiguous()                                   # (D, s)
+    return basis, SPREAD * float(values[keep].sqrt()) if keep < D else 0.0
+
+
+@dataclass(frozen=True)
+class Found:
+    """What :meth:`ProbeIndex.search` found for one query."""
+
+    rows: Tensor      # (n',) int64 row ids, best exact score first (n' <= n)
+    scores: Tensor    # (n',) their exact scores q . [w, b]
+    scored: int       # distinct rows scored exactly
+    probes: int       # buckets gathered
 
 
 class ProbeIndex:
-    """Multi-probe SimHash tables holding every row of a fixed ``(N, d)`` matrix (see the module doc).
+    """Multi-probe SimHash tables over norm ranges, holding every row of a fixed ``(N, d)`` matrix
+    (see the module doc).
 
     Args:
         dim: d, the width of the rows and queries.
-        bits: K, bits per table (2^K buckets).
+        bits: K, bits per table (2^K buckets per range).
         tables: L, independent tables.
-        ranges: norm ranges of the MIPS transform (1: one global M).
+        ranges: norm ranges (1: one range, bounded by the largest norm).
         flip_bits: per table, how many of the least certain bits a probe may flip (<= K).
+        energy: the hyperplanes lie in the rows' principal directions holding this share of
+            their squared norms (1: anywhere).
         seed: seed of the random projections.
+
+    Example::
+
+        index = ProbeIndex(64, bits=14, tables=32, ranges=9, flip_bits=8)
+        index.build(weight, bias)                      # (N, 64), (N,)
+        found = index.search(h, 200, miss=0.3)         # h: (64,)
     """
 
-    def __init__(self, dim: int, bits: int = 12, tables: int = 32, ranges: int = 8, flip_bits: int = 6,
-                 seed: int = 0):
-        for name, v in (("dim", dim), ("tables", tables), ("ranges", ranges + 1)):
+    def __init__(self, dim: int, bits: int = 14, tables: int = 32, ranges: int = 9, flip_bits: int = 8,
+                 energy: float = 0.99, seed: int = 0):
+        for name, v in (("dim", dim), ("tables", tables), ("ranges", ranges)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}: expected an int >= 1")
         if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 24:
             raise ValueError(f"bits={bits!r}: expected an int in [1, 24]")
         if isinstance(flip_bits, bool) or not isinstance(flip_bits, int) or not 0 <= flip_bits <= bits:
             raise ValueError(f"flip_bits={flip_bits!r}: expected an int in [0, bits={bits}]")
+        if not 0.0 < energy <= 1.0:
+            raise ValueError(f"energy={energy!r}: expected a share in (0, 1]")
         self.dim, self.bits, self.tables, self.ranges, self.flip_bits = dim, bits, tables, ranges, flip_bits
+        self.energy = float(energy)
         g = torch.Generator().manual_seed(seed)
-        self.projections = torch.randn(dim + 2, tables * bits, generator=g)   # (d + 2, L*K): [w, b, extra]
+        self.gaussian = torch.randn(dim + 1, tables * bits, generator=g)      # (d + 1, L*K)
+        self.projections = self.gaussian                                      # inside the rows' span (build)
+        self.square_norms = self.gaussian.square().sum(dim=0)                 # (L*K,) |r_k|^2
+        self.basis = torch.eye(dim + 1)                                       # (d + 1, s) the span kept
+        self.outside = 0.0                                                    # largest |row| outside the span
         self.powers = 2 ** torch.arange(bits, dtype=torch.int64)              # (K,)
-        # every flip set over flip_bits positions, as a (P, flip_bits) 0/1 matrix, fewest flips first
+        # every flip set over flip_bits positions, as a (S, F) 0/1 matrix, fewest flips first
         sets = sorted(itertools.product((0, 1), repeat=flip_bits), key=sum)
-        self.flip_sets = torch.tensor(sets, dtype=torch.float32).view(len(sets), flip_bits)  # (P, F)
+        self.flip_sets = torch.tensor(sets, dtype=torch.float32).view(len(sets), flip_bits)  # (S, F)
         self.num_items = 0
-        self.ids: Tensor | None = None        # (L, N) int32 row ids, sorted by code per table
-        self.offsets: Tensor | None = None    # (L, 2^K + 1) int64 bucket starts
+        self.weight: Tensor | None = None     # (N, d) the rows, scored exactly (not copied)
+        self.bias: Tensor | None = None       # (N,)
+        self.ids: Tensor | None = None        # (L, N) int32 row ids, sorted by (range, code) per table
+        self.offsets: Tensor | None = None    # (L, R * 2^K + 1) int64 bucket starts
+        self.max_norm: Tensor | None = None   # (R,) M_r
+        self.sizes: Tensor | None = None      # (R,) rows per range
 
     def _codes(self, x: Tensor) -> Tensor:
-        """``(n, d + 2)`` -> ``(n, L)`` bucket codes."""
+        """``(n, d + 1)`` -> ``(n, L)`` bucket codes."""
         bits = (x @ self.projections > 0).view(x.shape[0], self.tables, self.bits)     # (n, L, K)
         return (bits.to(torch.int64) * self.powers).sum(dim=2)
 
@@ -100,7 +175,7 @@ class ProbeIndex:
         """Hashes every row ``[weight_i, bias_i]`` into every table (replacing what was there).
 
         Args:
-            weight: ``(N, d)`` item vectors.
+            weight: ``(N, d)`` item vectors (kept by reference: :meth:`search` scores them).
             bias: ``(N,)`` item biases (None: zeros).
         """
         if weight.dim() != 2 or weight.shape[1] != self.dim or weight.shape[0] < 1:
@@ -108,71 +183,141 @@ class ProbeIndex:
         n = weight.shape[0]
         if bias is not None and bias.shape != (n,):
             raise ValueError(f"bias of shape {tuple(bias.shape)}: expected ({n},)")
-        b = torch.zeros(n) if bias is None else bias.detach().float().cpu()
-        rows = torch.cat([weight.detach().float().cpu(), b.unsqueeze(1)], dim=1)       # (N, d + 1)
-        aug, _ = norm_ranged_augment(rows, self.ranges)                                # (N, d + 2)
-        codes = torch.cat([self._codes(aug[i:i + chunk]) for i in range(0, n, chunk)])  # (N, L)
+        w = weight.detach().float().cpu().contiguous()
+        b = torch.zeros(n) if bias is None else bias.detach().float().cpu().contiguous()
+        rows = torch.cat([w, b.unsqueeze(1)], dim=1)                                   # (N, d + 1)
+        self.basis, self.outside = principal_span(rows, self.energy)
+        # hyperplanes inside the span: a query's part outside it, which moves every score by
+        # at most |q_out| * outside, no longer blurs the angles
+        self.projections = self.basis @ (self.basis.t() @ self.gaussian)               # (d + 1, L*K)
+        self.square_norms = self.projections.square().sum(dim=0)                        # (L*K,) |r_k|^2
+        group, top = norm_ranges(rows.norm(dim=1), self.ranges)
+        width = 1 << self.bits
+        keys = torch.cat([self._codes(rows[i:i + chunk]) for i in range(0, n, chunk)])  # (N, L)
+        keys += (group * width).unsqueeze(1)                                           # range-major buckets
         ids = torch.empty(self.tables, n, dtype=torch.int32)
-        offsets = torch.zeros(self.tables, (1 << self.bits) + 1, dtype=torch.int64)
+        offsets = torch.zeros(self.tables, self.ranges * width + 1, dtype=torch.int64)
         for t in range(self.tables):
-            order = torch.argsort(codes[:, t], stable=True)
-            ids[t] = order.to(torch.int32)
-            offsets[t, 1:] = torch.cumsum(torch.bincount(codes[:, t], minlength=1 << self.bits), 0)
-        self.ids, self.offsets, self.num_items = ids, offsets, n
+            ids[t] = torch.argsort(keys[:, t], stable=True).to(torch.int32)
+            offsets[t, 1:] = torch.cumsum(torch.bincount(keys[:, t], minlength=self.ranges * width), 0)
+        self.weight, self.bias, self.ids, self.offsets, self.num_items = w, b, ids, offsets, n
+        self.max_norm, self.sizes = top, torch.bincount(group, minlength=self.ranges)
 
     @property
     def built(self) -> bool:
         return self.ids is not None
 
-    @torch.no_grad()
-    def probe_order(self, query: Tensor, limit: int = 0) -> tuple[Tensor, Tensor]:
-        """The buckets one query ``(d,)`` probes, best first: ``(T,)`` tables and ``(T,)`` codes
-        (``limit`` > 0: the best ``limit`` only)."""
-        q = torch.cat([query.detach().float().cpu().view(-1), torch.ones(1), torch.zeros(1)])   # [h, 1, 0]
-        proj = (q @ self.projections).view(self.tables, self.bits)                  # (L, K)
-        home = ((proj > 0).to(torch.int64) * self.powers).sum(dim=1)                # (L,)
-        if self.flip_bits == 0:
-            return torch.arange(self.tables), home
-        weak = proj.abs().topk(self.flip_bits, dim=1, largest=False)                # (L, F) least certain bits
-        cost = (weak.values.square() @ self.flip_sets.t()).view(-1)                 # (L*P,) flip costs
-        P = self.flip_sets.shape[0]
-        if 0 < limit < cost.numel():
-            order = cost.topk(limit, largest=False, sorted=True).indices            # across tables
-        else:
-            order = torch.argsort(cost, stable=True)
-        table, flip = order // P, order % P
-        # index_select, not advanced indexing: one gather kernel per step, no index checks in Python
-        weak_bits = weak.indices.index_select(0, table)                             # (T, F)
-        mask = (self.flip_sets.index_select(0, flip).to(torch.int64) * self.powers[weak_bits]).sum(dim=1)  # (T,)
-        return table, home.index_select(0, table) ^ mask
-
-    @torch.no_grad()
-    def query(self, query: Tensor, budget: int) -> Tensor:
-        """``(d,)`` query -> ``(M,)`` distinct row ids from the best buckets, M <= ``budget``,
-        gathered bucket by bucket in probe order (the last bucket cut to fit)."""
-        if self.ids is None or self.offsets is None:
-            raise ValueError("the index is empty: call build(weight, bias) before query")
+    def _check(self, query: Tensor) -> None:
+        if self.ids is None:
+            raise ValueError("the index is empty: call build(weight, bias) before search")
         if query.numel() != self.dim:
             raise ValueError(f"query of {query.numel()} values: expected {self.dim}")
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"budget={budget!r}: expected an int >= 1")
-        # enough probes to fill the budget with buckets of average size, twice over
-        limit = self.tables + 2 * budget * (1 << self.bits) // self.num_items
-        table, code = self.probe_order(query, limit)
-        flat = self.offsets.view(-1)                                               # (L * (2^K + 1),)
-        at = table * self.offsets.shape[1] + code                                  # (T,) flat bucket starts
-        start = flat.index_select(0, at)                                           # (T,)
+
+    # ---- probes ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _margins(self, query: Tensor) -> tuple[Tensor, Tensor, Tensor, float, float]:
+        """The projections of the query's unit part inside the rows' span: ``(L, F)`` |margins| of
+        each table's least certain bits, ``(L, K)`` |margins| of all bits, ``(L * S,)`` bucket codes
+        of every flip set; and the norms of the query's parts inside and outside the span."""
+        q = torch.cat([query.detach().float().cpu().view(-1), torch.ones(1)])           # [h, 1]
+        inside = float((q @ self.basis).norm())
+        outside = math.sqrt(max(float(q.square().sum()) - inside * inside, 0.0))
+        proj = q / max(inside, 1e-12) @ self.projections                                # (L*K,) r_k . q^
+        home = ((proj > 0).view(self.tables, self.bits).to(torch.int64) * self.powers).sum(dim=1)  # (L,)
+        # a row at angle t from q^, uniform around it in the span's s dims, is cut from q^ by
+        # hyperplane k with probability ~ Phi(-cot t * |r_k . q^| sqrt(s - 1) / |r_k's part across q^|)
+        across = (self.square_norms - proj.square()).clamp_min(1e-12).sqrt()            # (L*K,)
+        margin = (proj.abs() * math.sqrt(max(self.basis.shape[1] - 1, 1)) / across).view(self.tables, self.bits)
+        weak = margin.topk(self.flip_bits, dim=1, largest=False)                        # (L, F)
+        mask = (self.flip_sets.to(torch.int64).unsqueeze(0)
+                * self.powers[weak.indices].unsqueeze(1)).sum(dim=2)                    # (L, S)
+        return weak.values, margin, (home.unsqueeze(1) ^ mask).view(-1), inside, outside
+
+    def probe_probabilities(self, weak: Tensor, margin: Tensor, cos: float) -> Tensor:
+        """``(L, S)`` probability that a row at cosine ``cos`` with the query (uniform around it)
+        sits in the bucket of each flip set of each table."""
+        cot = max(cos, 1e-3) / math.sqrt(max(1.0 - cos * cos, 1e-12))
+        keep = torch.special.log_ndtr(margin * cot).sum(dim=1, keepdim=True)            # (L, 1) no bit flipped
+        a = weak * cot                                                                   # (L, F)
+        flip = torch.special.log_ndtr(-a) - torch.special.log_ndtr(a)                   # (L, F) log-odds of a flip
+        return (keep + flip @ self.flip_sets.t()).exp()                                 # (L, S)
+
+    def plan(self, p: Tensor, miss: float) -> Tensor:
+        """``(L, S)`` bucket probabilities -> ``(M,)`` flat (table * S + flip set) probes: the most
+        likely buckets over all tables (a common threshold, in quarter decades) that leave a row
+        missed by every table with probability at most ``miss``."""
+        L, S = p.shape
+        level = (-p.clamp_min(1e-30).log() / GRID_STEP).floor().clamp(0, GRID - 1).to(torch.int64)  # (L, S)
+        mass = torch.zeros(L, GRID).scatter_add_(1, level, p).cumsum(dim=1)             # (L, G) found by level <= g
+        missed = torch.log1p(-mass.clamp(max=1 - 1e-7)).sum(dim=0)                      # (G,) log P(missed everywhere)
+        enough = torch.nonzero(missed <= math.log(miss))
+        last = int(enough[0]) if enough.numel() else GRID - 1
+        return torch.nonzero((level <= last).view(-1)).view(-1)
+
+    def _gather(self, r: int, probes: Tensor, codes: Tensor, cap: int) -> tuple[Tensor, int]:
+        """Distinct rows of range r in the buckets ``probes`` (flat table * S + flip set), at most
+        ``cap`` gathered (probes in the order given, the last bucket cut), and the buckets used."""
+        S = self.flip_sets.shape[0]
+        table = probes // S
+        at = table * self.offsets.shape[1] + r * (1 << self.bits) + codes.index_select(0, probes)
+        flat = self.offsets.view(-1)
+        start = flat.index_select(0, at)
         size = flat.index_select(0, at + 1) - start
-        size = torch.minimum(size, (budget - (torch.cumsum(size, 0) - size)).clamp(min=0))
+        size = torch.minimum(size, (cap - (torch.cumsum(size, 0) - size)).clamp(min=0))
         keep = size > 0
         table, start, size = table[keep], start[keep], size[keep]
         total = int(size.sum())
         if total == 0:
-            return torch.zeros(0, dtype=torch.int64)
+            return torch.zeros(0, dtype=torch.int64), 0
         # flat positions into ids: bucket j contributes table_j * N + start_j + [0, size_j)
         base = table * self.num_items + start - (torch.cumsum(size, 0) - size)
         pos = torch.repeat_interleave(base, size, output_size=total) + torch.arange(total)
-        return _sorted_distinct(self.ids.view(-1).index_select(0, pos))
+        return _sorted_distinct(self.ids.view(-1).index_select(0, pos)), int(keep.sum())
+
+    @torch.no_grad()
+    def search(self, query: Tensor, n: int, miss: float = 0.3, budget: int = 100_000) -> Found:
+        """The ``n`` rows of largest exact score ``query . w + b`` that the tables find, best first.
+
+        Args:
+            query: ``(d,)`` user vector h (scored as ``[h, 1] . [w, b]``).
+            n: rows wanted (also the rank whose score tau sets each range's angle).
+            miss: per range, the chance a row at the threshold angle is in no probed bucket.
+            budget: stop once this many rows were scored (a latency guard).
+        """
+        self._check(query)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n={n!r}: expected an int >= 1")
+        if not 0.0 < miss < 1.0:
+            raise ValueError(f"miss={miss!r}: expected a probability in (0, 1)")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"budget={budget!r}: expected an int >= 1")
+        h = query.detach().float().cpu().view(-1)
+        weak, margin, codes, inside, outside = self._margins(h)
+        slack = outside * self.outside          # the most a row's part outside the span adds to its score
+        rows, scores = torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+        tau, scored, probes = -math.inf, 0, 0
+        for r in range(self.ranges - 1, -1, -1):
+            reach = float(self.max_norm[r]) * inside             # the most q . x inside the span in range r
+            if int(self.sizes[r]) == 0:
+                continue
+            if tau >= reach + slack or scored >= budget:
+                break
+            cos = 0.0 if tau == -math.inf or reach <= 0 else max((tau - slack) / reach, 0.0)
+            picked = self.plan(self.probe_probabilities(weak, margin, cos), miss)
+            cand, used = self._gather(r, picked, codes, budget - scored)
+            if cand.numel() == 0:
+                continue
+            scored, probes = scored + cand.numel(), probes + used
+            s = torch.mv(self.weight.index_select(0, cand), h) + self.bias.index_select(0, cand)
+            rows, scores = torch.cat([rows, cand]), torch.cat([scores, s])
+            if scores.numel() > n:
+                scores, top = scores.topk(n)
+                rows = rows.index_select(0, top)
+            if scores.numel() == n:
+                tau = float(scores.min())
+        order = torch.argsort(scores, descending=True, stable=True)
+        return Found(rows.index_select(0, order), scores.index_select(0, order), scored, probes)
 
 
 def _sorted_distinct(ids: Tensor) -> Tensor:

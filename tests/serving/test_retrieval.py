@@ -178,10 +178,13 @@ def test_k_beyond_the_limit_is_a_400_naming_k(model):
             InferInput("user_id", [1], "BYTES", ["u3"]), InferInput("k", [1], "INT64", [50])])))
 
 
-def test_lsh_tables_find_the_exact_candidates_when_the_budget_covers_the_catalogue(site, pushed):
-    # every item sits in every table, and a budget of 1000 gathers all 30: the same top 10
+def test_lsh_tables_find_the_exact_candidates_when_the_search_cannot_miss(site, pushed):
+    # every item sits in every table, every bit may flip (flip_bits = bits) and the miss is
+    # tiny: every norm range the score bound leaves open is probed in all its likely buckets,
+    # so the 30-item catalogue gives the same top 10 as exact search
     lsh = RobeflowModel(ServeConfig(**{**CFG.__dict__, "retrieval_index": "lsh", "lsh_bits": 4, "lsh_tables": 4,
-                                       "lsh_flip_bits": 4, "lsh_budget": 1000}), pushed.registry, site.repo)
+                                       "lsh_flip_bits": 4, "lsh_miss": 1e-6, "lsh_budget": 1000}),
+                        pushed.registry, site.repo)
     lsh.load()
     assert lsh.retriever.method == "lsh" and lsh.retriever.index is not None
     exact = _exact_top(site, pushed.registry, "u3", CONTEXT, CFG.retrieve_candidates)

@@ -1,5 +1,5 @@
-"""The LSH path of Retriever.top_many gathers the candidates' rows with index_select: the
-same rows, in the same order, as scoring the gathered rows with advanced indexing."""
+"""The LSH path of Retriever.top_many: the rows the index's search finds, best first by their
+exact scores, then the most popular others when the tables return too few."""
 
 from __future__ import annotations
 
@@ -28,11 +28,14 @@ def retriever(n: int, d: int, seed: int, budget: int) -> Retriever:
 
 
 def reference_top(r: Retriever, hidden: torch.Tensor, n: int) -> list[int]:
-    """Candidates scored through advanced indexing; the most popular others fill up."""
+    """The search's rows, checked against scores through advanced indexing; the most popular
+    others fill up."""
     n = min(n, r.num_items)
-    cand = r.index.query(hidden, r.cfg.lsh_budget)
-    scores = r.weight[cand] @ hidden + r.bias[cand]
-    found = cand[scores.topk(min(n, cand.numel())).indices].tolist()
+    got = r.index.search(hidden, n, miss=r.cfg.lsh_miss, budget=r.cfg.lsh_budget)
+    scores = r.weight[got.rows] @ hidden + r.bias[got.rows]
+    torch.testing.assert_close(got.scores, scores)
+    assert got.rows.tolist() == got.rows[scores.argsort(descending=True, stable=True)].tolist()
+    found = got.rows.tolist()
     fill = [i for i in r.popular.tolist() if i not in set(found)]
     return found + fill[:n - len(found)]
 

@@ -30,3 +30,28 @@ def planted() -> Planted:
     where[perm] = torch.arange(perm.numel())
     top = where[n_random:].view(n_q, m)
     return Planted(weight, queries, top)
+
+
+@dataclass
+class Catalogue:
+    weight: torch.Tensor    # (N, d) item vectors: cluster centre + item offset, small noise past the latent width
+    bias: torch.Tensor      # (N,) item popularity
+    planted: torch.Tensor   # (Q, d) the world's purchase intents, zero past the latent width
+    random: torch.Tensor    # (Q, d) random vectors over all d (an untrained user tower's)
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> Catalogue:
+    """40K item vectors laid out as ``benchmarks/retrieve_bench.py`` lays out its planted
+    catalogue (clusters of 100 of ``dlrm.retrieval_world``, 16 latent dims of 32), with 40
+    planted and 40 random user vectors."""
+    from dlrm.retrieval_world import PlantedWorld, WorldConfig
+
+    n, d, q = 40_000, 32, 40
+    world = PlantedWorld(WorldConfig(items=n, cluster_size=100, latent=16))
+    g = torch.Generator().manual_seed(1)
+    k = torch.arange(n) // 100
+    weight = torch.cat([4 * world.centres[k] + 3 * world.offsets, 0.05 * torch.randn(n, d - 16, generator=g)], 1)
+    z = world.z(world.sample(q, seed=4)[0])
+    planted = torch.cat([z, torch.zeros(q, d - 16)], 1)
+    return Catalogue(weight.contiguous(), world.item_pop.clone(), planted, 0.3 * torch.randn(q, d, generator=g))
