@@ -35,13 +35,38 @@ REPO_FILES = ("feature_store.yaml", ".feastignore", "entities.py", "data_sources
 OFFLINE_DIR = Path("store") / "offline"
 
 
-def install_repo(dest: Path) -> Path:
-    """Copies the Feast definitions into ``dest`` (created if needed); returns ``dest``."""
+PACKAGED_OFFLINE_STORE = "offline_store:\n  type: duckdb\n"
+
+
+def install_repo(dest: Path, offline_store: Mapping[str, Any] | None = None) -> Path:
+    """Copies the Feast definitions into ``dest`` (created if needed); returns ``dest``.
+
+    ``offline_store``: the ``offline_store`` section of the repo's ``feature_store.yaml``
+    instead of the packaged one (DuckDB), e.g. :func:`spark_offline_store`; the sources
+    (``data_sources.py``) follow it.
+    """
     dest = Path(dest)
     (dest / OFFLINE_DIR).mkdir(parents=True, exist_ok=True)
     for name in REPO_FILES:
         shutil.copyfile(PACKAGE_DIR / name, dest / name)
+    if offline_store is not None:
+        import yaml
+
+        config = dest / "feature_store.yaml"
+        text = config.read_text()
+        if PACKAGED_OFFLINE_STORE not in text:
+            raise ValueError(f"{PACKAGE_DIR / 'feature_store.yaml'} lacks the block {PACKAGED_OFFLINE_STORE!r}")
+        block = yaml.safe_dump({"offline_store": dict(offline_store)}, sort_keys=False)
+        config.write_text(text.replace(PACKAGED_OFFLINE_STORE, block))
     return dest
+
+
+def spark_offline_store(master: str, conf: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``offline_store`` section of Feast's Spark offline store on Spark ``master``
+    (``features.spark_master``), UTC, plus ``conf`` (Spark settings)."""
+    spark_conf = {"spark.master": str(master), "spark.sql.session.timeZone": "UTC",
+                  "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", **{k: str(v) for k, v in (conf or {}).items()}}
+    return {"type": "spark", "spark_conf": spark_conf}
 
 
 def write_offline_tables(tables: FeatureTables, repo_dir: Path) -> dict[str, Path]:
@@ -62,15 +87,17 @@ def write_offline_batches(name: str, batches: Iterable[Any], repo_dir: Path) -> 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from features.data_sources import offline_store_type
+
     path = Path(repo_dir) / OFFLINE_DIR / f"{name}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Spark reads no nanosecond Parquet timestamps; the rows are stamped at day starts
+    micros = offline_store_type(repo_dir) == "spark"
     writer, rows = None, 0
     try:
         for batch in batches:
             if writer is None:
-                schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_string(f.type)
-                                    or pa.types.is_large_string(f.type) or pa.types.is_string_view(f.type)
-                                    else f for f in batch.schema])
+                schema = pa.schema([_offline_field(f, micros) for f in batch.schema])
                 writer = pq.ParquetWriter(path, schema)
             writer.write_table(pa.Table.from_batches([batch]).cast(schema))
             rows += batch.num_rows
@@ -80,6 +107,19 @@ def write_offline_batches(name: str, batches: Iterable[Any], repo_dir: Path) -> 
     if writer is None:
         raise ValueError(f"feature table {name} has no rows")
     return path, rows
+
+
+def _offline_field(field, micros: bool):
+    """The field an offline table stores for ``field``: text as ``string``; with ``micros``,
+    timestamps in microseconds."""
+    import pyarrow as pa
+
+    t = field.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.field(field.name, pa.string())
+    if micros and pa.types.is_timestamp(t):
+        return pa.field(field.name, pa.timestamp("us", tz=t.tz))
+    return field
 
 
 def repo_objects(repo_dir: Path) -> list[Any]:
@@ -259,5 +299,28 @@ def _offline_paths(store: "FeatureStore") -> Iterator[None]:
 
         with dask.config.set({"dataframe.convert-string": True}):
             yield
+    elif kind == "spark":
+        with _spark_working_directory(store):
+            yield
     else:
         yield
+
+
+@contextmanager
+def _spark_working_directory(store: "FeatureStore") -> Iterator[None]:
+    """Points the local file system of the Spark session Feast's Spark offline store uses
+    (the active one, or one started with the store's ``spark_conf``) at the repo directory,
+    so Spark resolves the sources' relative paths against the repo (it would against the
+    JVM's working directory); restored on exit."""
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark import (
+        get_spark_session_or_start_new_with_repoconfig)
+
+    spark = get_spark_session_or_start_new_with_repoconfig(store.config.offline_store)
+    hadoop = spark._jvm.org.apache.hadoop.fs
+    local = hadoop.FileSystem.getLocal(spark._jsc.hadoopConfiguration())
+    before = local.getWorkingDirectory()
+    local.setWorkingDirectory(hadoop.Path(str(Path(store.repo_path).resolve())))
+    try:
+        yield
+    finally:
+        local.setWorkingDirectory(before)

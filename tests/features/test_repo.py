@@ -89,3 +89,32 @@ def test_feast_calls_run_in_the_repo_and_give_the_working_directory_back(built, 
 def test_a_directory_without_a_repo_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="feature_store.yaml"):
         open_store(tmp_path)
+
+
+def test_a_spark_repo_names_feasts_spark_store_and_spark_sources(built, tmp_path):
+    """``install_repo`` with the Spark offline store: the yaml names it (master, UTC), the
+    sources become SparkSources with the same relative paths, and the offline tables are
+    written with microsecond timestamps (Spark reads no nanosecond ones), same instants."""
+    import pyarrow.parquet as pq
+    import yaml
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+    from features.repo import OFFLINE_DIR, install_repo, repo_objects, spark_offline_store, write_offline_batches
+
+    repo = install_repo(tmp_path / "repo", spark_offline_store("spark://host:7077", {"spark.executor.memory": "4g"}))
+    config = yaml.safe_load((repo / "feature_store.yaml").read_text())
+    assert config["offline_store"]["type"] == "spark"
+    assert config["offline_store"]["spark_conf"]["spark.master"] == "spark://host:7077"
+    assert config["offline_store"]["spark_conf"]["spark.sql.session.timeZone"] == "UTC"
+    assert config["offline_store"]["spark_conf"]["spark.executor.memory"] == "4g"
+    assert config["online_store"] == yaml.safe_load((built.repo / "feature_store.yaml").read_text())["online_store"]
+    sources = [o for o in repo_objects(repo) if hasattr(o, "path") and hasattr(o, "timestamp_field")]
+    assert len(sources) == 5 and all(isinstance(s, SparkSource) for s in sources)
+    assert {s.path for s in sources} == {f"store/offline/{p.name}" for p in (built.repo / OFFLINE_DIR).glob("*.parquet")}
+    src = built.repo / OFFLINE_DIR / "user_daily_stats.parquet"
+    write_offline_batches("user_daily_stats", pq.ParquetFile(src).iter_batches(100), repo)
+    got, want = pq.read_table(repo / OFFLINE_DIR / src.name), pq.read_table(src)
+    assert got.schema.field("event_timestamp").type.unit == "us"
+    assert got.column("event_timestamp").cast(want.schema.field("event_timestamp").type).equals(
+        want.column("event_timestamp"))
+    assert got.drop(["event_timestamp"]).equals(want.drop(["event_timestamp"]))

@@ -73,3 +73,50 @@ def test_spark_local_gives_duckdbs_tables_and_model_rows(events, tmp_path):
     s_model = model_batch(s_out["model_rows"].combine_chunks().to_batches()[0], spec)
     _assert_same(d_model, s_model, "model-ready")
     assert "hist_item" in d_model.column_names
+
+
+@pytest.mark.slow
+def test_feasts_spark_offline_store_gives_the_duckdb_stores_join_and_online_rows(built, events, tmp_path):
+    """The repo of ``features.engine: spark`` reads its tables through Feast's Spark offline
+    store: its point-in-time join and its materialisation equal the DuckDB store's, on a repo
+    moved after it was applied (the step's atomic rename, ``dvc checkout``)."""
+    import pyarrow.parquet as pq
+    from pyspark.sql import SparkSession
+
+    from features.repo import OFFLINE_DIR, apply_repo, install_repo, open_store, spark_offline_store, write_offline_batches
+
+    staged = install_repo(tmp_path / "staged", spark_offline_store("local[2]"))
+    for table in sorted((built.repo / OFFLINE_DIR).glob("*.parquet")):
+        write_offline_batches(table.stem, pq.ParquetFile(table).iter_batches(1000), staged)
+    apply_repo(staged)
+    repo = staged.rename(tmp_path / "repo")
+    store, duck = open_store(repo), open_store(built.repo)
+    assert store.config.offline_store.type == "spark"
+    try:
+        _compare_stores(store, duck, built, events)
+    finally:   # the session Feast started
+        session = SparkSession.getActiveSession()
+        if session is not None:
+            session.stop()
+
+
+def _compare_stores(store, duck, built, events) -> None:
+    import pandas as pd
+
+    from features.repo import historical_rows, materialize_latest
+
+    rows = events.sample(150, random_state=3)[["event_id", "event_timestamp", "user_id", "item_id"]]
+    want = historical_rows(duck, rows.reset_index(drop=True), as_of_floor="D")
+    got = historical_rows(store, rows.reset_index(drop=True), as_of_floor="D")
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert got["user_offers_30d"].notna().all()
+    snapshot = pd.Timestamp(built.result.snapshot)
+    materialize_latest(store, snapshot, views=list(sql.TABLES))
+    users = sorted(events["user_id"].unique())[:20]
+    items = sorted(events["item_id"].unique())[:20]
+    for view, key, ids in (("user_daily_stats", "user_id", users), ("item_daily_stats", "item_id", items),
+                           ("item_attributes", "item_id", items)):
+        refs = [f"{view}:{f}" for f in sql.TABLES[view][1]]
+        a = store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids]).to_dict()
+        b = duck.get_online_features(features=refs, entity_rows=[{key: i} for i in ids]).to_dict()
+        assert a == b and any(v is not None for v in a[sql.TABLES[view][1][0]]), view
