@@ -13,15 +13,20 @@ Tables
     table as the row ids sorted by (norm range, code) with the bucket offsets (CSR), so a
     bucket is one slice.
 
-Hyperplanes in the rows' span
-    The random hyperplanes are drawn inside the principal directions that hold ``energy``
-    (99%) of the rows' squared norms. A query's part outside them changes every score by
-    little (``|q_out|`` times the rows' small spread there, allowed for in the bounds
-    below), but a hyperplane drawn across it would split the query from the rows it scores
-    highest as often as from any other (a random user tower's vector is mostly such a part).
+Hyperplanes in the rows' whitened span
+    The rows are hashed in the principal directions that hold ``energy`` (99%) of their
+    squared norms, each direction scaled by ``lambda^(-whiten/2)`` (lambda: the rows' mean
+    square along it) and the query by ``lambda^(whiten/2)``, so ``x' . q' = x . q`` inside
+    the span. A query's part outside the span changes every score by little (``|q_out|``
+    times the rows' small spread there, allowed for in the bounds below), but a hyperplane
+    drawn across it would split the query from the rows it scores highest as often as from
+    any other. Whitening (``whiten`` 1) spreads the rows evenly over the directions: the
+    bias ``b``, whose spread is small next to that of ``w``, would otherwise barely move a
+    row's angle even where it decides the score (an untrained user tower's vector is
+    mostly such a part, ``[h, 1]`` with a short h).
 
 Norm ranges (norm-ranging LSH, Yan et al., NeurIPS 2018, https://arxiv.org/abs/1809.08782)
-    The rows are cut by norm into ``ranges`` ranges, each holding half of the rows not in a
+    The rows are cut by (whitened) norm into ``ranges`` ranges, each holding half of the rows not in a
     higher one (the top two hold the last 2^-(R-1) share each), with M_r the largest norm
     of range r. A row of range r scores at most ``M_r |q|``, and it beats a score tau only
     if its angle with q is at most ``arccos(tau / (M_r |q|))``: the top ranges hold few rows
@@ -85,22 +90,20 @@ def norm_ranges(norms: Tensor, ranges: int) -> tuple[Tensor, Tensor]:
     return group, top
 
 
-def principal_span(rows: Tensor, energy: float) -> tuple[Tensor, float]:
+def principal_span(rows: Tensor, energy: float) -> tuple[Tensor, Tensor, float]:
     """``(N, D)`` rows -> ``(D, s)`` orthonormal basis of the fewest principal directions (of the
-    rows' second moment) that hold ``energy`` of the rows' squared norms, and the rows' spread
-    outside it: ``SPREAD`` root-mean-squares along the widest direction left out (0 when
+    rows' second moment) that hold ``energy`` of the rows' squared norms, ``(s,)`` the rows'
+    mean square along each, and the rows' spread outside the span: ``SPREAD`` root-mean-squares along the widest direction left out (0 when
     ``energy`` is 1: the whole space). A query's part q_out outside the span moves a row's
     score by ``q_out . x_out``, within ``|q_out|`` times that spread for all but a few rows."""
     D = rows.shape[1]
-    if energy >= 1.0:
-        return torch.eye(D), 0.0
     second = (rows.double().t() @ rows.double()) / max(rows.shape[0], 1)            # (D, D)
     values, vectors = torch.linalg.eigh(second)                                     # ascending
     values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
     share = values.cumsum(0) / values.sum().clamp_min(1e-30)
-    keep = min(int((share < energy).sum()) + 1, D)
+    keep = D if energy >= 1.0 else min(int((share < energy).sum()) + 1, D)
     basis = vectors[:, :keep].float().contiguous()                                   # (D, s)
-    return basis, SPREAD * float(values[keep].sqrt()) if keep < D else 0.0
+    return basis, values[:keep].float(), SPREAD * float(values[keep].sqrt()) if keep < D else 0.0
 
 
 @dataclass(frozen=True)
@@ -125,17 +128,19 @@ class ProbeIndex:
         flip_bits: per table, how many of the least certain bits a probe may flip (<= K).
         energy: the hyperplanes lie in the rows' principal directions holding this share of
             their squared norms (1: anywhere).
+        whiten: rows are hashed with each principal direction scaled by ``lambda^(-whiten/2)``
+            (1: whitened; 0: as they are).
         seed: seed of the random projections.
 
     Example::
 
-        index = ProbeIndex(64, bits=14, tables=32, ranges=9, flip_bits=8)
+        index = ProbeIndex(64, bits=14, tables=32, ranges=9, flip_bits=8, whiten=1.0)
         index.build(weight, bias)                      # (N, 64), (N,)
-        found = index.search(h, 200, miss=0.3)         # h: (64,)
+        found = index.search(h, 200, miss=0.5)         # h: (64,)
     """
 
     def __init__(self, dim: int, bits: int = 14, tables: int = 32, ranges: int = 9, flip_bits: int = 8,
-                 energy: float = 0.99, seed: int = 0):
+                 energy: float = 0.99, whiten: float = 1.0, seed: int = 0):
         for name, v in (("dim", dim), ("tables", tables), ("ranges", ranges)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}: expected an int >= 1")
@@ -145,13 +150,17 @@ class ProbeIndex:
             raise ValueError(f"flip_bits={flip_bits!r}: expected an int in [0, bits={bits}]")
         if not 0.0 < energy <= 1.0:
             raise ValueError(f"energy={energy!r}: expected a share in (0, 1]")
+        if not 0.0 <= whiten <= 1.0:
+            raise ValueError(f"whiten={whiten!r}: expected an exponent in [0, 1]")
         self.dim, self.bits, self.tables, self.ranges, self.flip_bits = dim, bits, tables, ranges, flip_bits
-        self.energy = float(energy)
+        self.energy, self.whiten = float(energy), float(whiten)
         g = torch.Generator().manual_seed(seed)
         self.gaussian = torch.randn(dim + 1, tables * bits, generator=g)      # (d + 1, L*K)
-        self.projections = self.gaussian                                      # inside the rows' span (build)
+        self.projections = self.gaussian                                      # (s, L*K) in the span (build)
         self.square_norms = self.gaussian.square().sum(dim=0)                 # (L*K,) |r_k|^2
         self.basis = torch.eye(dim + 1)                                       # (d + 1, s) the span kept
+        self.row_map = torch.eye(dim + 1)                                     # (d + 1, s) rows -> the span
+        self.query_map = torch.eye(dim + 1)                                   # (d + 1, s) queries -> the span
         self.outside = 0.0                                                    # largest |row| outside the span
         self.powers = 2 ** torch.arange(bits, dtype=torch.int64)              # (K,)
         # every flip set over flip_bits positions, as a (S, F) 0/1 matrix, fewest flips first
@@ -166,8 +175,8 @@ class ProbeIndex:
         self.sizes: Tensor | None = None      # (R,) rows per range
 
     def _codes(self, x: Tensor) -> Tensor:
-        """``(n, d + 1)`` -> ``(n, L)`` bucket codes."""
-        bits = (x @ self.projections > 0).view(x.shape[0], self.tables, self.bits)     # (n, L, K)
+        """``(n, d + 1)`` rows ``[w, b]`` -> ``(n, L)`` bucket codes."""
+        bits = (x @ self.row_map @ self.projections > 0).view(x.shape[0], self.tables, self.bits)  # (n, L, K)
         return (bits.to(torch.int64) * self.powers).sum(dim=2)
 
     @torch.no_grad()
@@ -186,12 +195,14 @@ class ProbeIndex:
         w = weight.detach().float().cpu().contiguous()
         b = torch.zeros(n) if bias is None else bias.detach().float().cpu().contiguous()
         rows = torch.cat([w, b.unsqueeze(1)], dim=1)                                   # (N, d + 1)
-        self.basis, self.outside = principal_span(rows, self.energy)
-        # hyperplanes inside the span: a query's part outside it, which moves every score by
-        # at most |q_out| * outside, no longer blurs the angles
-        self.projections = self.basis @ (self.basis.t() @ self.gaussian)               # (d + 1, L*K)
+        basis, values, self.outside = principal_span(rows, self.energy)
+        # rows x' = x B / scale, queries q' = q B * scale: x' . q' = x . q inside the span B
+        # (directions the rows never take are not blown up)
+        scale = values.clamp_min(float(values.max()) * 1e-6 + 1e-30).pow(self.whiten / 2)  # (s,)
+        self.basis, self.row_map, self.query_map = basis, basis / scale, basis * scale
+        self.projections = self.gaussian[:basis.shape[1]]                               # (s, L*K)
         self.square_norms = self.projections.square().sum(dim=0)                        # (L*K,) |r_k|^2
-        group, top = norm_ranges(rows.norm(dim=1), self.ranges)
+        group, top = norm_ranges((rows @ self.row_map).norm(dim=1), self.ranges)
         width = 1 << self.bits
         keys = torch.cat([self._codes(rows[i:i + chunk]) for i in range(0, n, chunk)])  # (N, L)
         keys += (group * width).unsqueeze(1)                                           # range-major buckets
@@ -221,14 +232,15 @@ class ProbeIndex:
         each table's least certain bits, ``(L, K)`` |margins| of all bits, ``(L * S,)`` bucket codes
         of every flip set; and the norms of the query's parts inside and outside the span."""
         q = torch.cat([query.detach().float().cpu().view(-1), torch.ones(1)])           # [h, 1]
-        inside = float((q @ self.basis).norm())
-        outside = math.sqrt(max(float(q.square().sum()) - inside * inside, 0.0))
-        proj = q / max(inside, 1e-12) @ self.projections                                # (L*K,) r_k . q^
+        mapped = q @ self.query_map                                                      # (s,)
+        inside = float(mapped.norm())
+        outside = math.sqrt(max(float(q.square().sum()) - float((q @ self.basis).square().sum()), 0.0))
+        proj = mapped / max(inside, 1e-12) @ self.projections                           # (L*K,) r_k . q^
         home = ((proj > 0).view(self.tables, self.bits).to(torch.int64) * self.powers).sum(dim=1)  # (L,)
         # a row at angle t from q^, uniform around it in the span's s dims, is cut from q^ by
         # hyperplane k with probability ~ Phi(-cot t * |r_k . q^| sqrt(s - 1) / |r_k's part across q^|)
         across = (self.square_norms - proj.square()).clamp_min(1e-12).sqrt()            # (L*K,)
-        margin = (proj.abs() * math.sqrt(max(self.basis.shape[1] - 1, 1)) / across).view(self.tables, self.bits)
+        margin = (proj.abs() * math.sqrt(max(self.projections.shape[0] - 1, 1)) / across).view(self.tables, self.bits)
         weak = margin.topk(self.flip_bits, dim=1, largest=False)                        # (L, F)
         mask = (self.flip_sets.to(torch.int64).unsqueeze(0)
                 * self.powers[weak.indices].unsqueeze(1)).sum(dim=2)                    # (L, S)
