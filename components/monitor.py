@@ -72,6 +72,7 @@ class MonitorConfig:
 
     reference: Literal["valid", "train", "train+valid"] = "valid"  # split(s) of data/model_input compared with test
     max_rows: int = 20_000           # rows sampled from each window (bounds time; seeded)
+    max_ranking_rows: int = 1_000_000  # at most this many other reference rows rank the ids (bounds memory)
     seed: int = 0                    # sampling seed
     max_drift_share: float = 0.15    # drift_detected when this share of tested features drifted (>=, as Evidently)
     max_categories: int = 100        # sparse features with more distinct ids are tested by popularity bucket
@@ -84,6 +85,8 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         if self.max_rows < 2:
             raise ValueError(f"monitor.max_rows = {self.max_rows}; expected >= 2")
+        if self.max_ranking_rows < 1:
+            raise ValueError(f"monitor.max_ranking_rows = {self.max_ranking_rows}; expected >= 1")
         if not 0.0 < self.max_drift_share <= 1.0:
             raise ValueError(f"monitor.max_drift_share = {self.max_drift_share}; expected in (0, 1]")
         if self.min_category_rows < 1:
@@ -116,17 +119,87 @@ class MonitorResult:
 # ---------------------------------------------------------------------------- windows
 
 
-def _read_windows(input_dir: Path, reference: str) -> tuple[Any, Any, Any]:
-    """(spec, reference window, current window) of the model-ready dir: the reference is
-    the ``+``-joined splits ``reference`` names, the current window the test split."""
-    import pandas as pd
+def _sample_windows(input_dir: Path, cfg: "MonitorConfig", spec: Any, rng: Any) -> tuple[Any, dict, dict]:
+    """Draws the windows' samples (:func:`drift.columns.sample_positions`) from the
+    model-ready Parquet files a row group at a time: the reference is the ``+``-joined
+    splits ``cfg.reference`` names, the current window the test split. Memory follows the
+    sample sizes and a row group, not the windows (a 100M-event reference does not fit).
 
-    from contract.model_input import read_frame, read_spec
+    Returns (the :class:`drift.columns.WindowSample`, reference info, current info); an
+    info holds the window's ``rows`` and first and last ``days``.
+    """
+    from contract.model_input import split_files
+    from drift.columns import WindowSample, check_exclude, sample_positions
 
-    spec = read_spec(input_dir)
-    current = read_frame(input_dir, "test")
-    ref = pd.concat([read_frame(input_dir, s) for s in reference.split("+")], ignore_index=True)
-    return spec, ref, current
+    ref_files = [f for split in cfg.reference.split("+") for f in split_files(input_dir, split)]
+    cur_files = split_files(input_dir, "test")
+    ref_info, cur_info = _window_info(ref_files, spec.label), _window_info(cur_files, spec.label)
+    check_exclude(spec, tuple(cfg.exclude))
+    picked, ranking, current = sample_positions(ref_info["rows"], cur_info["rows"], cfg.max_rows, rng,
+                                                cfg.max_ranking_rows)
+    sparse = [f.name for f in spec.sparse if f.name not in cfg.exclude]
+    labels = ref_info.pop("labels_complete") and cur_info.pop("labels_complete")
+    sample = WindowSample(_take_rows(ref_files, picked), _take_rows(ref_files, ranking, sparse),
+                          _take_rows(cur_files, current), labels)
+    return sample, ref_info, cur_info
+
+
+def _row_groups(files: list[Path]):
+    """(ParquetFile, row group index, first row's position in the window, rows) of each
+    row group of ``files`` in order."""
+    import pyarrow.parquet as pq
+
+    offset = 0
+    for path in files:
+        pf = pq.ParquetFile(path)
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            yield pf, g, offset, n
+            offset += n
+
+
+def _take_rows(files: list[Path], positions: Any, columns: list[str] | None = None) -> Any:
+    """The rows at the sorted window ``positions`` of ``files`` as a DataFrame (the columns
+    and dtypes :func:`contract.model_input.read_frame` gives), reading only the row groups
+    that hold some of them."""
+    import numpy as np
+    import pyarrow as pa
+
+    parts = []
+    for pf, g, offset, n in _row_groups(files):
+        lo, hi = np.searchsorted(positions, [offset, offset + n])
+        if hi > lo:
+            group = pf.read_row_group(g, columns=columns)
+            parts.append(group.take(pa.array(positions[lo:hi] - offset)))
+    if not parts:   # sample_positions draws at least one row of each
+        raise ValueError(f"no rows at the sampled positions of {[str(f) for f in files]}")
+    return pa.concat_tables([t.cast(parts[0].schema) for t in parts]).to_pandas()
+
+
+def _window_info(files: list[Path], label: str) -> dict[str, Any]:
+    """Rows, first and last day (YYYY-MM-DD; [] without timestamps) and whether every row
+    has a label, of a window, read a row group and two columns at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows, nulls, first, last, has_label = 0, 0, None, None, True
+    for pf, g, _, n in _row_groups(files):
+        names = pf.schema_arrow.names
+        rows += n
+        has_label = has_label and label in names
+        columns = [c for c in ("event_timestamp", label) if c in names]
+        group = pf.read_row_group(g, columns=columns) if columns else None
+        if group is not None and label in names:
+            values = group.column(label)
+            nulls += values.null_count
+            if pa.types.is_floating(values.type):
+                nulls += int(pc.sum(pc.is_nan(values)).as_py() or 0)
+        if group is not None and "event_timestamp" in names and n:
+            lo, hi = pc.min_max(group.column("event_timestamp")).values()
+            first = lo.as_py() if first is None or lo.as_py() < first else first
+            last = hi.as_py() if last is None or hi.as_py() > last else last
+    days = [] if first is None else [first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d")]
+    return {"rows": rows, "days": days, "labels_complete": has_label and nulls == 0}
 
 
 def _load_model(model_dir: Path, spec: Any) -> Any:
@@ -140,16 +213,6 @@ def _load_model(model_dir: Path, spec: Any) -> Any:
     except ValueError as err:
         raise ValueError(f"{err} (the model in {model_dir} was trained on another feature spec)") from None
     return model
-
-
-def _days(frame) -> list[str]:
-    """First and last day (YYYY-MM-DD) of a window, [] when it has no timestamps."""
-    import pandas as pd
-
-    if "event_timestamp" not in frame.columns or frame.empty:
-        return []
-    ts = pd.to_datetime(frame["event_timestamp"], utc=True)
-    return [ts.min().strftime("%Y-%m-%d"), ts.max().strftime("%Y-%m-%d")]
 
 
 def _quality(labels, probs) -> dict[str, Any]:
@@ -210,22 +273,25 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
     os.environ.setdefault("DO_NOT_TRACK", "1")
     import numpy as np
 
-    from drift.columns import monitored_tables
+    from contract.model_input import read_spec
+    from drift.columns import tables_from_sample
 
     t0 = time.perf_counter()
     retrieval = read_retrieval_metrics(Path(retrieval_metrics)) if retrieval_metrics is not None else None
-    spec, reference, current = _read_windows(Path(input_dir), cfg.reference)
+    spec = read_spec(Path(input_dir))
     model = _load_model(Path(model_dir), spec) if model_dir is not None else None
     if model_name is None and model_dir is not None:
         model_name = str(model_dir)
 
     rng = np.random.default_rng(cfg.seed)
-    ref_table, cur_table, cols, ref_rows, cur_rows = monitored_tables(
-        reference, current, spec, max_rows=cfg.max_rows, max_categories=cfg.max_categories,
-        exclude=tuple(cfg.exclude), rng=rng, min_category_rows=cfg.min_category_rows)
+    sample, reference, current = _sample_windows(Path(input_dir), cfg, spec, rng)
+    ref_table, cur_table, cols, ref_rows, cur_rows = tables_from_sample(
+        sample, spec, max_categories=cfg.max_categories, exclude=tuple(cfg.exclude),
+        min_category_rows=cfg.min_category_rows)
     has_labels = spec.label in cur_table.columns and spec.label in ref_table.columns
-    log(STEP, f"reference {cfg.reference} {_days(reference)}: {len(ref_rows):,} of {len(reference):,} rows; "
-              f"current test {_days(current)}: {len(cur_rows):,} of {len(current):,} rows; "
+    log(STEP, f"reference {cfg.reference} {reference['days']}: {len(ref_rows):,} of {reference['rows']:,} rows "
+              f"({len(sample.ranking_rows):,} rank the ids); "
+              f"current test {current['days']}: {len(cur_rows):,} of {current['rows']:,} rows; "
               f"{len(cols.features)} features ({len(cols.popularity)} by popularity bucket)")
 
     quality = (_score_windows(model, spec, ref_table, cur_table, ref_rows, cur_rows, cfg.batch_size, has_labels)
@@ -240,7 +306,7 @@ def monitor(cfg: MonitorConfig, input_dir: Path, model_dir: Path | None, html_ou
                            with_prediction=model is not None, retrieval=retrieval is not None,
                            metadata={"model": model_name or "",
                                      "reference": cfg.reference,
-                                     "current_days": " .. ".join(_days(current))})
+                                     "current_days": " .. ".join(current["days"])})
     details, drifted, share = _details(cfg, snapshot, cols, spec, ref_table, cur_table, quality,
                                        windows={"reference": (reference, ref_rows), "current": (current, cur_rows)},
                                        with_prediction=model is not None, has_labels=has_labels)
@@ -314,9 +380,9 @@ def _details(cfg: MonitorConfig, snapshot: Any, cols: Any, spec: Any, ref_table:
         "target": None,
         "quality": quality,
         "windows": {
-            "reference": {"splits": cfg.reference.split("+"), "days": _days(reference),
-                          "rows": len(reference), "sampled": len(ref_rows)},
-            "current": {"splits": ["test"], "days": _days(current), "rows": len(current),
+            "reference": {"splits": cfg.reference.split("+"), "days": reference["days"],
+                          "rows": reference["rows"], "sampled": len(ref_rows)},
+            "current": {"splits": ["test"], "days": current["days"], "rows": current["rows"],
                         "sampled": len(cur_rows)},
         },
         "config": as_dict(cfg),
@@ -355,7 +421,7 @@ def _summary(cfg: MonitorConfig, details: dict[str, Any], drifted: list[str], sh
         "logloss": q_cur.get("logloss"),
         "logloss_reference": q_ref.get("logloss"),
         "reference": cfg.reference,
-        "current_days": " .. ".join(_days(current)),
+        "current_days": " .. ".join(current["days"]),
         "model": model_name,
         "html": str(html_out),
         "details": str(details_out) if details_out is not None else None,

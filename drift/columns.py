@@ -68,16 +68,6 @@ class MonitoredColumns:
         raise KeyError(name)
 
 
-def sample_rows(frame: "pd.DataFrame", max_rows: int, rng: np.random.Generator) -> "pd.DataFrame":
-    """At most ``max_rows`` rows drawn without replacement, in their original order."""
-    if max_rows < 1:
-        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-    if len(frame) <= max_rows:
-        return frame.reset_index(drop=True)
-    keep = np.sort(rng.choice(len(frame), size=max_rows, replace=False))
-    return frame.iloc[keep].reset_index(drop=True)
-
-
 def id_keys(frame: "pd.DataFrame", feature: str, multi_hot: bool) -> "pd.Series":
     """The ids of a sparse feature as hashable keys: the id, or a bag's sorted ids joined by spaces."""
     import pandas as pd
@@ -124,11 +114,57 @@ def pool_rare(reference: "pd.Series", current: "pd.Series", min_rows: int) -> tu
             current.where(current.isin(keep), RARE).astype(object))
 
 
+@dataclass(frozen=True)
+class WindowSample:
+    """The rows of both windows the drift tests read (model-ready columns).
+
+    ``ranking_rows`` need only the sparse features' columns; ``labels_complete``: every row
+    of both windows (not only the sampled ones) has its label.
+    """
+
+    ref_rows: "pd.DataFrame"       # the reference sample
+    ranking_rows: "pd.DataFrame"   # reference rows outside the sample: they rank the ids
+    cur_rows: "pd.DataFrame"       # the current sample
+    labels_complete: bool
+
+
+def check_windows(reference_rows: int, current_rows: int) -> None:
+    """ValueError unless the windows hold enough rows for the tests."""
+    if reference_rows < 2:
+        raise ValueError(f"the reference window has {reference_rows} row(s); the drift tests need at least 2")
+    if current_rows < 1:
+        raise ValueError("the current window has no rows")
+
+
+def sample_positions(reference_rows: int, current_rows: int, max_rows: int, rng: np.random.Generator,
+                     max_ranking_rows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(reference sample, ranking rows, current sample): sorted row positions in each window.
+
+    The reference sample is at most ``max_rows`` and at most half of the window; the rest of
+    the window ranks the ids, at most ``max_ranking_rows`` of it (drawn at random; None: all).
+    The current sample is at most ``max_rows``. Positions alone, so a reader can take the
+    rows from files a batch at a time (memory set by the sample sizes, not the windows).
+    """
+    check_windows(reference_rows, current_rows)
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    ref_index = np.arange(reference_rows)
+    n_ref = min(max_rows, reference_rows // 2)
+    picked = np.sort(rng.choice(ref_index, size=n_ref, replace=False))
+    ranking = np.setdiff1d(ref_index, picked)
+    current = (np.arange(current_rows) if current_rows <= max_rows
+               else np.sort(rng.choice(current_rows, size=max_rows, replace=False)))
+    if max_ranking_rows is not None and len(ranking) > max_ranking_rows:
+        ranking = np.sort(rng.choice(ranking, size=max_ranking_rows, replace=False))
+    return picked, ranking, current
+
+
 def monitored_tables(reference: "pd.DataFrame", current: "pd.DataFrame", spec: "FeatureSpec", *,
                      max_rows: int, max_categories: int, exclude: tuple[str, ...],
-                     rng: np.random.Generator, min_category_rows: int = 5) -> tuple["pd.DataFrame", "pd.DataFrame", MonitoredColumns,
-                                                         "pd.DataFrame", "pd.DataFrame"]:
-    """Samples both windows and builds the tables Evidently compares.
+                     rng: np.random.Generator, min_category_rows: int = 5,
+                     max_ranking_rows: int | None = None) -> tuple["pd.DataFrame", "pd.DataFrame",
+                                                                   MonitoredColumns, "pd.DataFrame", "pd.DataFrame"]:
+    """Samples both windows (in memory) and builds the tables Evidently compares.
 
     Args:
         reference: the model-ready reference window (features, label, pass-through columns).
@@ -141,6 +177,7 @@ def monitored_tables(reference: "pd.DataFrame", current: "pd.DataFrame", spec: "
         exclude: features not tested.
         rng: the sampling generator (seeded by the caller).
         min_category_rows: categories with fewer reference rows are pooled (:func:`pool_rare`).
+        max_ranking_rows: at most this many rows rank the ids (None: all the rest).
 
     Returns:
         (reference table, current table, the columns and how they are tested, the sampled
@@ -148,24 +185,32 @@ def monitored_tables(reference: "pd.DataFrame", current: "pd.DataFrame", spec: "
         column per tested feature, plus the label when both windows have it on every row; the
         sampled rows are what the model scores, row for row with the tables.
     """
-    import pandas as pd
+    check_exclude(spec, exclude)
+    picked, ranking, cur = sample_positions(len(reference), len(current), max_rows, rng, max_ranking_rows)
+    labels = all(spec.label in w.columns and w[spec.label].notna().all() for w in (reference, current))
+    sample = WindowSample(reference.iloc[picked].reset_index(drop=True),
+                          reference.iloc[ranking].reset_index(drop=True),
+                          current.iloc[cur].reset_index(drop=True), labels)
+    return tables_from_sample(sample, spec, max_categories=max_categories, exclude=exclude,
+                              min_category_rows=min_category_rows)
 
+
+def check_exclude(spec: "FeatureSpec", exclude: tuple[str, ...]) -> None:
+    """ValueError when ``exclude`` names something that is not a feature of ``spec``."""
     unknown = sorted(set(exclude) - {f.name for f in (*spec.dense, *spec.sparse)})
     if unknown:
         raise ValueError(f"monitor.exclude names {unknown}, which are not features of the spec "
                          f"(dense {[f.name for f in spec.dense]}, sparse {[f.name for f in spec.sparse]})")
-    if len(reference) < 2:
-        raise ValueError(f"the reference window has {len(reference)} row(s); the drift tests need at least 2")
-    if len(current) < 1:
-        raise ValueError("the current window has no rows")
-    # the reference sample: at most half of the window; the rest ranks the ids
-    ref_index = np.arange(len(reference))
-    n_ref = min(max_rows, len(reference) // 2)
-    picked = np.sort(rng.choice(ref_index, size=n_ref, replace=False))
-    ranking_rows = reference.iloc[np.setdiff1d(ref_index, picked)].reset_index(drop=True)
-    ref_rows = reference.iloc[picked].reset_index(drop=True)
-    cur_rows = sample_rows(current, max_rows, rng)
 
+
+def tables_from_sample(sample: WindowSample, spec: "FeatureSpec", *, max_categories: int,
+                       exclude: tuple[str, ...], min_category_rows: int = 5) -> tuple[
+                           "pd.DataFrame", "pd.DataFrame", MonitoredColumns, "pd.DataFrame", "pd.DataFrame"]:
+    """The tables Evidently compares, from the sampled rows (:func:`monitored_tables`'s result)."""
+    import pandas as pd
+
+    check_exclude(spec, exclude)
+    ranking_rows, ref_rows, cur_rows = sample.ranking_rows, sample.ref_rows, sample.cur_rows
     numerical = tuple(f.name for f in spec.dense if f.name not in exclude)
     categorical: list[str] = []
     popularity: list[str] = []
@@ -188,7 +233,7 @@ def monitored_tables(reference: "pd.DataFrame", current: "pd.DataFrame", spec: "
     for name in (*categorical, *popularity):
         ref_table[name], cur_table[name] = pool_rare(ref_table[name], cur_table[name], min_category_rows)
     # labels take days to arrive: target drift and quality only once every current row has one
-    if all(spec.label in w.columns and w[spec.label].notna().all() for w in (reference, current)):
+    if sample.labels_complete:
         ref_table[spec.label] = ref_rows[spec.label].to_numpy(dtype=np.int64)
         cur_table[spec.label] = cur_rows[spec.label].to_numpy(dtype=np.int64)
     excluded = tuple(f.name for f in (*spec.dense, *spec.sparse) if f.name in exclude)

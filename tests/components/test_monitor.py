@@ -297,3 +297,44 @@ def test_dashboard_serves_the_workspace_on_loopback(project, steady):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)     # the CLI and the UI process it started
         proc.wait(timeout=30)
+
+
+def test_windows_are_sampled_from_row_groups_as_from_whole_frames(project, tmp_path):
+    """The monitor reads the windows a row group at a time (a 100M-event reference does not
+    fit in memory): the same seed gives exactly the tables of sampling the whole frames in
+    memory, here with the reference spread over two files of many row groups; the ranking
+    rows are capped by ``monitor.max_ranking_rows``."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.monitor import MonitorConfig, _sample_windows
+    from contract.model_input import read_frame, read_spec
+    from drift.columns import monitored_tables, tables_from_sample
+
+    src, data = project / "steady", tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "valid", "test"):
+        pq.write_table(pa.Table.from_pandas(read_frame(src, name), preserve_index=False), data / f"{name}.parquet",
+                       row_group_size=997)
+    (data / "feature_spec.json").write_text((src / "feature_spec.json").read_text())
+    spec = read_spec(data)
+    reference = pd.concat([read_frame(src, "train"), read_frame(src, "valid")], ignore_index=True)
+    current = read_frame(src, "test")
+    for cap in (None, 5_000):
+        cfg = MonitorConfig(reference="train+valid", max_rows=3_000, max_ranking_rows=cap or 10**9)
+        kwargs = dict(max_categories=cfg.max_categories, exclude=tuple(cfg.exclude),
+                      min_category_rows=cfg.min_category_rows)
+        want = monitored_tables(reference, current, spec, max_rows=cfg.max_rows, rng=np.random.default_rng(7),
+                                max_ranking_rows=cap, **kwargs)
+        sample, ref_info, cur_info = _sample_windows(data, cfg, spec, np.random.default_rng(7))
+        got = tables_from_sample(sample, spec, **kwargs)
+        assert len(sample.ranking_rows) == (cap or len(reference) - 3_000)
+        assert list(sample.ranking_rows.columns) == [f.name for f in spec.sparse if f.name not in cfg.exclude]
+        for a, b in zip((got[0], got[1], got[3], got[4]), (want[0], want[1], want[3], want[4])):
+            pd.testing.assert_frame_equal(a, b)
+        assert got[2] == want[2] and spec.label in got[0].columns
+        assert ref_info["rows"] == len(reference) and cur_info["rows"] == len(current)
+        ts = pd.to_datetime(current["event_timestamp"], utc=True)
+        assert cur_info["days"] == [ts.min().strftime("%Y-%m-%d"), ts.max().strftime("%Y-%m-%d")]

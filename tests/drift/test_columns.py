@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from drift.columns import (BUCKETS, RARE, UNSEEN, column_drift, id_keys, metric_value, monitored_tables,
-                              pool_rare, popularity_buckets, sample_rows)
+                              pool_rare, popularity_buckets, sample_positions)
 from contract.spec import DenseFeature, FeatureSpec, SparseFeature
 
 
@@ -66,14 +66,25 @@ def test_id_keys_of_bags_ignore_order_and_keep_empty_bags():
     assert id_keys(frame, "u", multi_hot=False).tolist() == [5, 5, 7, 9]
 
 
-def test_sample_rows_is_seeded_bounded_and_keeps_order():
-    frame = pd.DataFrame({"x": np.arange(1_000)})
-    a = sample_rows(frame, 100, np.random.default_rng(3))
-    b = sample_rows(frame, 100, np.random.default_rng(3))
-    assert len(a) == 100 and a.equals(b) and a["x"].is_monotonic_increasing
-    assert sample_rows(frame, 5_000, np.random.default_rng(3)).equals(frame)
+
+def test_sample_positions_are_seeded_bounded_disjoint_and_sorted():
+    a = sample_positions(1_000, 700, 100, np.random.default_rng(3))
+    b = sample_positions(1_000, 700, 100, np.random.default_rng(3))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    picked, ranking, current = a
+    assert len(picked) == 100 and len(ranking) == 900 and len(current) == 100
+    assert np.union1d(picked, ranking).tolist() == list(range(1_000)) and not np.intersect1d(picked, ranking).size
+    assert all((np.diff(x) > 0).all() for x in a)
+    picked, ranking, current = sample_positions(10, 5, 100, np.random.default_rng(3))
+    assert len(picked) == 5 and len(ranking) == 5 and current.tolist() == [0, 1, 2, 3, 4]  # half; all
+    # a capped ranking: a random subset of the rest, the samples drawn as without the cap
+    capped = sample_positions(1_000, 700, 100, np.random.default_rng(3), max_ranking_rows=50)
+    assert np.array_equal(capped[0], a[0]) and np.array_equal(capped[2], a[2])
+    assert len(capped[1]) == 50 and np.isin(capped[1], a[1]).all()
     with pytest.raises(ValueError, match="max_rows"):
-        sample_rows(frame, 0, np.random.default_rng(3))
+        sample_positions(1_000, 700, 0, np.random.default_rng(3))
+    with pytest.raises(ValueError, match="at least 2"):
+        sample_positions(1, 700, 10, np.random.default_rng(3))
 
 
 SPEC = FeatureSpec(dense=(DenseFeature("price", "log1p"),),
