@@ -68,25 +68,86 @@ def gate_target(cfg: EvaluateConfig, oracle_auc: float | None) -> float:
                      f"{', '.join(MLPERF_TARGETS)}")
 
 
-def _oracle(frame, labels, truth_dir: Path) -> tuple[float | None, int]:
-    """(AUC of the planted probabilities on the test rows they cover, rows covered)."""
+def _oracle(event_ids, labels, truth_dir: Path) -> tuple[float | None, int]:
+    """(AUC of the planted probabilities on the test rows they cover, rows covered). The
+    truth files are read a row group at a time and only the test rows' probabilities kept."""
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     from dlrm.metrics import auc
 
     files = sorted(Path(truth_dir).rglob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"truth dir {truth_dir} holds no .parquet files (event_id, purchase_prob)")
-    if "event_id" not in frame.columns:
+    if event_ids is None:
         raise ValueError("the test table has no event_id column to join the planted probabilities on")
-    truth = pd.concat([pd.read_parquet(f, columns=["event_id", "purchase_prob"]) for f in files])
-    truth = truth.drop_duplicates("event_id").set_index("event_id")["purchase_prob"]
-    prob = frame["event_id"].astype(str).map(truth.rename(index=str)).to_numpy(dtype=np.float64, na_value=np.nan)
+    wanted = pa.array(np.asarray(event_ids, dtype=object), type=pa.string())
+    found = []
+    for path in files:
+        pf = pq.ParquetFile(path)
+        for g in range(pf.num_row_groups):
+            part = pf.read_row_group(g, columns=["event_id", "purchase_prob"])
+            ids = part.column("event_id").cast(pa.string())
+            found.append(pa.table({"event_id": ids, "purchase_prob": part.column("purchase_prob")})
+                         .filter(pc.is_in(ids, value_set=wanted)))
+    truth = pa.concat_tables(found).to_pandas().drop_duplicates("event_id").set_index("event_id")["purchase_prob"]
+    prob = pd.Series(np.asarray(event_ids, dtype=object)).map(truth).to_numpy(dtype=np.float64, na_value=np.nan)
     known = ~np.isnan(prob)
     if not known.any():
         return None, 0
     return auc(labels[known], prob[known]), int(known.sum())
+
+
+def _test_frames(input_dir: Path):
+    """The model-ready test window a row group at a time (DataFrames as ``read_frame`` gives)."""
+    import pyarrow.parquet as pq
+
+    from contract.model_input import split_files
+
+    for path in split_files(input_dir, "test"):
+        pf = pq.ParquetFile(path)
+        for g in range(pf.num_row_groups):
+            yield pf.read_row_group(g).to_pandas()
+
+
+@dataclass
+class _Scored:
+    """The test window's scores and what the outputs need of its rows."""
+
+    probs: Any
+    labels: Any
+    event_ids: Any          # str per row, or None without an event_id column
+    timestamps: Any         # per row, or None without event_timestamp
+
+
+def _score(model, spec, frames, cfg: EvaluateConfig) -> _Scored:
+    """Scores ``frames`` (the test window in parts) batch by batch: memory follows a part,
+    and the kept columns (score, label, event id, time) the window."""
+    import numpy as np
+
+    from contract.spec import ModelInput
+    from dlrm.bundle import predict
+
+    probs, labels, ids, times = [], [], [], []
+    with torch_threads(cfg.threads):
+        for frame in frames:
+            if spec.label not in frame.columns:
+                raise ValueError(f"the test window has no label column {spec.label!r}")
+            if len(frame) == 0:
+                continue
+            inputs = ModelInput.from_frame(frame, spec)
+            probs.append(predict(model, inputs, batch_size=cfg.batch_size))
+            labels.append(inputs.labels.astype(np.float64))
+            ids.append(frame["event_id"].astype(str).to_numpy() if "event_id" in frame.columns else None)
+            times.append(frame["event_timestamp"].to_numpy() if "event_timestamp" in frame.columns else None)
+    if not probs:
+        raise ValueError("the test window has no rows")
+    return _Scored(np.concatenate(probs), np.concatenate(labels),
+                   None if any(i is None for i in ids) else np.concatenate(ids),
+                   None if any(t is None for t in times) else np.concatenate(times))
 
 
 def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metrics_out: Path,
@@ -107,9 +168,9 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
     import numpy as np
     import pandas as pd
 
-    from contract.model_input import SPEC_FILE, read_frame
-    from contract.spec import FeatureSpec, ModelInput
-    from dlrm.bundle import load_model, predict
+    from contract.model_input import SPEC_FILE
+    from contract.spec import FeatureSpec
+    from dlrm.bundle import load_model
     from dlrm.metrics import bootstrap_auc, classification_metrics, roc_curve
 
     model, doc = load_model(model_dir)
@@ -123,21 +184,14 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
     else:
         if input_dir is None:
             raise ValueError("give the model-ready dir (--input) or a Criteo file (--criteo)")
-        frame = read_frame(input_dir, "test")
         spec_path = Path(input_dir) / SPEC_FILE
         data_spec = FeatureSpec.load(spec_path) if spec_path.exists() else spec
     try:
         spec.check_compatible(data_spec, "the test data")
     except ValueError as err:
         raise ValueError(f"{err} ({model_dir} was trained on another feature spec)") from None
-    if spec.label not in frame.columns:
-        raise ValueError(f"the test window has no label column {spec.label!r}")
-    if len(frame) == 0:
-        raise ValueError("the test window has no rows")
-    inputs = ModelInput.from_frame(frame, spec)
-    with torch_threads(cfg.threads):
-        probs = predict(model, inputs, batch_size=cfg.batch_size)
-    labels = inputs.labels.astype(np.float64)
+    scored = _score(model, spec, [frame] if criteo is not None else _test_frames(Path(input_dir)), cfg)
+    probs, labels = scored.probs, scored.labels
     m = classification_metrics(labels, probs)
     # stratified bootstrap 95% interval of the test AUC (None when the window has one class)
     ci = bootstrap_auc(labels, probs, n_boot=AUC_BOOTSTRAP) if np.isfinite(m["auc"]) else None
@@ -145,7 +199,7 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
 
     oracle_auc, oracle_rows = (None, 0)
     if truth_dir is not None and Path(truth_dir).exists():
-        oracle_auc, oracle_rows = _oracle(frame, labels, truth_dir)
+        oracle_auc, oracle_rows = _oracle(scored.event_ids, labels, truth_dir)
     target = gate_target(cfg, oracle_auc)
     passed = bool(np.isfinite(m["auc"]) and m["auc"] >= target)
     train_metrics = doc.get("metrics", {})
@@ -173,11 +227,10 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
         w.writerows(zip(fpr.tolist(), tpr.tolist(), thresholds.tolist()))
 
     pred = pd.DataFrame({
-        "event_id": frame["event_id"].astype(str).to_numpy() if "event_id" in frame.columns
-        else np.arange(len(frame)).astype(str),
+        "event_id": scored.event_ids if scored.event_ids is not None else np.arange(len(probs)).astype(str),
         "score": probs, "label": labels.astype(np.int64)})
-    if "event_timestamp" in frame.columns:
-        pred.insert(1, "event_timestamp", frame["event_timestamp"].to_numpy())
+    if scored.timestamps is not None:
+        pred.insert(1, "event_timestamp", scored.timestamps)
     with atomic_dir(predictions_dir) as tmp:
         pred.to_parquet(tmp / "test.parquet", index=False)
 

@@ -106,3 +106,39 @@ def test_evaluate_a_criteo_model_on_a_criteo_file(tmp_path):
     pred = pd.read_parquet(tmp_path / "pred/test.parquet")
     assert pred["label"].tolist() == labels.tolist()
     assert m["passed"] is (m["auc"] >= 0.8025)
+
+
+def test_a_test_window_of_many_row_groups_scores_as_one_frame(trained, tmp_path):
+    """Evaluate reads the test window (and the planted truth) a row group at a time: the
+    scores, metrics and oracle equal those of the whole frame scored at once."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from contract.spec import FeatureSpec, ModelInput
+    from dlrm.bundle import load_model, predict
+
+    _, whole = run_eval(trained)
+    root = tmp_path / "project"
+    (root / "data").mkdir(parents=True)
+    for sub in ("model_input", "truth"):
+        (root / "data" / sub).mkdir()
+        for f in (trained / "data" / sub).iterdir():
+            if f.suffix == ".parquet":
+                pq.write_table(pq.read_table(f), root / "data" / sub / f.name, row_group_size=97)
+            else:
+                (root / "data" / sub / f.name).write_bytes(f.read_bytes())
+    assert pq.ParquetFile(root / "data/model_input/test.parquet").num_row_groups > 5
+    (root / "models").symlink_to(trained / "models")
+    (root / "params.yaml").write_text((trained / "params.yaml").read_text())
+    code, parts = run_eval(root)
+    assert code == 0
+    for key in ("auc", "auc_lo", "auc_hi", "logloss", "oracle_auc", "oracle_rows"):
+        assert parts[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key
+    model, doc = load_model(trained / "models/model")
+    frame = pd.read_parquet(trained / "data/model_input/test.parquet")
+    want = predict(model, ModelInput.from_frame(frame, FeatureSpec.from_dict(doc["feature_spec"])), batch_size=4096)
+    got = pd.read_parquet(root / "data/predictions/test.parquet")
+    np.testing.assert_allclose(got["score"].to_numpy(), want, rtol=1e-5, atol=1e-7)
+    assert got["event_id"].tolist() == frame["event_id"].astype(str).tolist()
+    assert pa.types.is_timestamp(pa.Schema.from_pandas(got).field("event_timestamp").type)
