@@ -246,25 +246,24 @@ class ProbeIndex:
                 * self.powers[weak.indices].unsqueeze(1)).sum(dim=2)                    # (L, S)
         return weak.values, margin, (home.unsqueeze(1) ^ mask).view(-1), inside, outside
 
-    def probe_probabilities(self, weak: Tensor, margin: Tensor, cos: float) -> Tensor:
-        """``(L, S)`` probability that a row at cosine ``cos`` with the query (uniform around it)
-        sits in the bucket of each flip set of each table."""
+    def bucket_log_probs(self, weak: Tensor, margin: Tensor, cos: float) -> Tensor:
+        """``(L, S)`` log-probability that a row at cosine ``cos`` with the query (uniform around
+        it) sits in the bucket of each flip set of each table."""
         cot = max(cos, 1e-3) / math.sqrt(max(1.0 - cos * cos, 1e-12))
         keep = torch.special.log_ndtr(margin * cot).sum(dim=1, keepdim=True)            # (L, 1) no bit flipped
         a = weak * cot                                                                   # (L, F)
         flip = torch.special.log_ndtr(-a) - torch.special.log_ndtr(a)                   # (L, F) log-odds of a flip
-        return (keep + flip @ self.flip_sets.t()).exp()                                 # (L, S)
+        return torch.addmm(keep, flip, self.flip_sets.t())                              # (L, S)
 
-    def plan(self, p: Tensor, miss: float) -> Tensor:
-        """``(L, S)`` bucket probabilities -> ``(M,)`` flat (table * S + flip set) probes: the most
-        likely buckets over all tables (a common threshold, in quarter decades) that leave a row
-        missed by every table with probability at most ``miss``."""
-        L, S = p.shape
-        level = (-p.clamp_min(1e-30).log() / GRID_STEP).floor().clamp(0, GRID - 1).to(torch.int64)  # (L, S)
-        mass = torch.zeros(L, GRID).scatter_add_(1, level, p).cumsum(dim=1)             # (L, G) found by level <= g
-        missed = torch.log1p(-mass.clamp(max=1 - 1e-7)).sum(dim=0)                      # (G,) log P(missed everywhere)
-        enough = torch.nonzero(missed <= math.log(miss))
-        last = int(enough[0]) if enough.numel() else GRID - 1
+    def plan(self, logp: Tensor, miss: float) -> Tensor:
+        """``(L, S)`` bucket log-probabilities -> ``(M,)`` flat (table * S + flip set) probes: the
+        most likely buckets over all tables (a common threshold, in quarter decades) that leave
+        a row missed by every table with probability at most ``miss``."""
+        L, S = logp.shape
+        level = logp.div(-GRID_STEP).floor_().clamp_(0, GRID - 1).to(torch.int64)       # (L, S) 0 = likeliest
+        mass = torch.zeros(L, GRID).scatter_add_(1, level, logp.exp()).cumsum_(dim=1)   # (L, G) found by level <= g
+        missed = mass.clamp_(max=1 - 1e-7).neg_().log1p_().sum(dim=0)                   # (G,) log P(missed everywhere)
+        last = min(int((missed > math.log(miss)).sum()), GRID - 1)                      # missed falls with the level
         return torch.nonzero((level <= last).view(-1)).view(-1)
 
     def _gather(self, r: int, probes: Tensor, codes: Tensor, cap: int) -> tuple[Tensor, int]:
@@ -275,17 +274,17 @@ class ProbeIndex:
         at = table * self.offsets.shape[1] + r * (1 << self.bits) + codes.index_select(0, probes)
         flat = self.offsets.view(-1)
         start = flat.index_select(0, at)
-        size = flat.index_select(0, at + 1) - start
-        size = torch.minimum(size, (cap - (torch.cumsum(size, 0) - size)).clamp(min=0))
-        keep = size > 0
-        table, start, size = table[keep], start[keep], size[keep]
+        size = flat.index_select(0, at + 1) - start                                     # (P,) empty buckets too
         total = int(size.sum())
+        if total > cap:   # the budget ends inside this range: keep the first buckets, cut the last
+            size = torch.minimum(size, (cap - (torch.cumsum(size, 0) - size)).clamp(min=0))
+            total = cap
         if total == 0:
             return torch.zeros(0, dtype=torch.int64), 0
         # flat positions into ids: bucket j contributes table_j * N + start_j + [0, size_j)
         base = table * self.num_items + start - (torch.cumsum(size, 0) - size)
         pos = torch.repeat_interleave(base, size, output_size=total) + torch.arange(total)
-        return _sorted_distinct(self.ids.view(-1).index_select(0, pos)), int(keep.sum())
+        return _sorted_distinct(self.ids.view(-1).index_select(0, pos)), int(torch.count_nonzero(size))
 
     @torch.no_grad()
     def search(self, query: Tensor, n: int, miss: float = 0.3, budget: int = 100_000) -> Found:
@@ -316,7 +315,7 @@ class ProbeIndex:
             if tau >= reach + slack or scored >= budget:
                 break
             cos = 0.0 if tau == -math.inf or reach <= 0 else max((tau - slack) / reach, 0.0)
-            picked = self.plan(self.probe_probabilities(weak, margin, cos), miss)
+            picked = self.plan(self.bucket_log_probs(weak, margin, cos), miss)
             cand, used = self._gather(r, picked, codes, budget - scored)
             if cand.numel() == 0:
                 continue

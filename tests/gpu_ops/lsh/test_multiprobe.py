@@ -90,7 +90,7 @@ def test_the_bucket_probabilities_of_a_table_sum_to_one_when_every_bit_may_flip(
     idx = ProbeIndex(6, bits=5, tables=4, flip_bits=5, energy=1.0, seed=3)
     idx.build(torch.randn(50, 6, generator=torch.Generator().manual_seed(4)))
     weak, margin, _, _, _ = idx._margins(torch.randn(6, generator=torch.Generator().manual_seed(5)))
-    p = idx.probe_probabilities(weak, margin, cos)                                 # (L, 2^K)
+    p = idx.bucket_log_probs(weak, margin, cos).exp()                           # (L, 2^K)
     torch.testing.assert_close(p.sum(dim=1), torch.ones(4), atol=1e-5, rtol=0)
 
 
@@ -109,7 +109,7 @@ def test_the_bucket_probabilities_match_rows_drawn_at_that_angle(degrees: float)
     idx = ProbeIndex(d, bits=4, tables=3, flip_bits=4, energy=1.0, whiten=0.0, seed=7)
     idx.build(rows[:, :d], rows[:, d])
     weak, margin, codes, _, _ = idx._margins(h)
-    p = idx.probe_probabilities(weak, margin, math.cos(theta))                    # (L, S)
+    p = idx.bucket_log_probs(weak, margin, math.cos(theta)).exp()              # (L, S)
     hyper = idx.row_map @ idx.projections                                           # (d + 1, L*K) the normals
     flipped = ((rows @ hyper > 0) != (unit @ hyper > 0)).float().mean(0).view(3, 4)  # (L, K)
     order = margin.argsort(dim=1)                                                  # weak bits, least certain first
