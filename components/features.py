@@ -202,7 +202,7 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
             + f" ({time.perf_counter() - t0:.1f}s)")
 
         with atomic_dir(out_dir) as repo:
-            _feast_repo(engine, repo, data, cfg.batch_rows, offline_store=_offline_store(cfg))
+            _feast_repo(engine, repo, data, cfg.batch_rows, store_config=_store_config(cfg))
         log(STEP, f"feast apply done; materialised the values as of {data.snapshot} into the online store")
 
         extra = {"splits": {s: [_stamp(d[0]), _stamp(d[-1])] for s, d in splits.items()},
@@ -254,19 +254,20 @@ def _import_in_background(*modules: str) -> None:
     threading.Thread(target=work, name="import-feast", daemon=True).start()
 
 
-def _offline_store(cfg: FeaturesConfig) -> dict | None:
-    """The Feast repo's offline store for ``cfg.engine``: Feast's Spark offline store on
-    ``cfg.spark_master`` for ``spark``; None (the packaged DuckDB store) for ``duckdb``."""
+def _store_config(cfg: FeaturesConfig) -> dict | None:
+    """The Feast repo's store sections for ``cfg.engine``: Feast's Spark offline store and
+    Spark materialisation on ``cfg.spark_master`` for ``spark``; None (the packaged DuckDB
+    store) for ``duckdb``."""
     if cfg.engine != "spark":
         return None
-    from features.repo import spark_offline_store
+    from features.repo import spark_config
 
-    return spark_offline_store(cfg.spark_master)
+    return spark_config(cfg.spark_master)
 
 
-def _feast_repo(engine, repo: Path, data, batch_rows: int, offline_store: dict | None = None) -> None:
-    """Installs the Feast repo in ``repo`` (with ``offline_store`` as its offline store,
-    the packaged one when None), streams the offline tables out of the engine, applies the
+def _feast_repo(engine, repo: Path, data, batch_rows: int, store_config: dict | None = None) -> None:
+    """Installs the Feast repo in ``repo`` (with the ``feature_store.yaml`` sections
+    ``store_config``; the packaged DuckDB store when None), streams the offline tables out of the engine, applies the
     repo and loads the snapshot rows (``data.snapshot``) into the online store: the
     statistics through Feast's materialisation (on the offline store: Spark runs it for a
     Spark repo), the list views (user history, user x category; Feast would read their
@@ -276,7 +277,7 @@ def _feast_repo(engine, repo: Path, data, batch_rows: int, offline_store: dict |
     from features.repo import (apply_repo, check_tables_match_views, install_repo, materialize_latest,
                                write_offline_batches, write_online_batches)
 
-    install_repo(repo, offline_store)
+    install_repo(repo, store_config)
     columns = {}
     lists = {sql.USER_CATEGORY: ("user_id", sql.UCAT_COLUMNS), sql.HISTORY: ("user_id", sql.HISTORY_COLUMNS)}
     for name, (key, fields) in {**sql.TABLES, **lists}.items():

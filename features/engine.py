@@ -124,8 +124,12 @@ class SparkEngine:
 
     def __init__(self, work_dir: Path | str, master: str = "local[2]", memory_limit: str = "2GB",
                  conf: dict | None = None):
+        import sys
+
         from pyspark.sql import SparkSession
 
+        # Python workers (Feast's Spark materialisation runs in them) use this interpreter
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (SparkSession.builder.master(master).appName("robeflow-features")
                    .config("spark.sql.session.timeZone", "UTC")
                    .config("spark.sql.legacy.parquet.nanosAsLong", "true")

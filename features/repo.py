@@ -38,35 +38,43 @@ OFFLINE_DIR = Path("store") / "offline"
 PACKAGED_OFFLINE_STORE = "offline_store:\n  type: duckdb\n"
 
 
-def install_repo(dest: Path, offline_store: Mapping[str, Any] | None = None) -> Path:
+def install_repo(dest: Path, config: Mapping[str, Any] | None = None) -> Path:
     """Copies the Feast definitions into ``dest`` (created if needed); returns ``dest``.
 
-    ``offline_store``: the ``offline_store`` section of the repo's ``feature_store.yaml``
-    instead of the packaged one (DuckDB), e.g. :func:`spark_offline_store`; the sources
-    (``data_sources.py``) follow it.
+    ``config``: sections of the repo's ``feature_store.yaml`` that replace (``offline_store``)
+    or join (others, e.g. ``batch_engine``) the packaged ones, e.g. :func:`spark_config`;
+    the sources (``data_sources.py``) follow the offline store.
     """
     dest = Path(dest)
     (dest / OFFLINE_DIR).mkdir(parents=True, exist_ok=True)
     for name in REPO_FILES:
         shutil.copyfile(PACKAGE_DIR / name, dest / name)
-    if offline_store is not None:
+    if config:
         import yaml
 
-        config = dest / "feature_store.yaml"
-        text = config.read_text()
-        if PACKAGED_OFFLINE_STORE not in text:
-            raise ValueError(f"{PACKAGE_DIR / 'feature_store.yaml'} lacks the block {PACKAGED_OFFLINE_STORE!r}")
-        block = yaml.safe_dump({"offline_store": dict(offline_store)}, sort_keys=False)
-        config.write_text(text.replace(PACKAGED_OFFLINE_STORE, block))
+        path = dest / "feature_store.yaml"
+        text = path.read_text()
+        extra = dict(config)
+        if "offline_store" in extra:
+            if PACKAGED_OFFLINE_STORE not in text:
+                raise ValueError(f"{PACKAGE_DIR / 'feature_store.yaml'} lacks the block {PACKAGED_OFFLINE_STORE!r}")
+            block = yaml.safe_dump({"offline_store": dict(extra.pop("offline_store"))}, sort_keys=False)
+            text = text.replace(PACKAGED_OFFLINE_STORE, block)
+        if extra:
+            text += yaml.safe_dump(extra, sort_keys=False)
+        path.write_text(text)
     return dest
 
 
-def spark_offline_store(master: str, conf: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The ``offline_store`` section of Feast's Spark offline store on Spark ``master``
-    (``features.spark_master``), UTC, plus ``conf`` (Spark settings)."""
+def spark_config(master: str, conf: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``feature_store.yaml`` sections of a repo on Spark ``master`` (``features.spark_master``):
+    Feast's Spark offline store (UTC, plus ``conf``: Spark settings) and its Spark
+    materialisation engine (``batch_engine: spark.engine``)."""
     spark_conf = {"spark.master": str(master), "spark.sql.session.timeZone": "UTC",
-                  "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", **{k: str(v) for k, v in (conf or {}).items()}}
-    return {"type": "spark", "spark_conf": spark_conf}
+                  "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+                  **{k: str(v) for k, v in (conf or {}).items()}}
+    return {"offline_store": {"type": "spark", "spark_conf": spark_conf},
+            "batch_engine": {"type": "spark.engine"}}
 
 
 def write_offline_tables(tables: FeatureTables, repo_dir: Path) -> dict[str, Path]:
@@ -315,6 +323,9 @@ def _spark_working_directory(store: "FeatureStore") -> Iterator[None]:
     from feast.infra.offline_stores.contrib.spark_offline_store.spark import (
         get_spark_session_or_start_new_with_repoconfig)
 
+    # Spark's Python workers (its materialisation engine runs Feast in them) need this
+    # interpreter's packages, not the first python3 on the PATH
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = get_spark_session_or_start_new_with_repoconfig(store.config.offline_store)
     hadoop = spark._jvm.org.apache.hadoop.fs
     local = hadoop.FileSystem.getLocal(spark._jsc.hadoopConfiguration())

@@ -92,21 +92,23 @@ def test_a_directory_without_a_repo_is_named(tmp_path):
 
 
 def test_a_spark_repo_names_feasts_spark_store_and_spark_sources(built, tmp_path):
-    """``install_repo`` with the Spark offline store: the yaml names it (master, UTC), the
+    """``install_repo`` with the Spark config: the yaml names Feast's Spark offline store
+    (master, UTC) and its Spark materialisation engine, the
     sources become SparkSources with the same relative paths, and the offline tables are
     written with microsecond timestamps (Spark reads no nanosecond ones), same instants."""
     import pyarrow.parquet as pq
     import yaml
     from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
-    from features.repo import OFFLINE_DIR, install_repo, repo_objects, spark_offline_store, write_offline_batches
+    from features.repo import OFFLINE_DIR, install_repo, repo_objects, spark_config, write_offline_batches
 
-    repo = install_repo(tmp_path / "repo", spark_offline_store("spark://host:7077", {"spark.executor.memory": "4g"}))
+    repo = install_repo(tmp_path / "repo", spark_config("spark://host:7077", {"spark.executor.memory": "4g"}))
     config = yaml.safe_load((repo / "feature_store.yaml").read_text())
     assert config["offline_store"]["type"] == "spark"
     assert config["offline_store"]["spark_conf"]["spark.master"] == "spark://host:7077"
     assert config["offline_store"]["spark_conf"]["spark.sql.session.timeZone"] == "UTC"
     assert config["offline_store"]["spark_conf"]["spark.executor.memory"] == "4g"
+    assert config["batch_engine"] == {"type": "spark.engine"}   # Spark materialises too
     assert config["online_store"] == yaml.safe_load((built.repo / "feature_store.yaml").read_text())["online_store"]
     sources = [o for o in repo_objects(repo) if hasattr(o, "path") and hasattr(o, "timestamp_field")]
     assert len(sources) == 5 and all(isinstance(s, SparkSource) for s in sources)

@@ -76,22 +76,23 @@ def test_spark_local_gives_duckdbs_tables_and_model_rows(events, tmp_path):
 
 
 @pytest.mark.slow
-def test_feasts_spark_offline_store_gives_the_duckdb_stores_join_and_online_rows(built, events, tmp_path):
+def test_feasts_spark_config_gives_the_duckdb_stores_join_and_online_rows(built, events, tmp_path):
     """The repo of ``features.engine: spark`` reads its tables through Feast's Spark offline
-    store: its point-in-time join and its materialisation equal the DuckDB store's, on a repo
+    store and materialises with Feast's Spark engine (Python workers running Feast): its
+    point-in-time join and its online rows equal the DuckDB store's, on a repo
     moved after it was applied (the step's atomic rename, ``dvc checkout``)."""
     import pyarrow.parquet as pq
     from pyspark.sql import SparkSession
 
-    from features.repo import OFFLINE_DIR, apply_repo, install_repo, open_store, spark_offline_store, write_offline_batches
+    from features.repo import OFFLINE_DIR, apply_repo, install_repo, open_store, spark_config, write_offline_batches
 
-    staged = install_repo(tmp_path / "staged", spark_offline_store("local[2]"))
+    staged = install_repo(tmp_path / "staged", spark_config("local[2]"))
     for table in sorted((built.repo / OFFLINE_DIR).glob("*.parquet")):
         write_offline_batches(table.stem, pq.ParquetFile(table).iter_batches(1000), staged)
     apply_repo(staged)
     repo = staged.rename(tmp_path / "repo")
     store, duck = open_store(repo), open_store(built.repo)
-    assert store.config.offline_store.type == "spark"
+    assert store.config.offline_store.type == "spark" and store.config.batch_engine.type == "spark.engine"
     try:
         _compare_stores(store, duck, built, events)
     finally:   # the session Feast started
