@@ -26,24 +26,26 @@ Hyperplanes in the rows' whitened span
     mostly such a part, ``[h, 1]`` with a short h).
 
 Norm ranges (norm-ranging LSH, Yan et al., NeurIPS 2018, https://arxiv.org/abs/1809.08782)
-    The rows are cut by (whitened) norm into ``ranges`` ranges, each holding half of the rows not in a
-    higher one (the top two hold the last 2^-(R-1) share each), with M_r the largest norm
-    of range r. A row of range r scores at most ``M_r |q|``, and it beats a score tau only
-    if its angle with q is at most ``arccos(tau / (M_r |q|))``: the top ranges hold few rows
-    that may lie at wide angles, the bottom ones many rows that must lie close. One global
-    MIPS transform (Neyshabur & Srebro, ICML 2015) instead squeezes every angle towards 90
-    degrees, and hashing the angle alone fills the budget with short rows that cannot win.
+    The rows are cut by their norm in that space (x') into ``ranges`` ranges, each holding
+    half of the rows not in a higher one (the top two hold the last 2^-(R-1) share each),
+    with M_r the largest norm of range r. A row of range r scores at most
+    ``M_r |q'| + slack`` (slack: the most the parts outside the span add), and it beats a
+    score tau only if its angle with q' is at most ``arccos((tau - slack) / (M_r |q'|))``:
+    the top ranges hold few rows that may lie at wide angles, the bottom ones many rows that
+    must lie close. One global MIPS transform (Neyshabur & Srebro, ICML 2015) instead
+    squeezes every angle towards 90 degrees, and hashing the angle alone fills the budget
+    with short rows that cannot win.
 
 Search, range by range from the largest norm down (:meth:`ProbeIndex.search`)
     With tau the n-th best exact score so far (none yet: 90 degrees), a range whose bound
-    ``M_r |q| <= tau`` ends the search (no row below can enter the top n). Otherwise the
+    cannot reach tau ends the search (no row below can enter the top n). Otherwise the
     range is probed where a row at the threshold angle theta would fall: a row at angle
-    theta from q, uniform around it in the span's s dims, lands on the other side of
+    theta from q', uniform around it in the span's s dims, lands on the other side of
     hyperplane k with probability about ``Phi(-|m_k| cot theta)``, with
-    ``m_k = (r_k . q^) sqrt(s - 1) / |r_k - (r_k . q^) q^|`` (r_k: the hyperplane's normal,
-    q^: the unit query; the bits are treated as independent), so the
-    bucket that flips the set S of a table's ``flip_bits`` least certain bits holds it with
-    probability ``prod_{k in S} Phi(-|m_k| cot theta) prod_{k not in S} Phi(|m_k| cot theta)``
+    ``m_k = (r_k . u) sqrt(s - 1) / |r_k - (r_k . u) u|`` (r_k: the hyperplane's normal,
+    u = q' / |q'|; the bits are treated as independent), so the bucket that flips the set
+    S of a table's ``flip_bits`` least certain bits holds it with probability
+    ``prod_{k in S} Phi(-|m_k| cot theta) prod_{k not in S} Phi(|m_k| cot theta)``
     (query-directed multi-probe, Lv et al., VLDB 2007, with the likelihood for the angle
     the range needs). The most likely buckets over all tables are taken, the fewest that
     leave ``prod_t (1 - P(found in table t)) <= miss``; their rows are scored exactly and
@@ -161,7 +163,7 @@ class ProbeIndex:
         self.basis = torch.eye(dim + 1)                                       # (d + 1, s) the span kept
         self.row_map = torch.eye(dim + 1)                                     # (d + 1, s) rows -> the span
         self.query_map = torch.eye(dim + 1)                                   # (d + 1, s) queries -> the span
-        self.outside = 0.0                                                    # largest |row| outside the span
+        self.outside = 0.0                                                    # the rows' spread outside the span
         self.powers = 2 ** torch.arange(bits, dtype=torch.int64)              # (K,)
         # every flip set over flip_bits positions, as a (S, F) 0/1 matrix, fewest flips first
         sets = sorted(itertools.product((0, 1), repeat=flip_bits), key=sum)
