@@ -170,7 +170,8 @@ class Retriever:
                 return out
             for j, n in enumerate(ns):
                 n = min(n, self.num_items)
-                found = self.index.search(hidden[j], n, miss=self.cfg.lsh_miss, budget=self.cfg.lsh_budget).rows.tolist()
+                found = self.index.search(hidden[j], n, miss=self.cfg.lsh_miss,
+                                          budget=self.cfg.lsh_budget).rows.tolist()      # best first
                 if len(found) < n:   # the tables returned too few: the most popular others fill up
                     seen = set(found)
                     found += [i for i in self.popular[:n + len(found)].tolist() if i not in seen][:n - len(found)]

@@ -95,9 +95,10 @@ def norm_ranges(norms: Tensor, ranges: int) -> tuple[Tensor, Tensor]:
 def principal_span(rows: Tensor, energy: float) -> tuple[Tensor, Tensor, float]:
     """``(N, D)`` rows -> ``(D, s)`` orthonormal basis of the fewest principal directions (of the
     rows' second moment) that hold ``energy`` of the rows' squared norms, ``(s,)`` the rows'
-    mean square along each, and the rows' spread outside the span: ``SPREAD`` root-mean-squares along the widest direction left out (0 when
-    ``energy`` is 1: the whole space). A query's part q_out outside the span moves a row's
-    score by ``q_out . x_out``, within ``|q_out|`` times that spread for all but a few rows."""
+    mean square along each, and the rows' spread outside the span: ``SPREAD`` root-mean-squares
+    along the widest direction left out (0 when ``energy`` is 1: the whole space). A query's
+    part q_out outside the span moves a row's score by ``q_out . x_out``, within ``|q_out|``
+    times that spread for all but a few rows."""
     D = rows.shape[1]
     second = (rows.double().t() @ rows.double()) / max(rows.shape[0], 1)            # (D, D)
     values, vectors = torch.linalg.eigh(second)                                     # ascending
