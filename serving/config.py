@@ -36,7 +36,6 @@ class ServeConfig:
     lsh_flip_bits: int = 8             # lsh: multi-probe flips up to this many least certain bits per table
     lsh_norm_ranges: int = 9           # lsh: norm ranges (half of the items, a quarter, ...), searched top down
     lsh_miss: float = 0.5              # lsh: per range, chance an item at the threshold angle is in no probed bucket
-    lsh_whiten: float = 1.0            # lsh: hash the item vectors whitened (1) or as they are (0), or between
     lsh_budget: int = 100_000          # lsh: most items scored exactly per request (a latency guard)
     lsh_seed: int = 0                  # lsh: hash functions' seed
 
@@ -53,9 +52,6 @@ class ServeConfig:
         if isinstance(self.lsh_miss, bool) or not isinstance(self.lsh_miss, (int, float)) \
                 or not 0 < self.lsh_miss < 1:
             raise ValueError(f"serve.lsh_miss = {self.lsh_miss!r}; expected a probability in (0, 1)")
-        if isinstance(self.lsh_whiten, bool) or not isinstance(self.lsh_whiten, (int, float)) \
-                or not 0 <= self.lsh_whiten <= 1:
-            raise ValueError(f"serve.lsh_whiten = {self.lsh_whiten!r}; expected an exponent in [0, 1]")
         if self.lsh_bits > 24 or self.lsh_flip_bits > self.lsh_bits:
             raise ValueError(f"serve.lsh_bits = {self.lsh_bits}, serve.lsh_flip_bits = {self.lsh_flip_bits}; "
                              "expected lsh_flip_bits <= lsh_bits <= 24")

@@ -17,8 +17,8 @@ A request without ``item_ids`` is answered in two stages, retrieval then ranking
      the true top, which hashing only approximates; or
    - through LSH tables (``lsh``; :class:`gpu_ops.lsh.multiprobe.ProbeIndex`, built from
      the item vectors when the bundle loads, with the ``serve.lsh_*`` settings): SimHash
-     codes of the angle of ``[w_i, b_i]`` in the item vectors' principal directions,
-     whitened (``serve.lsh_whiten``), every item in every table, the items cut into
+     codes of the angle of ``[w_i, b_i]`` (the bias scaled to spread like a direction of
+     w) in the item vectors' principal directions, every item in every table, cut into
      ``serve.lsh_norm_ranges`` norm ranges (half of the items, a quarter, ...). The query
      ``[h, 1]`` visits the ranges from the largest norm down; with tau the
      ``retrieve_candidates``-th best exact score so far, an item of range r can only beat tau
@@ -122,8 +122,7 @@ class Retriever:
             from gpu_ops.lsh.multiprobe import ProbeIndex
 
             self.index = ProbeIndex(self.weight.shape[1], bits=cfg.lsh_bits, tables=cfg.lsh_tables,
-                                    ranges=cfg.lsh_norm_ranges, flip_bits=cfg.lsh_flip_bits,
-                                    whiten=float(cfg.lsh_whiten), seed=cfg.lsh_seed)
+                                    ranges=cfg.lsh_norm_ranges, flip_bits=cfg.lsh_flip_bits, seed=cfg.lsh_seed)
             self.index.build(self.weight, self.bias)
         # concurrent retrievals are batched; the exact pass over the item matrix runs on a
         # worker thread, so the server's event loop keeps answering meanwhile

@@ -51,8 +51,7 @@ def test_lsh_top_many_equals_the_advanced_indexing_reference(n, d, seed, budget)
         assert len(rows) == min(k, n) and len(set(rows)) == len(rows)
 
 
-@pytest.mark.parametrize("field,value", [("lsh_miss", 0.0), ("lsh_miss", 1.0), ("lsh_whiten", 1.5),
-                                         ("lsh_whiten", -0.1), ("lsh_norm_ranges", 0)])
+@pytest.mark.parametrize("field,value", [("lsh_miss", 0.0), ("lsh_miss", 1.0), ("lsh_norm_ranges", 0)])
 def test_lsh_settings_out_of_range_are_refused_by_name(field, value) -> None:
     with pytest.raises(ValueError, match=rf"serve\.{field} = "):
         ServeConfig(**{field: value})
