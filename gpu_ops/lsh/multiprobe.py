@@ -20,7 +20,8 @@ The hashed space: the bias balanced, hyperplanes in the rows' span
     moment): the bias, whose spread is small next to that of w, would otherwise barely move
     a row's angle even where it decides the score (an untrained user tower's vector is
     mostly such a query, ``[h, 1]`` with a short h). The rows are then hashed in the
-    principal directions that hold ``energy`` (99%) of their squared norms: a query's part
+    principal directions that hold ``energy`` (99%) of their squared norms (x', q': row and
+    query so scaled and projected, ``x' . q' = x . q`` inside the span): a query's part
     outside them changes every score by little (``|q_out|`` times the rows' small spread
     there, allowed for in the bounds below), but a hyperplane drawn across it would split
     the query from the rows it scores highest as often as from any other. (Whitening the
