@@ -105,7 +105,11 @@ def principal_span(rows: Tensor, energy: float) -> tuple[Tensor, Tensor, float]:
     part q_out outside the span moves a row's score by ``q_out . x_out``, within ``|q_out|``
     times that spread for all but a few rows."""
     D = rows.shape[1]
-    second = (rows.double().t() @ rows.double()) / max(rows.shape[0], 1)            # (D, D)
+    second = torch.zeros(D, D, dtype=torch.float64)                                 # (D, D), summed in slices
+    for i in range(0, rows.shape[0], 65536):                                         # (no N x D float64 copy)
+        part = rows[i:i + 65536].double()
+        second += part.t() @ part
+    second /= max(rows.shape[0], 1)
     values, vectors = torch.linalg.eigh(second)                                     # ascending
     values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
     share = values.cumsum(0) / values.sum().clamp_min(1e-30)
