@@ -218,6 +218,31 @@ def stages(model, rq: list) -> dict:
     return out
 
 
+def gc_pause(rounds: int = 5) -> dict:
+    """A full garbage collection's pause with the loaded model frozen out of the collector
+    (as ``RobeflowModel.load`` leaves it) and unfrozen (as before), alternating, in ms (median)."""
+    import gc
+
+    frozen, thawed = [], []
+    for _ in range(rounds):
+        for freeze, into in ((True, frozen), (False, thawed)):
+            gc.collect()
+            if freeze:
+                gc.freeze()
+            else:
+                gc.unfreeze()
+            t0 = time.perf_counter()
+            gc.collect()
+            into.append(1e3 * (time.perf_counter() - t0))
+    gc.collect()
+    tracked = len(gc.get_objects())
+    gc.freeze()
+    print(f"    full gc collection: {np.median(frozen):.1f} ms with the model frozen, {np.median(thawed):.1f} ms "
+          f"unfrozen ({tracked:,} objects tracked)", flush=True)
+    return {"gc_full_ms_frozen": float(np.median(frozen)), "gc_full_ms_unfrozen": float(np.median(thawed)),
+            "gc_tracked_objects": tracked}
+
+
 def in_process(registry: Path, repo: Path, reqs: list[dict], overrides: dict, n_time: int,
                misses: list[float] | None = None) -> dict:
     """Where a request's time goes, and the LSH index's recall against exact search."""
@@ -245,6 +270,7 @@ def in_process(registry: Path, repo: Path, reqs: list[dict], overrides: dict, n_
            "retrieval_ms_p99": 1e3 * float(np.percentile(t_ret, 99)), "ranking_ms_p50": 1e3 * float(np.median(t_rank)),
            "ranking_ms_p99": 1e3 * float(np.percentile(t_rank, 99)), "candidates": model.cfg.retrieve_candidates}
     out.update(stages(model, rq))
+    out.update(gc_pause())
     if ret.index is not None:   # recall of the tables' top 100 against exact inner products, same users
         from dataclasses import replace
 

@@ -49,6 +49,26 @@ class Served:
     retriever: Retriever | None = None   # the version's retrieval model (None: it has none)
 
 
+def settle_heap(freeze: bool = True) -> None:
+    """Collects what a model swap (or an unload) dropped, then freezes the survivors (a
+    served 1M-item model: ~510K objects) out of the garbage collector's reach: a full
+    collection over them takes 0.2-0.5 s, a pause a request would otherwise meet at random;
+    frozen, collections scan only what requests allocate. The next swap unfreezes first, so
+    an old version's cycles are collected then and nothing leaks; an unload leaves the heap
+    unfrozen (``freeze`` False), so shutdown frees everything as usual."""
+    import atexit
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    if freeze:
+        gc.freeze()
+        # at exit the interpreter frees the frozen objects like any others (extensions such
+        # as Triton's report the ones still alive at their teardown as leaks)
+        atexit.unregister(gc.unfreeze)
+        atexit.register(gc.unfreeze)
+
+
 class RobeflowModel(kserve.Model):
     """KServe custom predictor of a robeflow DLRM, answering v1 and v2 requests.
 
@@ -152,6 +172,8 @@ class RobeflowModel(kserve.Model):
         old, self._served = self._served, served
         if old is not None:
             old.batcher.close()
+        del old
+        settle_heap()
         return self.ready
 
     def unload(self) -> None:
@@ -161,6 +183,8 @@ class RobeflowModel(kserve.Model):
         old, self._served = self._served, None
         if old is not None:
             old.batcher.close()
+        del old
+        settle_heap(freeze=False)
 
     def stop(self) -> None:
         """Unloads (KServe calls this on shutdown)."""
@@ -215,6 +239,8 @@ class RobeflowModel(kserve.Model):
             log(STEP, f"now serving {served.version} (was {old.version if old else 'none'})")
         if old is not None:
             await old.batcher.aclose()   # requests it holds finish on the old model
+        del old
+        settle_heap()
         return True
 
     async def follow(self, interval_s: float | None = None) -> None:

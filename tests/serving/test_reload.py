@@ -206,3 +206,22 @@ def test_a_running_server_serves_a_push_and_a_rollback_under_load_without_failed
     assert "now serving v2 (was v1)" in log and "now serving v1 (was v2)" in log
     print(f"served v2 {took_push:.2f} s after the push, v1 {took_rollback:.2f} s after the rollback "
           f"(reload_s {reload_s}); {len(load.results)} requests, none failed")
+
+
+def test_a_swap_frees_the_old_model_and_freezes_the_new_one_out_of_the_collector(site, registry, tmp_path):
+    """After a load the served model's objects are frozen (full collections skip them);
+    after a swap the old version is freed, cycles and all."""
+    import gc
+    import weakref
+
+    model = RobeflowModel(ServeConfig(), registry, site.repo)
+    model.load()
+    frozen = gc.get_freeze_count()
+    assert frozen > 1_000
+    old = weakref.ref(model._served.ranker.model)
+    push_random_model(site.spec, tmp_path / "m2" / "model", registry, seed=1)
+    assert asyncio.run(model.reload()) is True and model.version == "v2"
+    assert old() is None and gc.get_freeze_count() > 1_000
+    assert asyncio.run(model.predict(REQUEST))["model_version"] == "v2"
+    model.unload()
+    assert gc.get_freeze_count() == 0
