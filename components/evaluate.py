@@ -101,16 +101,14 @@ def _oracle(event_ids, labels, truth_dir: Path) -> tuple[float | None, int]:
     return auc(labels[known], prob[known]), int(known.sum())
 
 
-def _test_frames(input_dir: Path):
-    """The model-ready test window a row group at a time (DataFrames as ``read_frame`` gives)."""
-    import pyarrow.parquet as pq
+def _test_frames(input_dir: Path, batch_rows: int):
+    """The model-ready test window ``batch_rows`` rows at a time (DataFrames as ``read_frame`` gives)."""
+    import pyarrow as pa
 
-    from contract.model_input import split_files
+    from contract.model_input import iter_split_batches
 
-    for path in split_files(input_dir, "test"):
-        pf = pq.ParquetFile(path)
-        for g in range(pf.num_row_groups):
-            yield pf.read_row_group(g).to_pandas()
+    for batch in iter_split_batches(input_dir, "test", None, batch_rows):
+        yield pa.Table.from_batches([batch]).to_pandas()
 
 
 @dataclass
@@ -190,7 +188,7 @@ def evaluate(cfg: EvaluateConfig, model_dir: Path, input_dir: Path | None, metri
         spec.check_compatible(data_spec, "the test data")
     except ValueError as err:
         raise ValueError(f"{err} ({model_dir} was trained on another feature spec)") from None
-    scored = _score(model, spec, [frame] if criteo is not None else _test_frames(Path(input_dir)), cfg)
+    scored = _score(model, spec, [frame] if criteo is not None else _test_frames(Path(input_dir), cfg.batch_size), cfg)
     probs, labels = scored.probs, scored.labels
     m = classification_metrics(labels, probs)
     # stratified bootstrap 95% interval of the test AUC (None when the window has one class)

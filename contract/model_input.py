@@ -80,18 +80,19 @@ def split_num_rows(data_dir: Path | str, split: str) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in split_files(data_dir, split))
 
 
-def iter_split_batches(data_dir: Path | str, split: str, columns: Sequence[str],
+def iter_split_batches(data_dir: Path | str, split: str, columns: Sequence[str] | None,
                        batch_rows: int = 65536) -> "Iterator[pa.RecordBatch]":
-    """One split's ``columns`` as Arrow record batches of at most ``batch_rows`` rows, file
-    by file in :func:`split_files` order (memory: one batch, whatever the split's length)."""
+    """One split's ``columns`` (None: all) as Arrow record batches of at most ``batch_rows``
+    rows, file by file in :func:`split_files` order (memory: one batch, whatever the split's
+    length)."""
     import pyarrow.parquet as pq
 
     for f in split_files(data_dir, split):
         pf = pq.ParquetFile(f)
-        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        missing = [c for c in columns or () if c not in pf.schema_arrow.names]
         if missing:
             raise ValueError(f"model-ready table {f} lacks column(s) {missing}")
-        yield from pf.iter_batches(batch_size=batch_rows, columns=list(columns))
+        yield from pf.iter_batches(batch_size=batch_rows, columns=None if columns is None else list(columns))
 
 
 def write_model_input(out_dir: Path | str, tables: dict[str, "pd.DataFrame"], spec: FeatureSpec) -> None:
