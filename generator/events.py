@@ -20,7 +20,7 @@ from contract.schema import COUNTRIES, DEVICES
 from generator.config import GenerateConfig
 from generator.world import (BUY_AGAIN_SHARE, DEVICE_EFFECT, DEVICE_SHARE, DIM, HOUR_EFFECT, HOUR_TRAFFIC,
                              REPEAT_LAG, WEEKDAY_EFFECT, WEEKDAY_TRAFFIC, World, cdf_sample, draw_world,
-                             sample_in_group, sigmoid)
+                             sample_in_group, searchsorted, sigmoid)
 
 # the planted logit's terms, in the order they are summed (see components/generate.py)
 TERMS = ("category_taste", "item_taste", "user_taste", "user_bias", "item_quality", "price",
@@ -38,12 +38,12 @@ class PurchaseHistory:
     def ranges(self, user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[lo, hi) of each user's purchases in ``key``."""
         base = user.astype(np.int64) * self.n_items
-        return np.searchsorted(self.key, base), np.searchsorted(self.key, base + self.n_items)
+        return searchsorted(self.key, base), searchsorted(self.key, base + self.n_items)
 
     def last_day(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
         """(n,) day of the latest purchase of each (user, item); -inf if never."""
         k = user.astype(np.int64) * self.n_items + item
-        pos = np.minimum(np.searchsorted(self.key, k), max(self.key.size - 1, 0))
+        pos = np.minimum(searchsorted(self.key, k), max(self.key.size - 1, 0))
         found = (self.key.size > 0) & (self.key[pos] == k) if self.key.size else np.zeros(k.size, bool)
         return np.where(found, self.day[pos] if self.key.size else 0, -np.inf)
 

@@ -62,6 +62,46 @@ BUY_AGAIN_SHARE = 0.3  # share of a buyer's browse offers that show one of their
 
 
 
+EAGER_IDS = 1_000_000  # id lists up to this length are formatted once; longer ones per lookup
+
+
+class IdNames:
+    """The ids ``f"{prefix}{k:0{width}d}"``, k = 0 .. n-1, as a read-only sequence.
+
+    Up to :data:`EAGER_IDS` names are held as one object array (a gather per lookup); a longer
+    list formats the names a lookup asks for (10M user ids held as Python strings take ~650 MB
+    and 5 s to build).
+    """
+
+    def __init__(self, prefix: str, width: int, n: int) -> None:
+        self.prefix, self.width, self.n = prefix, width, n
+        self._table = self._format(np.arange(n)) if n <= EAGER_IDS else None
+
+    def _format(self, idx: np.ndarray) -> np.ndarray:
+        fmt = f"{self.prefix}{{:0{self.width}d}}".format
+        return np.array([fmt(k) for k in idx.tolist()], dtype=object)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for a in range(0, self.n, 1 << 16):
+            yield from self[np.arange(a, min(a + (1 << 16), self.n))]
+
+    def __getitem__(self, idx):
+        """The name of index ``idx`` (an int), or an object array of names for an index array."""
+        if np.isscalar(idx):
+            return str(self[np.array([idx])][0])
+        idx = np.asarray(idx)
+        if idx.size and (idx.min() < -self.n or idx.max() >= self.n):
+            raise IndexError(f"id index out of range 0..{self.n - 1}")
+        if self._table is not None:
+            return self._table[idx]
+        flat = idx.ravel() % self.n
+        uniq, inverse = np.unique(flat, return_inverse=True)  # heavy users repeat within a chunk
+        return self._format(uniq)[inverse].reshape(idx.shape)
+
+
 def _zipf(n: int, a: float) -> np.ndarray:
     """(n,) probabilities proportional to 1 / rank**a, rank 1..n."""
     w = 1.0 / np.arange(1, n + 1, dtype=float) ** a
@@ -87,7 +127,7 @@ class World:
     item_vec: np.ndarray       # (I, DIM) the item's own deviation from its leaf's vector
     item_quality: np.ndarray   # (I,)
     item_price: np.ndarray     # (I,) list price
-    item_ids: np.ndarray       # (I,) object
+    item_ids: IdNames          # (I,) "i000042"
     item_cdf: np.ndarray       # (I,) global popularity cdf over items
     item_cdf_drift: np.ndarray  # (I,) the popularity cdf under drift
     leaf_item_key: np.ndarray  # (I,) sorted keys leaf + cdf-within-leaf, for sampling in a leaf
@@ -99,7 +139,7 @@ class World:
     user_price_sens: np.ndarray  # (U,)
     user_device: np.ndarray    # (U,) index into DEVICES
     user_country: np.ndarray   # (U,) index into COUNTRIES
-    user_ids: np.ndarray       # (U,) object
+    user_ids: IdNames          # (U,) "u0000042"
     user_cdf: np.ndarray       # (U,)
     query_text: np.ndarray     # (Q,) object
     query_leaf: np.ndarray     # (Q,) leaf, -1 for an l2-wide query
@@ -133,8 +173,23 @@ def _keyed_cdf(group: np.ndarray, weight: np.ndarray, n_groups: int) -> tuple[np
     return key, order
 
 
+SORTED_PROBES_FROM = 1 << 15  # table length from which searchsorted visits the needles in sorted order
+
+
+def searchsorted(a: np.ndarray, v: np.ndarray, side: str = "left") -> np.ndarray:
+    """``np.searchsorted(a, v, side)``; on a long ``a`` the needles are searched in sorted
+    order (the same answer, ~2.5x faster on a 1M-entry table, 4x on 10M: each probe then
+    walks the cache lines the previous one loaded instead of a random path down the table)."""
+    if len(a) < SORTED_PROBES_FROM or v.size < 2:
+        return np.searchsorted(a, v, side=side)
+    order = np.argsort(v, kind="stable")
+    out = np.empty(v.shape, np.intp)
+    out[order] = np.searchsorted(a, v[order], side=side)
+    return out
+
+
 def sample_in_group(key: np.ndarray, order: np.ndarray, groups: np.ndarray, u: np.ndarray) -> np.ndarray:
-    idx = np.searchsorted(key, groups + np.minimum(u, 1 - 1e-12), side="right")
+    idx = searchsorted(key, groups + np.minimum(u, 1 - 1e-12), side="right")
     return order[np.minimum(idx, len(order) - 1)]
 
 
@@ -229,13 +284,13 @@ def draw_world(cfg: GenerateConfig) -> World:
         l2_leaf_table=l2_table, l2_size=l2_size, drift_boost=drift_boost,
         brand_names=np.array(brand_names, dtype=object), item_leaf=item_leaf, item_brand=item_brand,
         item_vec=item_vec, item_quality=item_quality, item_price=item_price,
-        item_ids=np.array([f"i{k:06d}" for k in range(n_items)], dtype=object),
+        item_ids=IdNames("i", 6, n_items),
         item_cdf=np.cumsum(item_pop), item_cdf_drift=np.cumsum(item_pop_drift),
         leaf_item_key=leaf_item_key, leaf_item_order=leaf_item_order,
         user_vec=user_vec, user_taste=user_taste,
         l1_replenish=np.array([REPLENISH_L1[l1] for l1 in TAXONOMY]), user_bias=user_bias, user_price_sens=user_price_sens,
         user_device=user_device, user_country=user_country,
-        user_ids=np.array([f"u{k:07d}" for k in range(n_users)], dtype=object),
+        user_ids=IdNames("u", 7, n_users),
         user_cdf=np.cumsum(user_pop),
         query_text=np.array(q_text, dtype=object), query_leaf=np.array(q_leaf),
         query_l2=np.array(q_l2), query_brand=np.array(q_brand), query_price_mult=np.array(q_mult),
@@ -249,4 +304,4 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def cdf_sample(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
-    return np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), len(cdf) - 1)
+    return np.minimum(searchsorted(cdf, u * cdf[-1], side="right"), len(cdf) - 1)
