@@ -19,8 +19,10 @@ the others go to the validated dataset; both keep the ``day=YYYY-MM-DD`` layout.
 
 Duplicate ``event_id``: the first row (in dataset order: days, then files, then rows)
 that passes every other expectation is kept; every later row with that id is
-quarantined as failing uniqueness, across batches too (the ids kept so far are held as
-64-bit hashes). GX's own uniqueness result (in ``gx_result.json``) counts every copy
+quarantined as failing uniqueness, across batches too. Before the batches, DuckDB finds the
+ids that occur more than once in the input (a grouping out of core, within
+``validate.memory_limit``); only those ids are followed from batch to batch (as 64-bit
+hashes), so memory follows the number of duplicated ids, not the rows. GX's own uniqueness result (in ``gx_result.json``) counts every copy
 within a batch, the first included.
 
 Accounting (``validation.json``): ``rows_in == rows_valid + rows_quarantined``, checked
@@ -60,6 +62,7 @@ class ValidateConfig:
     window_start: str | None = None     # first valid timestamp (UTC date/time); null: 2000-01-01
     window_end: str | None = None       # end of the window, exclusive; null: one day after now
     batch_rows: int = 500_000           # rows per GX run (bounds memory)
+    memory_limit: str = "1GB"           # DuckDB's working memory for the duplicate-id pass (spills beyond)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_bad_fraction <= 1.0:
@@ -232,6 +235,38 @@ def _check_file(path: Path) -> int:
     return meta.metadata.num_rows
 
 
+def _repeated_ids(files: list[Path], memory_limit: str) -> np.ndarray:
+    """Sorted 64-bit hashes (``pd.util.hash_array``, as the batches hash) of the event ids
+    that occur more than once in ``files``: DuckDB groups the ids out of core, spilling to a
+    scratch directory beyond ``memory_limit``."""
+    import tempfile
+
+    import duckdb
+
+    with tempfile.TemporaryDirectory(prefix="robeflow-validate-") as scratch:
+        config = {"memory_limit": str(memory_limit), "temp_directory": scratch,
+                  "preserve_insertion_order": False}
+        try:
+            con = duckdb.connect(config=config)
+        except duckdb.Error as err:
+            raise ValueError(f"DuckDB refused validate.memory_limit = {memory_limit!r}: {err}") from None
+        try:
+            paths = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+            ids = con.execute(f"SELECT event_id FROM read_parquet({paths}) WHERE event_id IS NOT NULL "
+                              "GROUP BY event_id HAVING count(*) > 1").to_arrow_table().column("event_id")
+        finally:
+            con.close()
+    return np.unique(pd.util.hash_array(ids.to_numpy(zero_copy_only=False).astype(object)))
+
+
+def _member(sorted_set: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """(n,) whether each of ``h`` is in the sorted array ``sorted_set``."""
+    if not len(sorted_set):
+        return np.zeros(len(h), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_set, h), len(sorted_set) - 1)
+    return sorted_set[pos] == h
+
+
 def _batches(dataset: Path, batch_rows: int):
     """Yields (Arrow table, day per row) batches of about ``batch_rows`` rows in dataset
     order (whole files, in the canonical schema)."""
@@ -327,7 +362,9 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
     window = cfg.window()
     runner = _Runner(window)
     names = [n for n, _ in runner.expectations]
-    seen = np.empty(0, dtype=np.uint64)  # sorted hashes of the event ids kept so far
+    repeated = _repeated_ids([f for _, files in parts for f in files], cfg.memory_limit)
+    log("validate", f"{len(repeated)} event ids occur more than once")
+    seen = np.empty(0, dtype=np.uint64)  # sorted hashes of the repeated ids kept so far
     failed_by = {n: 0 for n in names}
     per_day: dict[str, dict[str, int]] = {}
     records = []
@@ -357,13 +394,12 @@ def validate(cfg: ValidateConfig, input_dir: Path, out_dir: Path, quarantine_dir
             cand = ~other & ids.is_valid().to_numpy(zero_copy_only=False)
             h = pd.util.hash_array(ids.filter(pa.array(cand)).to_numpy(zero_copy_only=False))
             first = ~pd.Series(h).duplicated(keep="first").to_numpy()
-            pos = np.minimum(np.searchsorted(seen, h), max(len(seen) - 1, 0))
-            known = (seen[pos] == h) if len(seen) else np.zeros(len(h), dtype=bool)
+            known = _member(seen, h)
             dup = np.zeros(n, dtype=bool)
             dup[cand] = ~first | known
             fails[UNIQUE] = dup
-            kept = np.sort(h[first & ~known])
-            seen = np.insert(seen, np.searchsorted(seen, kept), kept)  # sorted; one copy of the set
+            kept = np.sort(h[first & ~known & _member(repeated, h)])  # an id seen once cannot come back
+            seen = np.insert(seen, np.searchsorted(seen, kept), kept)  # sorted
             bad = other | dup
 
             bad_idx = np.flatnonzero(bad)

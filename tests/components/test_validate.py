@@ -8,7 +8,7 @@ from pipelines.cli import main
 from components.ingest import IngestConfig, ingest
 from contract.transactions import read_dataset
 from contract.schema import COUNTRIES, DEVICES
-from components.validate import FAILED_COLUMN, UNIQUE, ValidateConfig, validate
+from components.validate import FAILED_COLUMN, UNIQUE, ValidateConfig, _repeated_ids, validate
 
 KIND_TO_EXPECTATION = {
     "negative_price": "expect_column_values_to_be_between(price)",
@@ -109,6 +109,18 @@ def test_duplicates_keep_the_first_good_row_across_batches(tmp_path, make_frame)
     assert kept["e2"] == df.loc[9, "price"] and kept["e1"] == df.loc[1, "price"] and kept["e6"] == df.loc[6, "price"]
     q = pd.read_parquet(tmp_path / "quarantine")
     assert sorted(q["price"]) == sorted(df.loc[[2, 7, 10, 11], "price"])
+
+
+def test_only_repeated_ids_are_followed_across_batches(tmp_path, make_frame):
+    df = make_frame(12)
+    df.loc[[3, 9], "event_id"] = "e-twice"
+    df.loc[5, "event_id"] = None
+    dataset = _ingested(tmp_path, df)
+    files = sorted(dataset.rglob("*.parquet"))
+    repeated = _repeated_ids(files, "64MB")
+    assert repeated.tolist() == pd.util.hash_array(np.array(["e-twice"], dtype=object)).tolist()
+    with pytest.raises(ValueError, match="validate.memory_limit = 'lots'"):
+        _repeated_ids(files, "lots")
 
 
 def test_timestamp_window(tmp_path, make_frame):
