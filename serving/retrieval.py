@@ -124,6 +124,12 @@ class Retriever:
             self.index = ProbeIndex(self.weight.shape[1], bits=cfg.lsh_bits, tables=cfg.lsh_tables,
                                     ranges=cfg.lsh_norm_ranges, flip_bits=cfg.lsh_flip_bits, seed=cfg.lsh_seed)
             self.index.build(self.weight, self.bias)
+            # the index scores its own copy of the item vectors (in huge pages); the exact scan
+            # and the model's head read that copy too, so the catalogue is held once
+            self.weight = self.index.weight
+            head = getattr(model.head, "weight", None)
+            if isinstance(head, torch.Tensor) and head.shape == self.weight.shape and head.dtype == torch.float32:
+                head.data = self.weight
         # concurrent retrievals are batched; the exact pass over the item matrix runs on a
         # worker thread, so the server's event loop keeps answering meanwhile
         self.batcher = Batcher(self._search_async, max_requests=cfg.max_batch_requests,
@@ -208,7 +214,7 @@ class Retriever:
             inputs = ModelInput.from_columns(model_columns(columns, len(parts), self.spec), self.spec)
         except ValueError as e:
             return [InvalidInput(f"cannot build the retrieval features of user {r.user_id!r}: {e}") for r, _ in wanted]
-        with torch.no_grad():
+        with torch.inference_mode():
             return self.model.tower(torch.from_numpy(inputs.sparse_values),
                                     torch.from_numpy(inputs.sparse_offsets)).float()   # (B, d)
 

@@ -187,6 +187,9 @@ def test_lsh_tables_find_the_exact_candidates_when_the_search_cannot_miss(site, 
                         pushed.registry, site.repo)
     lsh.load()
     assert lsh.retriever.method == "lsh" and lsh.retriever.index is not None
+    # the catalogue's vectors are held once: the index's copy, read by the retriever and the model's head
+    ptr = lsh.retriever.index.weight.data_ptr()
+    assert lsh.retriever.weight.data_ptr() == ptr and lsh.retriever.model.head.weight.data_ptr() == ptr
     exact = _exact_top(site, pushed.registry, "u3", CONTEXT, CFG.retrieve_candidates)
     (got,) = lsh.retriever.retrieve_many([RetrieveRequest("u3", 5, CONTEXT)])
     assert set(got.items) == set(exact)

@@ -1,8 +1,9 @@
-"""ProbeIndex._gather gathers with index_select: the same rows as reading the same buckets
-one by one, on sampled shapes."""
+"""ProbeIndex._gather: the same rows as reading the same buckets one by one, on sampled
+shapes; the index scores its own copy of the rows, held in huge pages where offered."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,3 +46,28 @@ def test_sorted_distinct_equals_torch_unique(ids) -> None:
 
     x = torch.tensor(ids, dtype=torch.int32)
     torch.testing.assert_close(_sorted_distinct(x), torch.unique(x).to(torch.int64), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape, dtype", [((3, 5), torch.float32), ((1 << 20, 2), torch.int32), ((1 << 19,), torch.int64)])
+def test_huge_zeros_is_a_writable_zero_tensor_of_the_shape_and_dtype(shape, dtype) -> None:
+    from gpu_ops.lsh.multiprobe import huge_zeros
+
+    t = huge_zeros(shape, dtype)   # the last two take the mapped (huge page) path: >= 4 MB
+    assert t.shape == shape and t.dtype == dtype and t.is_contiguous() and int(t.count_nonzero()) == 0
+    t.view(-1)[-1] = 7
+    assert int(t.sum()) == 7
+
+
+def test_the_index_scores_its_own_copy_of_the_rows() -> None:
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(3000, 8, generator=g), torch.randn(3000, generator=g)
+    index = ProbeIndex(8, bits=6, tables=4, ranges=3, flip_bits=3)
+    index.build(weight, bias)
+    query = torch.randn(8, generator=g)
+    before = index.search(query, 20, miss=0.3)
+    assert index.weight.data_ptr() != weight.data_ptr()
+    torch.testing.assert_close(index.weight, weight, rtol=0, atol=0)
+    weight.zero_()   # the caller's tensor changes: the index answers as before
+    after = index.search(query, 20, miss=0.3)
+    torch.testing.assert_close(after.rows, before.rows, rtol=0, atol=0)
+    torch.testing.assert_close(after.scores, before.scores, rtol=0, atol=0)
