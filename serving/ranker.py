@@ -152,6 +152,8 @@ class Ranker:
         """Scores the candidates of several requests in one transform and one model batch
         (``hists``: each request's user history and ``users`` its user, for a model with the
         history tower)."""
+        import torch
+
         from dlrm.bundle import predict
         from features.transform import model_columns
 
@@ -164,7 +166,8 @@ class Ranker:
         inputs = ModelInput.from_columns(model_columns(columns, sum(sizes), self.spec), self.spec, history=False)
         batch = max(1, inputs.num_rows)
         if not self.reads_history:
-            probs = predict(self.model, inputs, batch_size=batch)                                  # (sum K,)
+            with torch.inference_mode():   # no autograd bookkeeping on the forward's ~50 small ops
+                probs = predict(self.model, inputs, batch_size=batch)                              # (sum K,)
         elif self.history_cache is None:   # one history per request, encoded once for all its candidates
             values, offsets = self._history_arrays(hists)
             histories = (values, offsets, np.repeat(np.arange(len(parts)), sizes))
