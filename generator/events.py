@@ -19,7 +19,7 @@ import pandas as pd
 from contract.schema import COUNTRIES, DEVICES
 from generator.config import GenerateConfig
 from generator.world import (BUY_AGAIN_SHARE, DEVICE_EFFECT, DEVICE_SHARE, DIM, HOUR_EFFECT, HOUR_TRAFFIC,
-                             REPEAT_LAG, WEEKDAY_EFFECT, WEEKDAY_TRAFFIC, World, cdf_sample, draw_world,
+                             REPEAT_LAG, WEEKDAY_EFFECT, WEEKDAY_TRAFFIC, World, cdf_sample, draw_world, format_ids,
                              sample_in_group, searchsorted, sigmoid)
 
 # the planted logit's terms, in the order they are summed (see components/generate.py)
@@ -121,10 +121,13 @@ def _offers(cfg: GenerateConfig, world: World, rng: np.random.Generator, day: np
 
     # intent: the leaf the user searches or browses in, ~ softmax(leaf logits) per row
     uvec = world.user_vec[user]                                        # (n, DIM)
-    leaf_logit = 1.5 * uvec @ world.leaf_vec.T / np.sqrt(DIM) + world.leaf_prior  # (n, L)
-    leaf_logit += (2.5 * drift * drifted)[:, None] * world.drift_boost[None, :]
+    leaf_logit = 1.5 * uvec @ world.leaf_vec.T                        # (n, L), then in place
+    leaf_logit /= np.sqrt(DIM)
+    leaf_logit += world.leaf_prior
+    if drifted.any():
+        leaf_logit += (2.5 * drift * drifted)[:, None] * world.drift_boost[None, :]
     leaf_logit -= leaf_logit.max(axis=1, keepdims=True)
-    cum = np.cumsum(np.exp(leaf_logit), axis=1)                        # (n, L) unnormalised cdf
+    cum = np.cumsum(np.exp(leaf_logit, out=leaf_logit), axis=1, out=leaf_logit)  # unnormalised cdf
     intent = np.minimum((cum < (rng.random(n) * cum[:, -1])[:, None]).sum(axis=1), n_leaf - 1)
 
     search = rng.random(n) < 0.45
@@ -261,7 +264,7 @@ def generate_chunk(cfg: GenerateConfig, world: World, chunk: int,
     ev, n = draw.ev, draw.prob.size
     start, _ = cfg.window
     offset = ev["day"] * 86_400 + ev["hour"] * 3_600 + ev["second"]      # seconds since start
-    event_id = np.array([f"ev{cfg.seed}-{draw.first + k:010d}" for k in range(n)], dtype=object)
+    event_id = format_ids(f"ev{cfg.seed}-", draw.first + np.arange(n), 10)
     leaf = world.item_leaf[ev["item"]]
     names = np.array(world.leaf_names, dtype=object)                     # (L, 3)
     query = np.where(ev["query"] >= 0, world.query_text[np.maximum(ev["query"], 0)], "")

@@ -65,6 +65,24 @@ BUY_AGAIN_SHARE = 0.3  # share of a buyer's browse offers that show one of their
 EAGER_IDS = 1_000_000  # id lists up to this length are formatted once; longer ones per lookup
 
 
+def format_ids(prefix: str, idx: np.ndarray, width: int) -> np.ndarray:
+    """``np.array([f"{prefix}{k:0{width}d}" for k in idx], dtype=object)``, built as bytes
+    digit by digit where every number fits ``width`` digits (twice as fast as formatting
+    each one)."""
+    idx = np.asarray(idx, dtype=np.int64).ravel()
+    if not idx.size or idx.min() < 0 or idx.max() >= 10 ** width:
+        fmt = f"{prefix}{{:0{width}d}}".format
+        return np.array([fmt(k) for k in idx.tolist()], dtype=object)
+    head = np.frombuffer(prefix.encode(), np.uint8)
+    chars = np.empty((idx.size, head.size + width), np.uint8)
+    chars[:, :head.size] = head
+    rest = idx.copy()
+    for j in range(head.size + width - 1, head.size - 1, -1):
+        chars[:, j] = 48 + rest % 10
+        rest //= 10
+    return chars.view(f"S{chars.shape[1]}").ravel().astype(f"U{chars.shape[1]}").astype(object)
+
+
 class IdNames:
     """The ids ``f"{prefix}{k:0{width}d}"``, k = 0 .. n-1, as a read-only sequence.
 
@@ -75,11 +93,7 @@ class IdNames:
 
     def __init__(self, prefix: str, width: int, n: int) -> None:
         self.prefix, self.width, self.n = prefix, width, n
-        self._table = self._format(np.arange(n)) if n <= EAGER_IDS else None
-
-    def _format(self, idx: np.ndarray) -> np.ndarray:
-        fmt = f"{self.prefix}{{:0{self.width}d}}".format
-        return np.array([fmt(k) for k in idx.tolist()], dtype=object)
+        self._table = format_ids(prefix, np.arange(n), width) if n <= EAGER_IDS else None
 
     def __len__(self) -> int:
         return self.n
@@ -97,9 +111,7 @@ class IdNames:
             raise IndexError(f"id index out of range 0..{self.n - 1}")
         if self._table is not None:
             return self._table[idx]
-        flat = idx.ravel() % self.n
-        uniq, inverse = np.unique(flat, return_inverse=True)  # heavy users repeat within a chunk
-        return self._format(uniq)[inverse].reshape(idx.shape)
+        return format_ids(self.prefix, idx % self.n, self.width).reshape(idx.shape)
 
 
 def _zipf(n: int, a: float) -> np.ndarray:

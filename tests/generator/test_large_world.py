@@ -10,7 +10,7 @@ import pytest
 import generator.world as world_mod
 from generator.config import GenerateConfig
 from generator.events import build_world, generate_chunk, warm_history
-from generator.world import IdNames, searchsorted
+from generator.world import IdNames, format_ids, searchsorted
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -19,6 +19,17 @@ def test_sorted_probes_give_numpys_answer(side):
     table = np.sort(rng.integers(0, 50_000, world_mod.SORTED_PROBES_FROM * 2)).astype(float)  # ties
     needles = np.r_[rng.integers(-5, 50_005, 20_000).astype(float), table[:100], table[-3:]]
     assert np.array_equal(searchsorted(table, needles, side=side), np.searchsorted(table, needles, side=side))
+
+
+@pytest.mark.parametrize("prefix,width,idx", [
+    ("u", 7, [0, 5, 9_999_999, 123_456]),
+    ("ev7-", 10, list(range(99_990, 100_010))),
+    ("i", 6, [999_999, 1_000_000, 42]),   # wider than width: the plain formatting
+    ("i", 3, []),
+])
+def test_ids_formatted_as_bytes_equal_fstrings(prefix, width, idx):
+    got = format_ids(prefix, np.array(idx, dtype=np.int64), width)
+    assert got.dtype == object and got.tolist() == [f"{prefix}{k:0{width}d}" for k in idx]
 
 
 def test_long_id_lists_format_on_demand(monkeypatch):
