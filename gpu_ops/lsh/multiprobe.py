@@ -180,6 +180,7 @@ class ProbeIndex:
         # every flip set over flip_bits positions, as a (S, F) 0/1 matrix, fewest flips first
         sets = sorted(itertools.product((0, 1), repeat=flip_bits), key=sum)
         self.flip_sets = torch.tensor(sets, dtype=torch.float32).view(len(sets), flip_bits)  # (S, F)
+        self._flips = np.array(sets, dtype=np.int64).reshape(len(sets), flip_bits).T          # (F, S)
         self.num_items = 0
         self.weight: Tensor | None = None     # (N, d) the rows, scored exactly (a copy in huge pages)
         self.bias: Tensor | None = None       # (N,)
@@ -267,9 +268,9 @@ class ProbeIndex:
         across = (self.square_norms - proj.square()).clamp_min(1e-12).sqrt()            # (L*K,)
         margin = (proj.abs() * math.sqrt(max(self.projections.shape[0] - 1, 1)) / across).view(self.tables, self.bits)
         weak = margin.topk(self.flip_bits, dim=1, largest=False)                        # (L, F)
-        mask = (self.flip_sets.to(torch.int64).unsqueeze(0)
-                * self.powers[weak.indices].unsqueeze(1)).sum(dim=2)                    # (L, S)
-        return weak.values, margin, (home.unsqueeze(1) ^ mask).view(-1), inside, outside
+        mask = self.powers.numpy()[weak.indices.numpy()] @ self._flips                  # (L, S) bits flipped
+        codes = torch.from_numpy((home.numpy()[:, None] ^ mask).reshape(-1))
+        return weak.values, margin, codes, inside, outside
 
     def bucket_log_probs(self, weak: Tensor, margin: Tensor, cos: float) -> Tensor:
         """``(L, S)`` log-probability that a row at cosine ``cos`` with the query (uniform around
@@ -289,7 +290,7 @@ class ProbeIndex:
         mass = torch.zeros(L, GRID).scatter_add_(1, level, logp.exp()).cumsum_(dim=1)   # (L, G) found by level <= g
         missed = mass.clamp_(max=1 - 1e-7).neg_().log1p_().sum(dim=0)                   # (G,) log P(missed everywhere)
         last = min(int((missed > math.log(miss)).sum()), GRID - 1)                      # missed falls with the level
-        return torch.nonzero((level <= last).view(-1)).view(-1)
+        return torch.from_numpy(np.flatnonzero(level.numpy().reshape(-1) <= last))
 
     def _gather(self, r: int, probes: Tensor, codes: Tensor, cap: int) -> tuple[Tensor, int]:
         """Distinct rows of range r in the buckets ``probes`` (flat table * S + flip set), at most
