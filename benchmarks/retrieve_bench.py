@@ -27,7 +27,10 @@ the intents the item vectors were planted for: what a trained tower approaches);
 values, beside the exact scan over all items timed on the same vectors in the same run.
 
 The machine is shared: compare figures within one run (run it more than once), and note
-the load (``uptime``) beside them.
+the load (``uptime``) beside them. ``--against CHECKOUT`` compares two versions of the code
+under the same load: both servers up at once, each request sent to both, the first one
+alternating, and their answers compared (``git worktree add --detach /tmp/base HEAD``, then
+``--against /tmp/base``).
 
     .venv/bin/python benchmarks/retrieve_bench.py --items 100000,1000000 --requests 300
 """
@@ -124,6 +127,49 @@ def over_http(registry: Path, repo: Path, work: Path, reqs: list[dict], override
     a = np.array(lat)
     return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
             "p99_ms": float(np.percentile(a, 99)), "requests": len(a), "errors": errors}
+
+
+def paired_http(registry: Path, repo: Path, work: Path, reqs: list[dict], overrides: list[str], warmup: int,
+                against: Path) -> dict:
+    """This checkout's server and the one of the checkout at ``against`` (e.g. a git worktree of
+    HEAD), both up at once, one client sending each request to both (which goes first
+    alternates): latencies paired under the same load (on a shared machine, runs one after
+    the other see different loads), and how many answers (items and scores) agree."""
+    import httpx
+
+    servers = {"this": REPO_ROOT, "against": against.resolve()}
+    procs, urls = {}, {}
+    try:
+        for name, root in servers.items():
+            port = free_port()
+            procs[name] = start_server(registry, repo, port, work / f"retrieve_server_{name}.log",
+                                       ["serve.reload_s=0", *overrides], root=root)
+            urls[name] = f"http://127.0.0.1:{port}/v1/models/robeflow:predict"
+        lat: dict[str, list[float]] = {name: [] for name in servers}
+        answers: dict[str, list] = {name: [] for name in servers}
+        errors = 0
+        with httpx.Client(timeout=30) as client:
+            for i, body in enumerate(reqs):
+                for name in (list(servers) if i % 2 == 0 else list(servers)[::-1]):
+                    t0 = time.perf_counter()
+                    r = client.post(urls[name], json=body)
+                    dt = time.perf_counter() - t0
+                    if r.status_code != 200:
+                        errors += 1
+                        answers[name].append(None)
+                        continue
+                    answers[name].append(r.json()["predictions"])
+                    if i >= warmup:
+                        lat[name].append(dt * 1e3)
+    finally:
+        for proc in procs.values():
+            stop_server(proc)
+    out = {"paired_requests": len(reqs), "paired_errors": errors,
+           "paired_same_answers": sum(a is not None and a == b for a, b in zip(answers["this"], answers["against"]))}
+    for name, v in lat.items():
+        a = np.array(v)
+        out.update({f"paired_{name}_{q}_ms": float(np.percentile(a, int(q[1:]))) for q in ("p50", "p95", "p99")})
+    return out
 
 
 def mixed_http(registry: Path, repo: Path, work: Path, reqs: list[dict], rank_reqs: list[dict],
@@ -341,6 +387,10 @@ def main() -> None:
     ap.add_argument("--mixed", type=float, default=0.0, metavar="SECONDS",
                     help="also run a recommending client and a ranking client (200 given items) at once for "
                          "SECONDS and print both latencies")
+    ap.add_argument("--against", type=Path, metavar="CHECKOUT",
+                    help="also serve the same bundles from the checkout at CHECKOUT (e.g. `git worktree add "
+                         "--detach /tmp/base HEAD`) beside this one, one client alternating between the two: "
+                         "paired latencies under the same load, and whether the answers agree")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the in-process timing and recall")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
@@ -371,6 +421,13 @@ def main() -> None:
             proc = {} if args.no_breakdown else in_process(registry, repo, reqs, typed, args.breakdown, misses)
             http = over_http(registry, repo, args.work, reqs, sets, args.warmup)
             row = {"items": n, "index": index, **proc, **{f"http_{k}": v for k, v in http.items()}}
+            if args.against is not None:
+                row.update(paired_http(registry, repo, args.work, reqs, sets, args.warmup, args.against))
+                print(f"{n:>9,} items  {index:5s} paired, one client alternating: this checkout p50 "
+                      f"{row['paired_this_p50_ms']:.1f} / p95 {row['paired_this_p95_ms']:.1f} / p99 "
+                      f"{row['paired_this_p99_ms']:.1f} ms; {args.against} p50 {row['paired_against_p50_ms']:.1f} / "
+                      f"p95 {row['paired_against_p95_ms']:.1f} / p99 {row['paired_against_p99_ms']:.1f} ms; "
+                      f"same answers {row['paired_same_answers']}/{row['paired_requests']}", flush=True)
             if args.mixed > 0:
                 from serve_bench import make_requests
 

@@ -161,16 +161,19 @@ def rss_bytes(pid: int) -> int:
     return sum(p.memory_info().rss for p in _tree(pid))
 
 
-def start_server(registry: Path, repo: Path, port: int, log: Path, overrides: list[str]) -> subprocess.Popen:
+def start_server(registry: Path, repo: Path, port: int, log: Path, overrides: list[str],
+                 root: Path = REPO_ROOT) -> subprocess.Popen:
+    """``robeflow serve`` of the checkout at ``root`` (default: this one) on 127.0.0.1:port,
+    once it answers ready."""
     import httpx
 
     cmd = [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main())",
            "serve", "--registry", str(registry), "--features", str(repo), "--host", "127.0.0.1",
-           "--port", str(port), "--params", str(REPO_ROOT / "params.yaml"),
+           "--port", str(port), "--params", str(root / "params.yaml"),
            *[a for o in overrides for a in ("-S", o)]]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(root)}
     with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=root)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
