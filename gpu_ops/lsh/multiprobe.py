@@ -338,9 +338,10 @@ class ProbeIndex:
         slack = outside * self.outside          # the most a row's part outside the span adds to its score
         rows, scores = torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         tau, scored, probes = -math.inf, 0, 0
+        max_norm, sizes = self.max_norm.tolist(), self.sizes.tolist()
         for r in range(self.ranges - 1, -1, -1):
-            reach = float(self.max_norm[r]) * inside             # the most q . x inside the span in range r
-            if int(self.sizes[r]) == 0:
+            reach = max_norm[r] * inside                         # the most q . x inside the span in range r
+            if sizes[r] == 0:
                 continue
             if tau >= reach + slack or scored >= budget:
                 break
