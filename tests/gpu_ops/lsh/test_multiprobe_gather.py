@@ -48,7 +48,8 @@ def test_sorted_distinct_equals_torch_unique(ids) -> None:
     torch.testing.assert_close(_sorted_distinct(x), torch.unique(x).to(torch.int64), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("shape, dtype", [((3, 5), torch.float32), ((1 << 20, 2), torch.int32), ((1 << 19,), torch.int64)])
+@pytest.mark.parametrize("shape, dtype", [((3, 5), torch.float32), ((1 << 20, 2), torch.int32),
+                                          ((1 << 19,), torch.int64)])
 def test_huge_zeros_is_a_writable_zero_tensor_of_the_shape_and_dtype(shape, dtype) -> None:
     from gpu_ops.lsh.multiprobe import huge_zeros
 
