@@ -71,6 +71,8 @@ class FeaturesConfig:
     memory_limit: str = "2GB"       # the engine's working memory; beyond it, it spills to disk
     threads: int = 0                # engine threads (0 = one per core)
     batch_rows: int = 131_072       # model-ready rows transformed and written at a time (bounds memory)
+    query_rows: int = 1_000_000     # most events one model-ready query joins and sorts: a larger day is
+                                    # queried a run of whole hours at a time (bounds the engine's memory)
     spark_master: str = "local[2]"  # engine spark: the master (local[N], spark://host:7077, k8s://...)
     history_len: int = 20           # the user's last events before the row's day kept per row (user_history
                                     # view, hist_* list columns); each row's size grows with it
@@ -84,6 +86,8 @@ class FeaturesConfig:
             raise ValueError(f"features.batch_rows = {self.batch_rows}; expected >= 1")
         if self.threads < 0:
             raise ValueError(f"features.threads = {self.threads}; expected >= 0 (0 = one per core)")
+        if self.query_rows < 1:
+            raise ValueError(f"features.query_rows = {self.query_rows}; expected >= 1")
 
 
 @dataclass
@@ -212,13 +216,16 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
                             history_len=cfg.history_len,
                             price_fill=0.0 if typical_price is None else float(typical_price))
         hashed = _hashed_history(engine, spec, Path(work), cfg.batch_rows)
+        hours = engine.rows(sql.events_per_hour(engine.dialect))
         split_rows = {}
         with atomic_dir(model_input_dir) as mdir:
             for name in SPLITS:
-                # one query per day: each sort holds a day of events, not a split's
-                batches = (b for day in splits[name]
+                # one query per day, or per run of hours of a day over cfg.query_rows events:
+                # each sort holds at most that many events, not a split's
+                batches = (b for day in splits[name] for span in day_spans(hours, day, cfg.query_rows)
                            for b in engine.batches(sql.model_rows(day, day, history=True, history_table=hashed,
-                                                                  user_category=True, dialect=engine.dialect),
+                                                                  user_category=True, dialect=engine.dialect,
+                                                                  ts_range=span),
                                                    cfg.batch_rows))
                 split_rows[name] = write_model_table(batches, spec, split_path(mdir, name), hashed_history=True)
             spec.save(mdir / SPEC_FILE)
@@ -236,6 +243,29 @@ def features(cfg: FeaturesConfig, input_dir: Path, out_dir: Path, model_input_di
         snapshot=str(data.snapshot),
         seconds=seconds,
     )
+
+
+def day_spans(hours: list[tuple[int, int]], day: int, query_rows: int) -> list[tuple[int, int] | None]:
+    """The nanosecond ranges [lo, hi) that cover ``day`` in runs of whole hours of at most
+    ``query_rows`` events each (an hour holding more is a run of its own); ``[None]`` (the
+    whole day in one query) when the day holds no more than ``query_rows``.
+
+    ``hours``: (hour since the epoch, events) of every hour with events, as
+    :func:`features.sql.events_per_hour` gives them.
+    """
+    from features.sql import DAY_NS, HOUR_NS
+
+    own = [(h, n) for h, n in hours if h // 24 == day]
+    if sum(n for _, n in own) <= query_rows:
+        return [None]
+    starts, run = [], query_rows + 1
+    for h, n in own:
+        if run + n > query_rows:  # this hour opens a new run
+            starts.append(h * HOUR_NS)
+            run = 0
+        run += n
+    starts[0] = day * DAY_NS
+    return list(zip(starts, starts[1:] + [(day + 1) * DAY_NS]))
 
 
 def _import_in_background(*modules: str) -> None:

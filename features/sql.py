@@ -34,6 +34,7 @@ from typing import Sequence
 
 WINDOWS = (7, 30)          # days; the feature views' field names carry them
 DAY_NS = 86_400 * 10**9
+HOUR_NS = 3_600 * 10**9
 
 # the columns of the `events` relation every engine provides
 EVENT_COLUMNS = ("event_id", "ts_ns", "seq", "day", "user_id", "item_id", "query", "category_l1",
@@ -457,8 +458,10 @@ def table_rows(name: str) -> str:
 
 
 def model_rows(first_day: int, last_day: int, history: bool = False, history_table: str = HISTORY,
-               user_category: bool = False, dialect: Dialect = DUCKDB) -> str:
-    """SELECT of the events of days [first_day, last_day] joined with their feature rows
+               user_category: bool = False, dialect: Dialect = DUCKDB,
+               ts_range: tuple[int, int] | None = None) -> str:
+    """SELECT of the events of days [first_day, last_day] (and with ``ts_range``, of the
+    nanosecond timestamps [lo, hi) in them) joined with their feature rows
     (point in time: the rows stamped on the event's day), in (time, seq) order; with
     ``history``, also the user's :data:`HISTORY_COLUMNS` (from ``history_table``: the
     user history view's table :data:`HISTORY`, or a table of the same rows and columns
@@ -476,13 +479,14 @@ def model_rows(first_day: int, last_day: int, history: bool = False, history_tab
                  for lv in UCAT_LEVELS for st in UCAT_STATS) if user_category else ""
     join_uc = (f"\nLEFT JOIN {USER_CATEGORY} uc ON uc.user_id = e.user_id AND uc.day = e.day"
                if user_category else "")
+    in_range = f" AND e.ts_ns >= {int(ts_range[0])} AND e.ts_ns < {int(ts_range[1])}" if ts_range else ""
     return f"""
 SELECT {cols}, {u}, {i}, {a}{h}{uc}
 FROM events e
 LEFT JOIN user_daily_stats u ON u.user_id = e.user_id AND u.day = e.day
 LEFT JOIN item_daily_stats i ON i.item_id = e.item_id AND i.day = e.day
 LEFT JOIN item_attributes a ON a.item_id = e.item_id AND a.day = e.day{join_h}{join_uc}
-WHERE e.day >= {int(first_day)} AND e.day <= {int(last_day)}
+WHERE e.day >= {int(first_day)} AND e.day <= {int(last_day)}{in_range}
 ORDER BY e.ts_ns, e.seq
 """
 
@@ -497,6 +501,12 @@ def typical_price() -> str:
     """SELECT of the median offer price, to the cent (NULL without prices): the price a
     request that gives none is scored at when the item's own price is unknown too."""
     return "SELECT ROUND(MEDIAN(price), 2) FROM events WHERE price IS NOT NULL"
+
+
+def events_per_hour(dialect: Dialect = DUCKDB) -> str:
+    """SELECT of (hour since the epoch, events) for every hour with events, in order."""
+    hour = dialect.floor_div("ts_ns", HOUR_NS)
+    return f"SELECT {hour} AS h, COUNT(*) AS n FROM events GROUP BY {hour} ORDER BY h"
 
 
 def event_days() -> str:

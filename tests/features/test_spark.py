@@ -30,6 +30,13 @@ def _tables(engine, events, params):
     out["model_rows"] = pa.Table.from_batches(list(engine.batches(
         sql.model_rows(data.first_day, data.last_day, history=True, user_category=True, dialect=engine.dialect),
         1 << 20)))
+    hours = engine.rows(sql.events_per_hour(engine.dialect))
+    out["hours"] = pa.table({"h": [int(h) for h, _ in hours], "n": [int(n) for _, n in hours]})
+    day = data.first_day + 1  # a run of hours of one day, as a day over features.query_rows is queried
+    span = ((day * 24 + 6) * sql.HOUR_NS, (day * 24 + 18) * sql.HOUR_NS)
+    out["model_rows_span"] = pa.Table.from_batches(list(engine.batches(
+        sql.model_rows(day, day, history=True, user_category=True, dialect=engine.dialect, ts_range=span),
+        1 << 20)))
     return data, out
 
 
@@ -60,8 +67,10 @@ def test_spark_local_gives_duckdbs_tables_and_model_rows(events, tmp_path):
     with SparkEngine(tmp_path / "spark", master="local[2]") as spark:
         s_data, s_out = _tables(spark, events, params)
     assert d_data == s_data
-    for name in (*sql.TABLES, sql.HISTORY, sql.USER_CATEGORY, "model_rows"):
+    for name in (*sql.TABLES, sql.HISTORY, sql.USER_CATEGORY, "model_rows", "hours", "model_rows_span"):
         _assert_same(d_out[name], s_out[name], name)
+    assert sum(d_out["hours"].column("n").to_pylist()) == d_out["model_rows"].num_rows
+    assert 0 < d_out["model_rows_span"].num_rows < d_out["model_rows"].num_rows
     lengths = [len(h) for h in d_out[sql.HISTORY].column("hist_item").to_pylist()]
     assert max(lengths) == HISTORY_LEN and min(lengths) == 0
     # and the model-ready rows built from them: ids equal, floats within 1e-6

@@ -140,8 +140,9 @@ def test_model_ready_tables_equal_feasts_point_in_time_join_and_the_shared_trans
 
 def test_small_batches_and_a_small_memory_limit_give_the_same_tables(built, tables, tmp_path):
     """Rows streamed in parts of 97 (part boundaries inside days and inside pages of
-    offers shown at one instant) under a 64 MB engine limit: the same tables; and what a
-    killed run left beside the outputs is removed."""
+    offers shown at one instant), each day queried in runs of hours of at most 40 events,
+    under a 64 MB engine limit: the same tables; and what a killed run left beside the
+    outputs is removed."""
     from dataclasses import replace
 
     from components.features import features
@@ -153,7 +154,8 @@ def test_small_batches_and_a_small_memory_limit_give_the_same_tables(built, tabl
     for d in leftovers:
         (d / "sub").mkdir(parents=True)
         (d / "sub" / "part.parquet").write_text("half written")
-    features(replace(built.cfg, batch_rows=97, memory_limit="64MB", threads=1), built.validated, out, model_input)
+    features(replace(built.cfg, batch_rows=97, query_rows=40, memory_limit="64MB", threads=1), built.validated,
+             out, model_input)
     assert not any(d.exists() for d in leftovers)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features", "model_input"]
     import pyarrow.parquet as pq
@@ -165,6 +167,21 @@ def test_small_batches_and_a_small_memory_limit_give_the_same_tables(built, tabl
     assert FeatureSpec.load(model_input / "feature_spec.json") == spec
 
 
+def test_day_spans_cover_the_day_in_runs_of_whole_hours():
+    from components.features import day_spans
+    from features.sql import DAY_NS, HOUR_NS
+
+    day = 20_000
+    hours = [(day * 24 - 1, 9), (day * 24 + 3, 30), (day * 24 + 4, 15), (day * 24 + 9, 70), (day * 24 + 23, 5),
+             (day * 24 + 24, 8)]
+    assert day_spans(hours, day, 120) == [None]                 # 120 events fit one query
+    spans = day_spans(hours, day, 40)
+    assert spans == [(day * DAY_NS, (day * 24 + 4) * HOUR_NS),   # hour 3 (30); with hour 4 it would be 45
+                     ((day * 24 + 4) * HOUR_NS, (day * 24 + 9) * HOUR_NS),
+                     ((day * 24 + 9) * HOUR_NS, (day * 24 + 23) * HOUR_NS),  # 70 > 40: an hour alone
+                     ((day * 24 + 23) * HOUR_NS, (day + 1) * DAY_NS)]
+
+
 def test_engine_settings_are_checked():
     from components.features import FeaturesConfig
 
@@ -172,3 +189,5 @@ def test_engine_settings_are_checked():
         FeaturesConfig(engine="sparkle")
     with pytest.raises(ValueError, match="features.batch_rows"):
         FeaturesConfig(batch_rows=0)
+    with pytest.raises(ValueError, match="features.query_rows = 0"):
+        FeaturesConfig(query_rows=0)
