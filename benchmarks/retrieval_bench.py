@@ -13,6 +13,7 @@ inner-product search over all items, and ms per query of both.
 
     .venv/bin/python benchmarks/retrieval_bench.py --items 100000 --seconds 60
     .venv/bin/python benchmarks/retrieval_bench.py --items 1000000 --seconds 180 --threads 1 --clock cpu
+    .venv/bin/python benchmarks/retrieval_bench.py --items 1000000 --oracle-only --tau 12 8   # world's ceiling only
 
 The machine may be shared: ``--clock cpu`` times training by the process's CPU time, which
 other processes disturb less than wall time (with ``--threads 1`` it is the busy time).
@@ -62,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--serve-mips", action="store_true", help="also try serving indexes with the MIPS transform")
     p.add_argument("--serve-bucket", type=int, default=128, help="bucket size of the serving indexes")
     p.add_argument("--serve-budget", type=int, default=4096, help="candidates scored per query when serving")
+    p.add_argument("--no-serving", action="store_true",
+                   help="skip the serving-index K/L sweep after the LSH model trains (minutes at 1M items)")
+    p.add_argument("--oracle-only", action="store_true",
+                   help="build the world, print the oracle's recall on the test set and stop (no training)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     p.add_argument("--seed", type=int, default=0)
@@ -124,8 +129,14 @@ def main(argv: list[str] | None = None) -> dict:
     world = PlantedWorld(WorldConfig(items=a.items, cluster_size=a.cluster_size, users=a.users,
                                      categories=a.categories, tau_cluster=a.tau[0], tau_item=a.tau[1],
                                      seed=a.seed))
-    train = RetrievalData.from_grid(*world.sample(a.train_events, seed=a.seed + 1))
     test_ctx, test_items = world.sample(a.test_events, seed=a.seed + 2)
+    if a.oracle_only:
+        oracle = world.oracle_recall(test_ctx, test_items)
+        print(f"oracle (planted probabilities), {a.items:,} items, cluster size {a.cluster_size}, tau {a.tau[0]:g} "
+              f"{a.tau[1]:g}, {a.users:,} users, {a.categories:,} categories: R@10 {oracle['recall_at_10']:.3f}  "
+              f"R@100 {oracle['recall_at_100']:.3f}  P@1 {oracle['p_at_1']:.3f}  ({time.perf_counter() - t0:.1f} s)")
+        return {"args": {k: str(v) for k, v in vars(a).items()}, "oracle": oracle}
+    train = RetrievalData.from_grid(*world.sample(a.train_events, seed=a.seed + 1))
     test = RetrievalData.from_grid(test_ctx, test_items)
     print(f"world: {a.items:,} items, {a.train_events:,} training / {a.test_events:,} test purchases "
           f"({len(train.items.unique()):,} distinct items bought) in {time.perf_counter() - t0:.1f} s; "
@@ -162,8 +173,10 @@ def main(argv: list[str] | None = None) -> dict:
                 entry["ms_per_query_exact"] = ms_per_query(lambda b: model.recommend(b, 100, exact=True), batches)
             entry["candidates_per_query"] = float((layer.index.query(model.hidden(test).detach(),
                                                                      budget=lsh.max_active) >= 0).sum(1).float().mean())
-            entry["serving"] = serving_grid(model, test, a)
+            if not a.no_serving:
+                entry["serving"] = serving_grid(model, test, a)
         results["methods"][method] = entry
+        (a.out / "retrieval_bench.json").write_text(json.dumps(results, indent=2))   # a cut-short run keeps its curves
         last = log.rows[-1]
         print(f"{method:8s} {log.steps:6d} steps  {log.train_seconds:7.1f} s  {entry['seconds_per_step'] * 1e3:7.1f} ms/step  "
               f"R@10 {last['recall_at_10']:.3f}  R@100 {last['recall_at_100']:.3f}  P@1 {last['p_at_1']:.3f}", flush=True)
