@@ -22,8 +22,8 @@ that passes every other expectation is kept; every later row with that id is
 quarantined as failing uniqueness, across batches too. Before the batches, DuckDB finds the
 ids that occur more than once in the input (a grouping out of core, within
 ``validate.memory_limit``); only those ids are followed from batch to batch (as 64-bit
-hashes), so memory follows the number of duplicated ids, not the rows. GX's own uniqueness result (in ``gx_result.json``) counts every copy
-within a batch, the first included.
+hashes), so memory follows the number of duplicated ids, not the rows. GX's own uniqueness
+result (in ``gx_result.json``) counts every copy within a batch, the first included.
 
 Accounting (``validation.json``): ``rows_in == rows_valid + rows_quarantined``, checked
 against the row counts in the input files' Parquet footers. The step writes all its
