@@ -17,7 +17,8 @@ steps, batch building included, evaluation excluded); AUC is the whole held-out 
     .venv/bin/python benchmarks/kaggle_bench.py --criteo data/criteo --base /tmp/base --rounds 3
 
 ``--variants`` picks what runs besides ``base`` (``current``: the training code as it is,
-copied at the start; ``current-b2048``: the same with batch 2048). ``--clock cpu`` (the
+copied at the start; ``current-b2048``: the same with batch 2048; ``current-bf16``: with
+``train.cpu_bf16``, bf16 autocast on the CPU). ``--clock cpu`` (the
 default) times the steps by each process's CPU time: at one thread, the single-core time,
 which other processes on a shared machine disturb far less than wall time.
 
@@ -27,7 +28,7 @@ interaction, ROBE lookup and backward, both optimizers), the MLP matmuls' achiev
 against the core's FP32 FMA peak (``--peak-gflops``, 78 for this AVX2 core) and the bound
 they set. ``--step-variants`` compares, in one process and alternating, this checkout's step
 with the MLPs run layer by layer through autograd, with the MLPs and the interaction through
-``torch.compile`` (compile time reported, not timed), and at other batch sizes.
+``torch.compile`` (compile time reported, not timed), under bf16 autocast, and at other batch sizes.
 
     .venv/bin/python benchmarks/kaggle_bench.py --criteo data/criteo --profile --steps 20
     .venv/bin/python benchmarks/kaggle_bench.py --criteo data/criteo --step-variants --rounds 8
@@ -112,7 +113,8 @@ def child(args: argparse.Namespace) -> None:
     kw = dict(model=model, optim=optim, batch_size=args.batch, epochs=1, eval_every=0, eval_rows=0,
               checkpoint_every=0, seed=0, device="cpu", threads=args.threads, progress=False)
     fields = {f for f in configs.TrainConfig.__dataclass_fields__}
-    for k, v in (("patience", 0), ("id_dropout", 0.0), ("workers", 1), ("stream", False)):
+    for k, v in (("patience", 0), ("id_dropout", 0.0), ("workers", 1), ("stream", False),
+                 ("cpu_bf16", args.cpu_bf16)):
         if k in fields:
             kw[k] = v
     cfg = configs.TrainConfig(**kw)
@@ -142,7 +144,7 @@ class Steps:
     takes them (batch gather, forward, loss, backward, both optimizers)."""
 
     def __init__(self, args: argparse.Namespace, z: dict, batch: int, *, layerwise_mlp: bool = False,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, bf16: bool = False) -> None:
         import types
 
         import torch
@@ -170,6 +172,7 @@ class Steps:
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
         self.perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
         self.compile_s = 0.0
+        self.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # bf16 matmuls, fp32 weights
         if compiled:  # the dense part through torch.compile (inductor); the ROBE lookup stays eager
             for name in ("bottom", "interaction", "top"):
                 setattr(self.model, name, torch.compile(getattr(self.model, name)))
@@ -181,7 +184,9 @@ class Steps:
         B, n = self.B, self.n
         with self.record("data"):
             b = self.data.batch(self.perm[(i * B) % (n - B):(i * B) % (n - B) + B])
-        loss = self.loss_fn(self.model(b.dense, b.values, b.offsets), b.labels)
+        with self.autocast():
+            logits = self.model(b.dense, b.values, b.offsets)
+        loss = self.loss_fn(logits.float(), b.labels)
         with self.record("zero_grad"):
             for o in self.opts:
                 o.zero_grad(set_to_none=True)
@@ -208,6 +213,7 @@ def step_variants(args: argparse.Namespace) -> None:
         f"b{args.batch}": Steps(args, z, args.batch),
         f"b{args.batch} layer-by-layer MLP": Steps(args, z, args.batch, layerwise_mlp=True),
         f"b{args.batch} torch.compile": Steps(args, z, args.batch, compiled=True),
+        f"b{args.batch} bf16 autocast": Steps(args, z, args.batch, bf16=True),
         **{f"b{b}": Steps(args, z, b) for b in (512, 2048, 4096) if b != args.batch},
     }
     print(f"# step variants, {torch.get_num_threads()} thread(s), {args.rounds} rounds of ~{args.steps} steps "
@@ -311,6 +317,7 @@ VARIANTS = {  # name -> (checkout: base | current, extra child args)
     "base": ("base", []),
     "current": ("current", []),
     "current-b2048": ("current", ["--batch", "2048"]),
+    "current-bf16": ("current", ["--cpu-bf16"]),   # train.cpu_bf16: bf16 autocast on this CPU
 }
 
 
@@ -377,6 +384,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--rows", type=int, default=0, help="use the first N rows (0 = all)")
     p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--cpu-bf16", action="store_true", help="child: train with train.cpu_bf16 (bf16 autocast on the CPU)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--table-size", type=int, default=1_000_000, help="rows per Criteo table (hashed ids)")
     p.add_argument("--valid-fraction", type=float, default=0.1)

@@ -150,6 +150,9 @@ class TrainConfig:
     id_dropout: float = 0.0
     id_dropout_features: list[str] = field(default_factory=lambda: ["user", "item"])
     bf16: bool = True            # bf16 autocast on GPU (ignored on CPU)
+    # bf16 autocast on the CPU too: the matmuls in bf16 where the CPU has bf16 instructions
+    # (AVX512-BF16, AMX); weights, gradients and optimizer state stay float32
+    cpu_bf16: bool = False
     progress: bool = True        # tqdm bar on stderr
     # read the model-ready training split as a stream (memory: the shuffle buffer, not the data);
     # auto = when it has more than `stream_above_rows` rows (its Parquet footers say)

@@ -580,7 +580,8 @@ def train_model(
         for d in {id(x): x for x in (data, vdata, sample) if x is not None}.values():
             d.to(device)
     source = _InMemory(data, cfg.batch_size, cfg.seed, dp) if data is not None else _Streamed(train, dp)
-    run = _Run(cfg, spec, model, build_optimizers(model, cfg.optim), device, cfg.bf16 and device.type == "cuda",
+    bf16 = (cfg.bf16 and device.type == "cuda") or (cfg.cpu_bf16 and device.type == "cpu")
+    run = _Run(cfg, spec, model, build_optimizers(model, cfg.optim), device, bf16,
                source, sample, vdata, checkpoint_dir, log if log is not None and dp.is_main else (lambda _msg: None),
                dp=dp)
     run.dropped = id_dropout_groups(cfg, spec)

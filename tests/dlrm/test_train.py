@@ -40,6 +40,16 @@ def test_a_tiny_run_learns_the_planted_signal(spec, windows, backend):
     assert [h["step"] for h in result.history] == [16, 32, 48]
 
 
+def test_cpu_bf16_trains_its_matmuls_in_bf16_and_learns_as_float32_does(spec, windows):
+    train, valid, valid_frame = windows
+    plain = train_model(small_cfg(), spec, train, valid)
+    bf16 = train_model(small_cfg(cpu_bf16=True), spec, train, valid)
+    w32, w16 = plain.model.top[0].weight, bf16.model.top[0].weight
+    assert w16.dtype == torch.float32 and not torch.equal(w32, w16)   # fp32 weights, other rounding
+    held_out = [auc(valid_frame["purchased"], predict(r.model, valid)) for r in (plain, bf16)]
+    assert held_out[1] > 0.7 and abs(held_out[1] - held_out[0]) < 0.02, held_out
+
+
 def test_stops_at_the_target_auc(spec, windows):
     train, valid, _ = windows
     result = train_model(small_cfg(epochs=5, target_auc=0.6, eval_every=4), spec, train, valid)
