@@ -252,8 +252,8 @@ def _repeated_ids(files: list[Path], memory_limit: str) -> np.ndarray:
             raise ValueError(f"DuckDB refused validate.memory_limit = {memory_limit!r}: {err}") from None
         try:
             paths = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
-            ids = con.execute(f"SELECT event_id FROM read_parquet({paths}) WHERE event_id IS NOT NULL "
-                              "GROUP BY event_id HAVING count(*) > 1").to_arrow_table().column("event_id")
+            ids = con.sql(f"SELECT event_id FROM read_parquet({paths}) WHERE event_id IS NOT NULL "
+                          "GROUP BY event_id HAVING count(*) > 1").to_arrow_table().column("event_id")
         finally:
             con.close()
     return np.unique(pd.util.hash_array(ids.to_numpy(zero_copy_only=False).astype(object)))
