@@ -378,14 +378,10 @@ def huge_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     return torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)
 
 
-def _sorted_distinct(ids: Tensor) -> Tensor:
-    """``(M,)`` int32 ids -> their distinct values ascending, int64 (``torch.unique``'s answer;
-    numpy's in-place sort of a few thousand int32 is ~6x faster than torch.unique's on one core)."""
-    return _distinct(ids.numpy().copy())
-
-
 def _distinct(ids: np.ndarray) -> Tensor:
-    """``(M,)`` int32 ids (sorted in place) -> their distinct values ascending, int64."""
+    """``(M,)`` int32 ids (sorted in place) -> their distinct values ascending, int64
+    (``torch.unique``'s answer; numpy's in-place sort of a few thousand int32 is ~6x faster
+    than torch.unique's on one core)."""
     ids.sort()
     keep = np.empty(ids.shape[0], dtype=bool)
     keep[:1] = True
