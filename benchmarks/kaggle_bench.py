@@ -10,7 +10,9 @@ of the rows held out), each run in its own process through the code's own
 ``dlrm.train.train_model``, with the same config; the variants run interleaved in rounds
 (base, current, base, current, ...), so load from other processes on a shared machine hits
 all of them alike. Samples/s is ``TrainResult.samples / train_s`` (the time in training
-steps, batch building included, evaluation excluded); AUC is the whole held-out window's.
+steps, batch building included, evaluation excluded); AUC is the whole held-out window's, and
+each variant's AUC minus base's of the same round is printed with its paired bootstrap 95%
+interval.
 
     git worktree add --detach /tmp/base <commit>
     robeflow generate --format criteo --out data/criteo --truth data/criteo_truth -S generate.rows=500000
@@ -122,9 +124,31 @@ def child(args: argparse.Namespace) -> None:
     res = train_model(cfg, spec, window(0, cut), window(cut, n))
     wall = time.time() - t0
     auc = res.full_auc if getattr(res, "full_auc", None) is not None else res.last_auc
+    if args.probs:   # the held-out window's probabilities, for the paired comparison of AUCs
+        from dlrm.data import TensorData
+        from dlrm.train import score
+
+        probs = score(res.model, TensorData(window(cut, n), T), batch_size=8192, device=torch.device("cpu"),
+                      **({"bf16": True} if args.cpu_bf16 else {}))
+        np.save(args.probs, probs)
     print(json.dumps({"code": str(Path(dlrm.__file__).parent.parent), "samples": res.samples, "steps": res.steps,
                       "train_s": res.train_s, "samples_per_s": res.samples / res.train_s, "auc": auc,
                       "wall_s": wall}))
+
+
+def paired_aucs(work: Path, names: list[str], rounds: int, labels: np.ndarray) -> None:
+    """Each variant's AUC minus base's on the same held-out rows, round by round, with the
+    paired bootstrap 95% interval (the same resampled rows for both in every resample)."""
+    from dlrm.metrics import paired_auc_difference
+
+    print(f"\nAUC - base's on the same {len(labels)} held-out rows (paired bootstrap 95% interval, 1000 resamples):")
+    for v in names:
+        if v == "base":
+            continue
+        for r in range(rounds):
+            d = paired_auc_difference(labels, np.load(work / f"probs-{v}-{r}.npy"),
+                                      np.load(work / f"probs-base-{r}.npy"), seed=r)
+            print(f"  round {r + 1} {v:<16} {d['diff']:+.5f} [{d['lo']:+.5f}, {d['hi']:+.5f}]")
 
 
 # --------------------------------------------------------------------------- where a step's time goes
@@ -352,6 +376,8 @@ def compare(args: argparse.Namespace) -> None:
                    "--threads", str(args.threads), "--table-size", str(args.table_size),
                    "--valid-fraction", str(args.valid_fraction), "--embedding-lr", str(args.embedding_lr),
                    "--batch", str(args.batch), "--clock", args.clock, *extra]
+            probs = work / f"probs-{v}-{r}.npy"
+            cmd += ["--probs", str(probs)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(roots[code]))
             if out.returncode:
                 raise SystemExit(f"{v} failed:\n{out.stderr[-3000:]}")
@@ -372,6 +398,7 @@ def compare(args: argparse.Namespace) -> None:
             if v != "base":
                 per = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(results[v], results["base"])]
                 print(f"{v} / base per round: {', '.join(f'{p:.2f}x' for p in per)}")
+        paired_aucs(work, names, args.rounds, np.load(data)["labels"][-len(np.load(work / "probs-base-0.npy")):])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
@@ -402,6 +429,7 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="--profile: also print the profiler's op table")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--probs", help=argparse.SUPPRESS)   # child: save the held-out probabilities here
     args = p.parse_args()
     if args.child:
         child(args)

@@ -103,6 +103,14 @@ class DLRM(nn.Module):
         if self.history is not None:
             h = self.history_vector(values, offsets, history, history_offsets, history_rows)  # (B, d)
             e = torch.cat([e, h[:, None].to(e.dtype)], dim=1)      # (B, T + 1, d)
+        if torch.is_autocast_enabled(x.device.type):
+            # bf16 autocast: the interaction and the logit in float32 (in bf16 each embedding,
+            # dot product and logit keeps 8 bits, and scores tie); they are a small share of the FLOPs
+            with torch.autocast(x.device.type, enabled=False):
+                z = self.interaction(x.float(), e.float())
+            h = self.top[:-1](z)
+            with torch.autocast(x.device.type, enabled=False):
+                return self.top[-1](h.float()).squeeze(1)
         z = self.interaction(x, e.to(x.dtype))                     # (B, top_in)
         return self.top(z).squeeze(1)                              # (B,)
 
