@@ -8,8 +8,9 @@
   of the largest coordinate in a random bin; a bin with no non-zero coordinate borrows
   the hash of another bin picked by a fixed random probe sequence.
 
-Both are plain tensor ops on CPU or GPU; ``codes`` works in row chunks so hashing a
-million weight rows never materialises more than ``chunk`` rows of intermediates.
+Both are plain tensor ops on CPU or GPU; ``codes`` works in row chunks (4,096: a chunk's
+projections stay in cache), so hashing a million weight rows never materialises more than
+``chunk`` rows of intermediates.
 """
 
 from __future__ import annotations
@@ -53,6 +54,23 @@ def query_augment(query: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------
 
 
+def sign_codes(proj: Tensor, tables: int, bits: int) -> Tensor:
+    """``(N, L*K)`` float projections -> ``(N, L)`` int64 codes: bit k of table l is
+    ``proj[:, l*K + k] > 0``. Overwrites ``proj`` (a temporary of the caller's).
+
+    Up to 24 bits the signs are packed by one float32 product with the powers of two (its
+    sums are exact integers below 2^24): ~4x faster on a million rows than int64 bit
+    arithmetic, which serves wider codes.
+    """
+    n = proj.shape[0]
+    if bits > 24 or not proj.dtype.is_floating_point:
+        powers = 2 ** torch.arange(bits, dtype=torch.int64, device=proj.device)
+        return ((proj > 0).view(n, tables, bits).to(torch.int64) * powers).sum(dim=2)
+    proj = proj.float() if proj.dtype != torch.float32 else proj
+    powers = 2.0 ** torch.arange(bits, dtype=torch.float32, device=proj.device)
+    return (proj.gt_(0).view(n * tables, bits) @ powers).view(n, tables).to(torch.int64)
+
+
 class HashFamily:
     """L hash functions of K bits each over ``dim``-dimensional vectors."""
 
@@ -64,7 +82,7 @@ class HashFamily:
     def _codes(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def codes(self, x: Tensor, chunk: int = 65536) -> Tensor:
+    def codes(self, x: Tensor, chunk: int = 4096) -> Tensor:
         """``(N, dim)`` vectors -> ``(N, L)`` int64 bucket codes in ``[0, 2^K)``."""
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"vectors of shape {tuple(x.shape)}: expected (N, {self.dim})")
@@ -80,12 +98,10 @@ class SimHash(HashFamily):
         super().__init__(dim, bits, tables, seed)
         g = torch.Generator().manual_seed(seed)
         self.projections = torch.randn(dim, tables * bits, generator=g)   # (d, L*K)
-        self.powers = 2 ** torch.arange(bits, dtype=torch.int64)          # (K,)
 
     def _codes(self, x: Tensor) -> Tensor:
         proj = self.projections.to(device=x.device, dtype=x.dtype)
-        bits = (x @ proj > 0).view(x.shape[0], self.tables, self.bits)     # (N, L, K)
-        return (bits.to(torch.int64) * self.powers.to(x.device)).sum(dim=2)  # (N, L)
+        return sign_codes(x @ proj, self.tables, self.bits)                # (N, L)
 
 
 class DWTAHash(HashFamily):

@@ -76,6 +76,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gpu_ops.lsh.hashing import sign_codes
+
 GRID_STEP = math.log(10.0) / 4   # probe probabilities are compared in quarter decades ...
 SPREAD = 3.0                     # root-mean-squares of the rows along a direction outside their span
 GRID = 48                        # ... down to 1e-12 (a bucket less likely than that is never probed)
@@ -191,11 +193,10 @@ class ProbeIndex:
 
     def _codes(self, x: Tensor) -> Tensor:
         """``(n, d + 1)`` rows ``[w, b]`` -> ``(n, L)`` bucket codes."""
-        bits = (x @ self.row_map @ self.projections > 0).view(x.shape[0], self.tables, self.bits)  # (n, L, K)
-        return (bits.to(torch.int64) * self.powers).sum(dim=2)
+        return sign_codes(x @ self.row_map @ self.projections, self.tables, self.bits)
 
     @torch.no_grad()
-    def build(self, weight: Tensor, bias: Tensor | None = None, chunk: int = 65536) -> None:
+    def build(self, weight: Tensor, bias: Tensor | None = None, chunk: int = 4096) -> None:
         """Hashes every row ``[weight_i, bias_i]`` into every table (replacing what was there).
 
         Args:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gpu_ops.lsh import DWTAHash, SimHash, mips_augment, query_augment
+from gpu_ops.lsh.hashing import sign_codes
 
 
 @pytest.mark.parametrize("family", ["simhash", "dwta"])
@@ -26,6 +27,21 @@ def test_simhash_bits_are_projection_signs() -> None:
     signs = (x @ h.projections > 0).long().view(50, 2, 3)          # (N, L, K)
     expected = signs[..., 0] + 2 * signs[..., 1] + 4 * signs[..., 2]
     torch.testing.assert_close(h.codes(x), expected)
+
+
+@pytest.mark.parametrize("bits,dtype", [(1, torch.float32), (15, torch.float32), (24, torch.float32),
+                                        (26, torch.float32), (20, torch.float64)])
+def test_sign_codes_pack_every_bit_exactly(bits: int, dtype: torch.dtype) -> None:
+    # the float32 product must stay exact up to 24 bits; wider codes take the int64 path
+    tables = 3
+    proj = torch.randn(500, tables * bits, dtype=dtype)
+    proj[0] = 1.0                                                  # every bit set: the largest code
+    proj[1, 5 % proj.shape[1]] = 0.0                               # 0 is not > 0
+    powers = 2 ** torch.arange(bits, dtype=torch.int64)
+    expected = ((proj > 0).view(500, tables, bits).long() * powers).sum(dim=2)
+    got = sign_codes(proj.clone(), tables, bits)
+    assert got.dtype == torch.int64 and torch.equal(got, expected)
+    assert int(got[0, 0]) == 2 ** bits - 1
 
 
 def test_simhash_collision_rate_follows_the_angle() -> None:

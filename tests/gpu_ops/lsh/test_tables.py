@@ -41,6 +41,26 @@ def test_fifo_insert_equals_one_at_a_time(n: int, bits: int, size: int, split: i
     assert tab.offered.sum().item() == 3 * n
 
 
+@pytest.mark.parametrize("bits,size,policy", [(3, 4, "fifo"), (8, 2, "fifo"), (17, 3, "fifo"),
+                                               (3, 4, "reservoir")])
+def test_fill_equals_emptying_then_inserting(bits: int, size: int, policy: str) -> None:
+    # crowded buckets (3 bits: ~250 ids a bucket), sparse ones (17 bits: int32 keys), and
+    # tables that held other ids before
+    g = torch.Generator().manual_seed(bits)
+    n = 2000
+    ids = torch.randperm(5000, generator=g)[:n]
+    codes = torch.randint(0, 2 ** bits, (n, 4), generator=g)
+    filled, inserted = BucketTables(4, bits, size, policy, seed=1), BucketTables(4, bits, size, policy, seed=1)
+    for tab in (filled, inserted):
+        tab.insert(torch.arange(50), torch.randint(0, 2 ** bits, (50, 4), generator=g))
+    filled.fill(ids, codes)
+    inserted.clear()
+    inserted.insert(ids, codes)
+    assert torch.equal(filled.buckets, inserted.buckets) and torch.equal(filled.offered, inserted.offered)
+    if policy == "fifo" and bits <= 8:   # (the one-at-a-time model walks every bucket in Python)
+        assert contents(filled) == fifo_model(ids.tolist(), codes.tolist(), 4, 2 ** bits, size)
+
+
 def test_reservoir_keeps_a_uniform_sample() -> None:
     # 40 ids into one bucket of 4, many times: each id survives with probability 4/40.
     kept = Counter()
