@@ -51,7 +51,13 @@ class SparseRowOptimizer:
             t = self.steps[rows].to(grads[0].dtype)                   # (U,)
             c1, c2 = 1 - b1 ** t, 1 - b2 ** t
         for i, (w, g) in enumerate(zip(self.tensors, grads)):
-            if self.kind == "adagrad":
+            if self.kind == "adagrad" and ids is not None:
+                # gathered once, updated in place, written back: no (U, ...) temporaries per
+                # operator (the same values as the plain form below)
+                sq = self.sq[i].index_select(0, ids).add_(g * g)
+                self.sq[i].index_copy_(0, ids, sq)
+                w.index_add_(0, ids, torch.mul(g, self.lr).div_(sq.sqrt_().add_(self.eps)), alpha=-1)
+            elif self.kind == "adagrad":
                 sq = self.sq[i][rows] + g * g
                 self.sq[i][rows] = sq
                 w[rows] -= self.lr * g / (sq.sqrt() + self.eps)
