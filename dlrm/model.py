@@ -104,10 +104,14 @@ class DLRM(nn.Module):
             h = self.history_vector(values, offsets, history, history_offsets, history_rows)  # (B, d)
             e = torch.cat([e, h[:, None].to(e.dtype)], dim=1)      # (B, T + 1, d)
         if torch.is_autocast_enabled(x.device.type):
-            # bf16 autocast: the interaction and the logit in float32 (in bf16 each embedding,
-            # dot product and logit keeps 8 bits, and scores tie); they are a small share of the FLOPs
-            with torch.autocast(x.device.type, enabled=False):
-                z = self.interaction(x.float(), e.float())
+            # bf16 autocast: the dot products and the logit in float32 (in bf16 each embedding,
+            # dot product and logit keeps 8 bits, and scores tie); both are a small share of the
+            # FLOPs. DCN's cross layers are matmuls: they stay under autocast.
+            if isinstance(self.interaction, DotInteraction):
+                with torch.autocast(x.device.type, enabled=False):
+                    z = self.interaction(x.float(), e.float())
+            else:
+                z = self.interaction(x, e.to(x.dtype))
             h = self.top[:-1](z)
             with torch.autocast(x.device.type, enabled=False):
                 return self.top[-1](h.float()).squeeze(1)

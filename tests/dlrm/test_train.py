@@ -50,17 +50,20 @@ def test_cpu_bf16_trains_its_matmuls_in_bf16_and_learns_as_float32_does(spec, wi
     assert held_out[1] > 0.7 and abs(held_out[1] - held_out[0]) < 0.02, held_out
 
 
-def test_under_bf16_autocast_the_interaction_and_the_logit_stay_float32(spec, windows):
+@pytest.mark.parametrize("interaction", ["dot", "dcn"])
+def test_under_bf16_autocast_the_dot_products_and_the_logit_stay_float32(spec, windows, interaction):
     """bf16 keeps 8 bits: bf16 logits would tie scores (and AUC) and bf16 embeddings would
-    round every dot product; the model runs those two parts in float32 under autocast."""
+    round every dot product; the model runs those parts in float32 under autocast (DCN's
+    cross layers, matmuls, stay in bf16)."""
     train, _, _ = windows
-    model = train_model(small_cfg(epochs=1), spec, train, None).model
+    model = train_model(small_cfg(epochs=1, interaction=interaction), spec, train, None).model
     b = TensorData(train, len(spec.sparse)).range_batch(0, 512)
     seen = {}
     model.interaction.register_forward_hook(lambda m, args, out: seen.update(dtypes=[a.dtype for a in args]))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(*b.model_args())
-    assert seen["dtypes"] == [torch.float32, torch.float32]
+    inner = torch.float32 if interaction == "dot" else torch.bfloat16
+    assert seen["dtypes"] == [inner, inner]
     assert logits.dtype == torch.float32
     assert not torch.equal(logits, logits.bfloat16().float())   # not bf16 values in a float32 tensor
     with torch.no_grad():
