@@ -66,9 +66,10 @@ def sign_codes(proj: Tensor, tables: int, bits: int) -> Tensor:
     if bits > 24 or not proj.dtype.is_floating_point:
         powers = 2 ** torch.arange(bits, dtype=torch.int64, device=proj.device)
         return ((proj > 0).view(n, tables, bits).to(torch.int64) * powers).sum(dim=2)
-    proj = proj.float() if proj.dtype != torch.float32 else proj
+    signs = proj.gt_(0)                        # 0/1 in proj's own dtype (no bool tensor to convert)
+    signs = signs if signs.dtype == torch.float32 else signs.float()
     powers = 2.0 ** torch.arange(bits, dtype=torch.float32, device=proj.device)
-    return (proj.gt_(0).view(n * tables, bits) @ powers).view(n, tables).to(torch.int64)
+    return (signs.view(n * tables, bits) @ powers).view(n, tables).to(torch.int64)
 
 
 class HashFamily:

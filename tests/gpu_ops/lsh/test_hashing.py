@@ -37,6 +37,7 @@ def test_sign_codes_pack_every_bit_exactly(bits: int, dtype: torch.dtype) -> Non
     proj = torch.randn(500, tables * bits, dtype=dtype)
     proj[0] = 1.0                                                  # every bit set: the largest code
     proj[1, 5 % proj.shape[1]] = 0.0                               # 0 is not > 0
+    proj[2, 0] = 1e-300 if dtype == torch.float64 else 1e-40        # > 0, though 0 once rounded to float32
     powers = 2 ** torch.arange(bits, dtype=torch.int64)
     expected = ((proj > 0).view(500, tables, bits).long() * powers).sum(dim=2)
     got = sign_codes(proj.clone(), tables, bits)
