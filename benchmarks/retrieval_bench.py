@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lsh-random", type=int, default=256, help="uniform negatives per sample")
     p.add_argument("--lsh-rehash-first", type=int, default=50)
     p.add_argument("--lsh-mips", action="store_true", help="hash through the MIPS-to-cosine transform")
+    p.add_argument("--lsh-no-center", action="store_true", help="hash the item rows as they are, not minus their mean")
     p.add_argument("--lsh-no-reinsert", action="store_true", help="do not re-offer each step's labels to the tables")
     p.add_argument("--serve-mips", action="store_true", help="also try serving indexes with the MIPS transform")
     p.add_argument("--serve-bucket", type=int, default=128, help="bucket size of the serving indexes")
@@ -83,7 +84,7 @@ def lsh_config(a: argparse.Namespace) -> LSHConfig:
     bits = a.lsh_bits or max(4, min(20, round(torch.log2(torch.tensor(a.items / 32.0)).item())))
     return LSHConfig(hash=a.lsh_hash, bits=bits, tables=a.lsh_tables, bucket_size=a.lsh_bucket,
                      max_active=a.lsh_active, random_negatives=a.lsh_random, rehash_first=a.lsh_rehash_first,
-                     reinsert_labels=not a.lsh_no_reinsert, mips=a.lsh_mips, seed=a.seed)
+                     reinsert_labels=not a.lsh_no_reinsert, mips=a.lsh_mips, center=not a.lsh_no_center, seed=a.seed)
 
 
 def ms_per_query(fn, batches: list) -> float:

@@ -23,6 +23,7 @@ class LSHConfig:
     bin_size: int = 8             # dwta: coordinates per winner-take-all bin (a power of 2)
     mips: bool = False            # hash the weights through the MIPS-to-cosine transform
     hash_bias: bool = True        # hash rows as [w, b] and queries as [h, 1] (the whole logit)
+    center: bool = True           # hash rows minus their mean at the last build (a query's ranking is the same)
     max_active: int = 0           # per-sample budget of active neurons, most table hits first; 0 = all
     random_negatives: int = 16    # uniform random neurons added to every sample's set
     optimizer: Literal["adagrad", "adam"] = "adagrad"

@@ -164,7 +164,8 @@ class LSHIndex:
     ``build`` (SLIDE's rehash) re-hashes every row with the current hash functions;
     ``redraw`` draws fresh functions first (SLIDE's rebuild). With ``cfg.hash_bias`` a row
     is hashed as ``[w, b]`` and a query as ``[h, 1]``, so the tables follow the full logit
-    ``h.w + b`` rather than ``h.w`` alone.
+    ``h.w + b`` rather than ``h.w`` alone. With ``cfg.center`` a row is hashed minus the mean
+    row of the last build, which changes no query's ranking of the rows.
     """
 
     def __init__(self, dim: int, num_items: int, cfg: LSHConfig):
@@ -176,6 +177,7 @@ class LSHIndex:
         self.hash: HashFamily = make_hash(cfg, self.hash_dim, seed=cfg.seed)
         self.tables = BucketTables(cfg.tables, cfg.bits, cfg.bucket_size, cfg.policy, seed=cfg.seed)
         self.built = False
+        self.center: Tensor | None = None   # (d,) mean row at the last build, taken off every row hashed
 
     def item_codes(self, weight: Tensor, bias: Tensor | None = None, *, rows_of: int | None = None) -> Tensor:
         """``(N, L)`` codes of the rows ``weight`` ``(N, d)`` (and ``bias`` ``(N,)``).
@@ -186,6 +188,8 @@ class LSHIndex:
         if weight.shape != (n, self.dim):
             raise ValueError(f"weight of shape {tuple(weight.shape)}: expected ({n}, {self.dim})")
         rows = weight.detach().float().cpu()
+        if self.center is not None:
+            rows = rows - self.center
         if self.cfg.hash_bias:
             b = torch.zeros(n) if bias is None else bias.detach().float().cpu()
             rows = torch.cat([rows, b.view(-1, 1)], dim=1)
@@ -196,6 +200,10 @@ class LSHIndex:
     def build(self, weight: Tensor, bias: Tensor | None = None) -> None:
         """Empties the tables and inserts every row of ``weight`` ``(N, d)`` (ids in row order)."""
         with torch.no_grad():
+            # h.(w - mu) + b differs from h.w + b by h.mu, the same for every row: a query ranks
+            # the rows alike. Rows that training moved together (every row a negative pushed
+            # away from the mean query) would otherwise crowd a few buckets of every table.
+            self.center = weight.detach().float().cpu().mean(dim=0) if self.cfg.center else None
             codes = self.item_codes(weight, bias)                          # (N, L)
             # A random insertion order, so FIFO keeps a random sample of a crowded bucket, not the last ids.
             order = torch.randperm(self.num_items, generator=self.tables.generator)

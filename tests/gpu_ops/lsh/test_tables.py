@@ -120,10 +120,27 @@ def test_index_hashes_rows_with_their_bias(mips: bool) -> None:
     w, b = torch.randn(200, 8), torch.randn(200)
     idx = LSHIndex(8, 200, LSHConfig(bits=6, tables=4, bucket_size=256, mips=mips))
     idx.build(w, b)
-    rows = torch.cat([w, b.view(-1, 1)], dim=1)
+    rows = torch.cat([w - w.mean(dim=0), b.view(-1, 1)], dim=1)    # rows hashed minus the mean row
     want = idx.hash.codes(torch.cat([rows / rows.norm(dim=1).max(),
                                      (1 - (rows.norm(dim=1) / rows.norm(dim=1).max()) ** 2).clamp_min(0).sqrt()
                                      .view(-1, 1)], dim=1) if mips else rows)
     torch.testing.assert_close(idx.item_codes(w, b), want)
     for i in range(200):                                           # no evictions: every row where it hashes
         assert all(i in idx.tables.buckets[t, want[i, t]].tolist() for t in range(4))
+
+
+def test_centering_spreads_rows_that_moved_together() -> None:
+    # rows sharing a large component (what training does to items that are only ever
+    # negatives) crowd a few buckets unless hashed minus their mean; queries rank them alike
+    g = torch.Generator().manual_seed(0)
+    n, d = 20000, 16
+    w = 6.0 * torch.randn(d, generator=g) + torch.randn(n, d, generator=g)
+    queries = torch.randn(200, d, generator=g)
+    exact = (queries @ w.t()).topk(10, dim=1).indices
+    found = {}
+    for center in (True, False):
+        idx = LSHIndex(d, n, LSHConfig(bits=8, tables=16, bucket_size=128, hash_bias=False, center=center))
+        idx.build(w)
+        got = idx.query(queries, budget=500)
+        found[center] = sum(len(set(e.tolist()) & set(c.tolist())) for e, c in zip(exact, got)) / exact.numel()
+    assert found[True] > 0.3 and found[True] > 5 * found[False], found   # measured: 0.40 against 0.017
