@@ -338,7 +338,7 @@ def quality(args) -> dict:
         raise ValueError(f"{args.data} carries no user history; rerun `robeflow features` (features.history_len)")
     test_frame, _ = _read_input(args.data, "test", spec, False, ("event_id",))
     labels = test_frame[spec.label].to_numpy(dtype=np.float64)
-    oracle, oracle_rows = _oracle(test_frame, labels, args.truth) if args.truth else (None, 0)
+    oracle, oracle_rows = _oracle(test_frame["event_id"].to_numpy(), labels, args.truth) if args.truth else (None, 0)
     runs: dict[str, dict] = {}
     scores: dict[str, np.ndarray] = {}
     for name, enabled in (("without", False), ("with", True)):
