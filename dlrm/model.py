@@ -103,20 +103,22 @@ class DLRM(nn.Module):
         if self.history is not None:
             h = self.history_vector(values, offsets, history, history_offsets, history_rows)  # (B, d)
             e = torch.cat([e, h[:, None].to(e.dtype)], dim=1)      # (B, T + 1, d)
-        if torch.is_autocast_enabled(x.device.type):
-            # bf16 autocast: the dot products and the logit in float32 (in bf16 each embedding,
-            # dot product and logit keeps 8 bits, and scores tie); both are a small share of the
-            # FLOPs. DCN's cross layers are matmuls: they stay under autocast.
-            if isinstance(self.interaction, DotInteraction):
-                with torch.autocast(x.device.type, enabled=False):
-                    z = self.interaction(x.float(), e.float())
-            else:
-                z = self.interaction(x, e.to(x.dtype))
-            h = self.top[:-1](z)
+        # bf16 autocast: the dot products and the logit in float32 (in bf16 each embedding, dot
+        # product and logit keeps 8 bits, and scores tie); both are a small share of the FLOPs.
+        # DCN's cross layers are matmuls: they stay under autocast.
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if autocast and isinstance(self.interaction, DotInteraction):
             with torch.autocast(x.device.type, enabled=False):
-                return self.top[-1](h.float()).squeeze(1)
-        z = self.interaction(x, e.to(x.dtype))                     # (B, top_in)
-        return self.top(z).squeeze(1)                              # (B,)
+                z = self.interaction(x.float(), e.float())
+        else:
+            z = self.interaction(x, e.to(x.dtype))                 # (B, top_in)
+        if not autocast:
+            return self.top(z).squeeze(1)                          # (B,)
+        *hidden, last = self.top                                   # (under autocast MLP runs layer by layer)
+        for layer in hidden:
+            z = layer(z)
+        with torch.autocast(x.device.type, enabled=False):
+            return last(z.float()).squeeze(1)
 
     def history_vector(self, values: torch.Tensor, offsets: torch.Tensor, history: torch.Tensor | None,
                        history_offsets: torch.Tensor | None, history_rows: torch.Tensor | None = None) -> torch.Tensor:
