@@ -1,0 +1,197 @@
+"""How much of the gap to the oracle a user's history can close at best, on a generated world.
+
+The planted logit of an offer is a sum of terms (``generator.events.TERMS``). Four of them
+depend on who the user is through latent values no column holds: the taste ``user_vec``
+(``category_taste`` and ``item_taste``; it also steers what the user browses), the taste
+``user_taste`` that browsing does not reveal, and ``user_bias``. The only evidence for them
+is the user's own history: what they were offered and whether they bought it.
+
+This script simulates the world of ``params.yaml``'s ``generate`` section in memory (as
+``benchmarks/planted_terms.py`` does) and scores the test window (the last ``--test-days``
+days) with idealised learners that know *everything else* exactly (every item's vectors,
+the user's price sensitivity, the context, position and query terms, the intercept) and
+estimate the user's latent values per user by Bayesian logistic regression on the user's
+labelled events before the test window, with the generator's own priors (N(0, 1) per taste
+coordinate, N(0, 0.5^2) for the bias). Each test row is scored by the posterior predictive
+(the probit approximation). No model reading the same history can do better on average
+than the learner handed the same evidence and the true item side; these are ceilings.
+
+  * ``no user``: the user's latent values at their prior mean (what a model knowing the
+    items perfectly but nothing of the user reaches);
+  * ``last N``: only the user's last N events before the test window (the tower's view at
+    ``features.history_len`` = N);
+  * ``all``: every event of the user before the test window;
+  * ``all, user_vec given``: as ``all`` with ``user_vec`` known exactly (as if browsing
+    revealed it perfectly): only ``user_taste`` and the bias are estimated.
+
+It prints each ceiling's test AUC, its gap to the oracle and, against a model's AUC given
+with ``--model-auc`` (e.g. the DLRM without the tower from ``history_bench.py --parts
+quality``), the gap ratio the ceiling would reach. The default world:
+
+    .venv/bin/python benchmarks/history_bound.py --model-auc 0.8540 --last 20,100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from contract.params import load_config
+from dlrm.metrics import auc, bootstrap_auc
+from generator.config import GenerateConfig
+from generator.events import TERMS, build_world, simulate_chunk, warm_history
+from generator.world import DIM
+
+LATENT_TERMS = ("category_taste", "item_taste", "user_taste", "user_bias")
+BIAS_PRIOR_SD = 0.5  # generator.world: user_bias ~ N(0, 0.5^2); both taste vectors ~ N(0, I)
+
+
+def simulate(cfg: GenerateConfig) -> dict[str, np.ndarray]:
+    """All rows of the world, in time order: user, item, day, label and the offset (the
+    planted logit with the intercept, less the user-latent terms)."""
+    world = build_world(cfg)
+    history = warm_history(cfg, world)
+    draws = [simulate_chunk(cfg, world, c, history) for c in range(-(-cfg.rows // cfg.chunk_rows))]
+    cat = lambda f: np.concatenate([f(d) for d in draws])  # noqa: E731
+    z = cat(lambda d: sum(d.terms[k] for k in TERMS))
+    latent = cat(lambda d: sum(d.terms[k] for k in LATENT_TERMS))
+    return {"world": world, "user": cat(lambda d: d.ev["user"]), "item": cat(lambda d: d.ev["item"]),
+            "day": cat(lambda d: d.ev["day"]), "y": cat(lambda d: d.label).astype(np.float64),
+            "z": world.intercept + z, "offset": world.intercept + z - latent}
+
+
+def design(cfg: GenerateConfig, world, item: np.ndarray) -> np.ndarray:
+    """(n, 2 * DIM + 1): the user-latent logit is this times [user_vec, user_taste, bias]."""
+    leaf = world.leaf_vec[world.item_leaf[item]]
+    dev = world.item_vec[item]
+    s = np.sqrt(DIM)
+    return np.hstack([(0.9 * leaf + cfg.item_taste * dev) / s, cfg.user_taste * (leaf + dev) / s,
+                      np.ones((item.size, 1))])
+
+
+def fit_user(x: np.ndarray, y: np.ndarray, off: np.ndarray, prec: np.ndarray,
+             iters: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """MAP of a logistic regression with a Gaussian prior (precision ``prec``, mean 0) by
+    Newton's method; returns the mode and the inverse Hessian there (the Laplace covariance)."""
+    theta = np.zeros(x.shape[1])
+    eye = np.diag(prec)
+
+    def objective(t: np.ndarray) -> float:
+        z = off + x @ t
+        return float(np.logaddexp(0.0, z).sum() - y @ z + 0.5 * (prec * t * t).sum())
+
+    f = objective(theta)
+    for _ in range(iters):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (off + x @ theta)))
+        g = x.T @ (p - y) + prec * theta
+        h = (x * (p * (1 - p))[:, None]).T @ x + eye
+        step = np.linalg.solve(h, g)
+        t = 1.0
+        while t > 1e-6:  # backtracking: Newton's full step can overshoot on separable users
+            f_new = objective(theta - t * step)
+            if f_new <= f:
+                break
+            t *= 0.5
+        theta -= t * step
+        done = f - f_new < 1e-10
+        f = f_new
+        if done:
+            break
+    p = 0.5 * (1.0 + np.tanh(0.5 * (off + x @ theta)))
+    h = (x * (p * (1 - p))[:, None]).T @ x + eye
+    return theta, np.linalg.inv(h)
+
+
+def ceiling(sim: dict, x: np.ndarray, test: np.ndarray, last: int | None, known_vec: bool) -> np.ndarray:
+    """Posterior-predictive logits of the test rows, per user from the evidence before them."""
+    world, user = sim["world"], sim["user"]
+    d = DIM
+    prec = np.r_[np.ones(2 * d), np.full(1, 1.0 / BIAS_PRIOR_SD ** 2)]
+    cols = slice(d, 2 * d + 1) if known_vec else slice(0, 2 * d + 1)
+    off = sim["offset"]
+    if known_vec:  # the user_vec part of the logit is known: move it into the offset
+        off = sim["offset"] + np.einsum("nd,nd->n", x[:, :d], world.user_vec[user])
+    out = np.empty(int(test.sum()))
+    test_idx = np.flatnonzero(test)
+    train_idx = np.flatnonzero(~test)
+    order_tr = train_idx[np.argsort(user[train_idx], kind="stable")]  # time order kept within a user
+    starts = np.searchsorted(user[order_tr], np.arange(world.user_vec.shape[0] + 1))
+    pos = np.full(user.size, -1)
+    pos[test_idx] = np.arange(test_idx.size)
+    order_te = test_idx[np.argsort(user[test_idx], kind="stable")]
+    te_starts = np.searchsorted(user[order_te], np.arange(world.user_vec.shape[0] + 1))
+    for u in range(world.user_vec.shape[0]):
+        rows_te = order_te[te_starts[u]:te_starts[u + 1]]
+        if rows_te.size == 0:
+            continue
+        rows = order_tr[starts[u]:starts[u + 1]]
+        if last is not None:
+            rows = rows[-last:]
+        xs = x[:, cols]
+        if rows.size:
+            theta, cov = fit_user(xs[rows], sim["y"][rows], off[rows], prec[cols])
+        else:
+            theta, cov = np.zeros(xs.shape[1]), np.diag(1.0 / prec[cols])
+        xt = xs[rows_te]
+        mean = off[rows_te] + xt @ theta
+        var = np.einsum("nd,de,ne->n", xt, cov, xt)
+        out[pos[rows_te]] = mean / np.sqrt(1.0 + np.pi * var / 8.0)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("-S", dest="overrides", action="append", default=[], help="generate.KEY=VALUE")
+    p.add_argument("--test-days", type=int, default=3, help="the test window (features.test_days)")
+    p.add_argument("--last", default="20,100", help="comma-separated history lengths N for the 'last N' ceilings")
+    p.add_argument("--model-auc", type=float, help="a model's test AUC (without the tower): the gap ratios against it")
+    p.add_argument("--n-boot", type=int, default=500)
+    p.add_argument("--out", type=Path, help="also write the figures here (JSON)")
+    args = p.parse_args()
+    cfg = load_config(GenerateConfig, "generate", args.params, args.overrides)
+    t0 = time.perf_counter()
+    sim = simulate(cfg)
+    test = sim["day"] >= cfg.days - args.test_days
+    x = design(cfg, sim["world"], sim["item"])
+    y_te = sim["y"][test]
+    print(f"generate: rows={cfg.rows} users={cfg.users} items={cfg.items} days={cfg.days} seed={cfg.seed}; "
+          f"simulated in {time.perf_counter() - t0:.1f}s; test window {int(test.sum()):,} rows, "
+          f"{int(y_te.sum()):,} purchases")
+    n_before = np.bincount(sim["user"][~test], minlength=cfg.users)[np.unique(sim["user"][test])]
+    print(f"events before the test window per test user: median {np.median(n_before):.0f}, "
+          f"10% {np.percentile(n_before, 10):.0f}, 90% {np.percentile(n_before, 90):.0f}")
+    oracle = auc(y_te, sim["z"][test])
+    rows = [("oracle", sim["z"][test]), ("no user", sim["offset"][test])]
+    for n in [int(v) for v in args.last.split(",") if v]:
+        rows.append((f"last {n}", ceiling(sim, x, test, n, False)))
+    rows.append(("all", ceiling(sim, x, test, None, False)))
+    rows.append(("all, user_vec given", ceiling(sim, x, test, None, True)))
+    print(f"\n{'learner':<22}{'test AUC':>10}{'95% CI':>22}{'gap to oracle':>15}"
+          + (f"{'gap ratio vs ' + format(args.model_auc, '.4f'):>22}" if args.model_auc else ""))
+    out = {"oracle_auc": oracle, "model_auc": args.model_auc, "rows": []}
+    for name, score in rows:
+        ci = bootstrap_auc(y_te, score, n_boot=args.n_boot)
+        gap = oracle - ci["auc"]
+        line = f"{name:<22}{ci['auc']:>10.4f}   [{ci['lo']:.4f}, {ci['hi']:.4f}]{gap:>15.4f}"
+        ratio = None
+        if args.model_auc:
+            ratio = gap / (oracle - args.model_auc)
+            line += f"{ratio:>22.2f}"
+        print(line)
+        out["rows"].append({"learner": name, "auc": ci["auc"], "lo": ci["lo"], "hi": ci["hi"], "gap": gap,
+                            "gap_ratio": ratio})
+    if args.model_auc:
+        print(f"\na model at {args.model_auc:.4f} halves its gap to the oracle at AUC "
+              f"{oracle - 0.5 * (oracle - args.model_auc):.4f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
