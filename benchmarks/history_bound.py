@@ -14,7 +14,9 @@ estimate the user's latent values per user by Bayesian logistic regression on th
 labelled events before the test window, with the generator's own priors (N(0, 1) per taste
 coordinate, N(0, 0.5^2) for the bias). Each test row is scored by the posterior predictive
 (the probit approximation). No model reading the same history can do better on average
-than the learner handed the same evidence and the true item side; these are ceilings.
+than the learner handed the same evidence and the true item side; these are ceilings. (A
+model's history on a test day also holds the test window's earlier days: at most two of
+the 42 days' events more.)
 
   * ``no user``: the user's latent values at their prior mean (what a model knowing the
     items perfectly but nothing of the user reaches);
