@@ -41,7 +41,8 @@ class HistoryConfig:
     bucket_size: int = 64          # LSH chunk length (tokens); buckets ~ one chunk each
     n_hashes: int = 4              # LSH rounds
     full_attn_below: int = 2048    # shorter histories use full self-attention: faster there (history_bench,
-                                   # CPU, D=16: full 2x faster at 256 and 1.4x at 1K, LSH 7.5x faster at 4K)
+                                   # CPU, D=16, fwd+bwd: full 3-4x faster at 256, 1.3-2x at 1K;
+                                   # LSH 1.7-2.8x faster at 4K)
     ff_mult: int = 4               # feed-forward width / D
     ff_chunks: int = 1             # feed-forward applied to this many sequence slices at a time
     dropout: float = 0.0           # in the feed-forward

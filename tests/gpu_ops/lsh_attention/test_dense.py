@@ -88,3 +88,20 @@ def test_dense_without_autograd_reuses_its_workspace_and_returns_its_own_tensor(
     torch.testing.assert_close(c, full_attention(qk[:1, :10], v[:1, :10]))
     big = dense.WORKSPACE_MAX_BYTES // 4 + 1
     assert dense._scores_workspace(big, torch.float32, qk.device) is None
+
+
+def test_training_and_scoring_paths_agree_in_float32_with_short_and_empty_rows():
+    qk, v, mask = _inputs(4, 300, 16, 8, 11, dtype=torch.float32)
+    mask[0] = False            # an empty history
+    mask[1, 1:] = False        # one event: it attends to itself only
+    mask[2, :] = True
+    with torch.no_grad():
+        scored = dense_attention(qk, v, mask)                              # the workspace path
+    a, b = qk.clone().requires_grad_(), v.clone().requires_grad_()
+    trained = dense_attention(a, b, mask)                                  # the fused path
+    torch.testing.assert_close(trained.detach(), scored)
+    torch.testing.assert_close(trained[1, 0].detach(), v[1, 0])
+    assert torch.equal(trained[0].detach(), torch.zeros_like(trained[0]))
+    trained.sum().backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    assert torch.equal(b.grad[0], torch.zeros_like(b.grad[0]))             # nothing reaches an empty row
