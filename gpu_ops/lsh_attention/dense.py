@@ -9,12 +9,13 @@ in place and only when a row has padding, and the output is zeroed at padded que
 then. The in-place writes land on the matmul's output, which autograd does not keep, so
 the same function trains.
 
-With autograd (training) the attention runs in PyTorch's fused
-``scaled_dot_product_attention`` with an additive bias for the self score and the padding
-(:func:`_fused_attention`): no ``(N, L, L)`` scores, softmax or their transposed gradients
-are materialised, only the bias.
+With autograd (training), and for scores larger than the workspace below (a scoring batch
+of many histories), the attention runs in PyTorch's fused ``scaled_dot_product_attention``
+with an additive bias for the self score and the padding (:func:`_fused_attention`): no
+``(N, L, L)`` scores, softmax or their transposed gradients are materialised, only the
+bias (scoring 8,192 histories of 100 events: 0.61-0.70 s against 0.81-0.91 s).
 
-Without autograd (scoring) the scores live in a per-thread workspace that is kept between
+Otherwise (scoring one user's history, as serving does) the scores live in a per-thread workspace that is kept between
 calls and the softmax runs in place: a fresh 4 MB tensor per call (L = 1K) costs its page
 faults every time once the allocator hands such blocks back to the system, which on a busy
 machine doubled the attention's time.
@@ -68,21 +69,15 @@ def dense_attention(qk: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor
     N, L, d = qk.shape
     k = shared_keys(qk)                                                    # (N, L, d)
     graph = torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad)
-    if graph:
+    work = None if graph else _scores_workspace(N * L * L, qk.dtype, qk.device)
+    if work is None:   # training, or scores too large for the workspace (a big scoring batch)
         return _fused_attention(qk, k, v, mask if padded else None)
     q = qk * (1.0 / math.sqrt(d))
-    work = None if graph else _scores_workspace(N * L * L, qk.dtype, qk.device)
-    if work is None:
-        s = torch.bmm(q, k.transpose(1, 2))                                # (N, L, L)
-    else:
-        s = torch.bmm(q, k.transpose(1, 2), out=work.view(N, L, L))
+    s = torch.bmm(q, k.transpose(1, 2), out=work.view(N, L, L))           # (N, L, L)
     s.diagonal(dim1=1, dim2=2).fill_(SELF_SCORE)
     if padded:   # finfo.min, as the reference: exactly 0 weight, finite on all-padded rows
         s.masked_fill_(~mask[:, None, :], torch.finfo(s.dtype).min)
-    if work is None:
-        p = torch.softmax(s, dim=-1)
-    else:   # in place: the last-dim kernel reads a row before it writes it
-        p = torch.ops.aten._softmax.out(s, -1, False, out=s)
+    p = torch.ops.aten._softmax.out(s, -1, False, out=s)   # in place: the kernel reads a row before writing it
     # as (v^T p^T)^T: the same product, ~3x faster on CPU for narrow heads (dv = 8: 2.5 -> 0.8 ms
     # at L = 1K), where the GEMM with an (L, dv) right side is poorly blocked
     out = torch.bmm(v.transpose(1, 2), p.transpose(1, 2)).transpose(1, 2)  # (N, L, dv)

@@ -105,3 +105,23 @@ def test_training_and_scoring_paths_agree_in_float32_with_short_and_empty_rows()
     trained.sum().backward()
     assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
     assert torch.equal(b.grad[0], torch.zeros_like(b.grad[0]))             # nothing reaches an empty row
+
+
+def test_scoring_beyond_the_workspace_takes_the_fused_path_with_the_same_numbers(monkeypatch):
+    from gpu_ops.lsh_attention import dense
+
+    qk, v, mask = _inputs(5, 60, 8, 4, 2)
+    mask[1, 1:] = False
+    expected = full_attention(qk, v, mask)
+    monkeypatch.setattr(dense, "WORKSPACE_MAX_BYTES", 0)
+    fused, calls = dense._fused_attention, []
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return fused(*args)
+
+    monkeypatch.setattr(dense, "_fused_attention", spy)
+    with torch.no_grad():
+        out = dense_attention(qk, v, mask)
+    assert calls == [qk.shape]
+    torch.testing.assert_close(out, expected)
