@@ -24,6 +24,12 @@ cache, with it on a cold stream (every request a new user) and with it on a stre
 ``--repeat`` of the requests come from users already served; the encode's share of the
 request time. Target: p99 < 30 ms on the cold stream.
 
+Part 5 (training, ``--parts training``): training throughput of the params' DLRM with the
+tower on the first ``--train-rows`` rows of ``--data`` (one epoch, no evaluation), each
+round in a fresh process, alternating the code of this checkout with the code of
+``--base`` (a checkout of a baseline commit, e.g. ``git worktree add --detach /tmp/base
+<commit>``) when given: samples/s per round and the ratio of each round.
+
 Each configuration of parts 1 and 2 runs in fresh processes (one timing, one measuring memory), so one
 configuration's allocations do not hide another's peak. Peak memory: on CPU the growth of
 the process's peak resident set (VmHWM, reset before the step via /proc/self/clear_refs)
@@ -38,6 +44,7 @@ figures of one run with each other (the ratios), not across runs.
     .venv/bin/python benchmarks/history_bench.py                       # L = 256 .. 65536
     .venv/bin/python benchmarks/history_bench.py --lengths 256,1024 --iters 2 --depth-len 1024
     .venv/bin/python benchmarks/history_bench.py --parts quality,serving   # after `make run` (data/)
+    .venv/bin/python benchmarks/history_bench.py --parts training --data data/model_input --base /tmp/base
 """
 
 from __future__ import annotations
@@ -140,6 +147,30 @@ def run_one(cfg: dict) -> dict:
     return {**cfg, "time_s": statistics.median(times), "first_s": first}
 
 
+def train_one(cfg: dict) -> dict:
+    """One epoch of the params' DLRM with the tower on the first ``cfg["rows"]`` training rows
+    of ``cfg["data"]``, no evaluation; the code on ``sys.path`` (PYTHONPATH picks the checkout)."""
+    from dataclasses import replace
+
+    import torch
+
+    from contract.model_input import read_frame, read_spec
+    from contract.params import load_config
+    from contract.spec import ModelInput
+    from dlrm.configs import TrainConfig
+    from dlrm.stream import model_columns
+    from dlrm.train import train_model
+
+    torch.set_num_threads(max(1, cfg["threads"]))
+    tc = load_config(TrainConfig, "train", Path(cfg["params"]), list(cfg["set"]))
+    tc = replace(tc, progress=False, threads=max(1, cfg["threads"]), eval_every=0, epochs=1, target_auc=None,
+                 model=replace(tc.model, history=replace(tc.model.history, enabled=True)))
+    spec = read_spec(Path(cfg["data"]))
+    frame = read_frame(Path(cfg["data"]), "train", columns=model_columns(spec, True)).iloc[:cfg["rows"]]
+    result = train_model(tc, spec, ModelInput.from_frame(frame, spec, history=True), None)
+    return {**cfg, "samples_per_s": result.samples_per_s, "steps": result.steps, "train_s": result.train_s}
+
+
 # ----------------------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------------------
@@ -150,9 +181,9 @@ def run_one(cfg: dict) -> dict:
 _EXACT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0"}
 
 
-def _child(cfg: dict, timeout: float, extra_env: dict) -> dict:
+def _child(cfg: dict, timeout: float, extra_env: dict, root: Path = ROOT) -> dict:
     env = {**os.environ, **extra_env,
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+           "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], env=env,
                               capture_output=True, text=True, timeout=timeout, check=False)
@@ -380,6 +411,43 @@ def quality(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------
+# Part 5: training throughput, this checkout against a baseline checkout
+# ----------------------------------------------------------------------------------------
+
+def training(args) -> dict:
+    """Rounds of :func:`train_one` in fresh processes, the checkouts taking turns."""
+    import statistics
+
+    if not (args.data / "feature_spec.json").exists():
+        raise FileNotFoundError(f"--data {args.data}: no feature_spec.json (a model-ready dir with a user history)")
+    roots = {"current": ROOT}
+    if args.base is not None:
+        if not (args.base / "dlrm").is_dir():
+            raise FileNotFoundError(f"--base {args.base}: not a checkout of this project (no dlrm/)")
+        roots = {"base": args.base.resolve(), **roots}
+    cfg = {"measure": "train", "data": str(args.data.resolve()), "rows": args.train_rows,
+           "params": str(args.params.resolve()), "set": list(args.set), "threads": max(1, args.threads)}
+    print(f"\n== Training with the tower: {args.train_rows:,} rows of {args.data}, one epoch, "
+          f"{cfg['threads']} thread(s), {args.rounds} round(s) ==")
+    runs: dict[str, list[dict]] = {name: [] for name in roots}
+    for r in range(args.rounds):
+        for name, root in roots.items():
+            row = _child(cfg, args.timeout, {"OMP_NUM_THREADS": str(cfg["threads"])}, root)
+            if "error" in row:
+                raise RuntimeError(f"training round {r} ({name}, {root}): {row['error']}")
+            runs[name].append(row)
+            print(f"  round {r} {name:<8} {row['samples_per_s']:>10,.0f} samples/s ({row['steps']} steps)",
+                  flush=True)
+    out = {"config": cfg, "roots": {k: str(v) for k, v in roots.items()}, "runs": runs}
+    if "base" in runs:
+        per = [c["samples_per_s"] / b["samples_per_s"] for c, b in zip(runs["current"], runs["base"])]
+        out["ratio_per_round"] = per
+        print(f"  current / base per round: {', '.join(f'{p:.2f}x' for p in per)}; median "
+              f"{statistics.median(per):.2f}x")
+    return out
+
+
+# ----------------------------------------------------------------------------------------
 # Part 4: serving latency with long histories
 # ----------------------------------------------------------------------------------------
 
@@ -594,6 +662,9 @@ def main() -> None:
                     help="quality: the planted probabilities (oracle AUC)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="quality: the parameters file")
     ap.add_argument("-S", "--set", action="append", default=[], help="quality: override a parameter (train.x=y)")
+    ap.add_argument("--base", type=Path, help="training: a checkout of the baseline code (e.g. a git worktree)")
+    ap.add_argument("--rounds", type=int, default=3, help="training: rounds (each checkout once a round)")
+    ap.add_argument("--train-rows", type=int, default=40_960, help="training: rows of the training split")
     ap.add_argument("--n-boot", type=int, default=1000, help="quality: bootstrap resamples")
     ap.add_argument("--features", type=Path, default=Path("data/features"),
                     help="serving: the materialised feature repo (online store)")
@@ -608,7 +679,8 @@ def main() -> None:
     if args.iters < 1:
         raise ValueError(f"--iters must be >= 1, got {args.iters}")
     if args.child:
-        print(json.dumps(run_one(json.loads(args.child))))
+        cfg = json.loads(args.child)
+        print(json.dumps(train_one(cfg) if cfg.get("measure") == "train" else run_one(cfg)))
         return
     base = {"batch": args.batch, "dim": args.dim, "heads": args.heads, "bucket_size": args.bucket_size,
             "n_hashes": args.n_hashes, "iters": args.iters, "warmup": args.warmup, "threads": args.threads,
@@ -617,9 +689,9 @@ def main() -> None:
           f"{os.cpu_count()} CPUs (shared machines: compare ratios within one run)")
     t0 = time.perf_counter()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"scaling", "depth", "quality", "serving"}
+    unknown = parts - {"scaling", "depth", "quality", "serving", "training"}
     if unknown:
-        raise ValueError(f"--parts {sorted(unknown)}: expected some of scaling, depth, quality, serving")
+        raise ValueError(f"--parts {sorted(unknown)}: expected some of scaling, depth, quality, serving, training")
     args.out.mkdir(parents=True, exist_ok=True)
     if parts & {"scaling", "depth"}:
         scale = scaling(args, base) if "scaling" in parts else []
@@ -630,6 +702,9 @@ def main() -> None:
     if "quality" in parts:
         (args.out / "history_quality.json").write_text(json.dumps(quality(args), indent=1, default=float))
         print(f"wrote {args.out / 'history_quality.json'}")
+    if "training" in parts:
+        (args.out / "history_training.json").write_text(json.dumps(training(args), indent=1, default=float))
+        print(f"wrote {args.out / 'history_training.json'}")
     if "serving" in parts:
         (args.out / "history_serving.json").write_text(json.dumps(serving(args), indent=1, default=float))
         print(f"wrote {args.out / 'history_serving.json'}")
