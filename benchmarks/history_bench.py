@@ -657,7 +657,7 @@ def main() -> None:
     ap.add_argument("--parts", default="scaling,depth",
                     help="comma-separated parts to run: scaling, depth, quality, serving")
     ap.add_argument("--data", type=Path, default=Path("data/model_input"),
-                    help="quality: the model-ready dir of a generated world")
+                    help="quality, training: the model-ready dir of a generated world (with a user history)")
     ap.add_argument("--truth", type=Path, default=Path("data/truth"),
                     help="quality: the planted probabilities (oracle AUC)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="quality: the parameters file")
@@ -678,6 +678,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.iters < 1:
         raise ValueError(f"--iters must be >= 1, got {args.iters}")
+    if args.rounds < 1 or args.train_rows < 1:
+        raise ValueError(f"--rounds and --train-rows must be >= 1, got {args.rounds} and {args.train_rows}")
     if args.child:
         cfg = json.loads(args.child)
         print(json.dumps(train_one(cfg) if cfg.get("measure") == "train" else run_one(cfg)))
