@@ -25,8 +25,8 @@ cache, with it on a cold stream (every request a new user) and with it on a stre
 request time. Target: p99 < 30 ms on the cold stream.
 
 Part 5 (training, ``--parts training``): training throughput of the params' DLRM with the
-tower on the first ``--train-rows`` rows of ``--data`` (one epoch, no evaluation), each
-round in a fresh process, alternating the code of this checkout with the code of
+tower on the first ``--train-rows`` rows of ``--data`` (one epoch, no evaluation), then the
+time to score as many validation rows with the trained model, each round in a fresh process, alternating the code of this checkout with the code of
 ``--base`` (a checkout of a baseline commit, e.g. ``git worktree add --detach /tmp/base
 <commit>``) when given: samples/s per round and the ratio of each round.
 
@@ -157,6 +157,7 @@ def train_one(cfg: dict) -> dict:
     from contract.model_input import read_frame, read_spec
     from contract.params import load_config
     from contract.spec import ModelInput
+    from dlrm.bundle import predict
     from dlrm.configs import TrainConfig
     from dlrm.stream import model_columns
     from dlrm.train import train_model
@@ -168,7 +169,13 @@ def train_one(cfg: dict) -> dict:
     spec = read_spec(Path(cfg["data"]))
     frame = read_frame(Path(cfg["data"]), "train", columns=model_columns(spec, True)).iloc[:cfg["rows"]]
     result = train_model(tc, spec, ModelInput.from_frame(frame, spec, history=True), None)
-    return {**cfg, "samples_per_s": result.samples_per_s, "steps": result.steps, "train_s": result.train_s}
+    valid = read_frame(Path(cfg["data"]), "valid", columns=model_columns(spec, True)).iloc[:cfg["rows"]]
+    valid_in = ModelInput.from_frame(valid, spec, history=True)
+    t0 = time.perf_counter()
+    predict(result.model, valid_in, batch_size=8192)
+    score_s = time.perf_counter() - t0
+    return {**cfg, "samples_per_s": result.samples_per_s, "steps": result.steps, "train_s": result.train_s,
+            "score_rows": valid_in.num_rows, "score_rows_per_s": valid_in.num_rows / score_s}
 
 
 # ----------------------------------------------------------------------------------------
@@ -436,14 +443,16 @@ def training(args) -> dict:
             if "error" in row:
                 raise RuntimeError(f"training round {r} ({name}, {root}): {row['error']}")
             runs[name].append(row)
-            print(f"  round {r} {name:<8} {row['samples_per_s']:>10,.0f} samples/s ({row['steps']} steps)",
+            print(f"  round {r} {name:<8} training {row['samples_per_s']:>8,.0f} samples/s ({row['steps']} steps), "
+                  f"scoring {row['score_rows_per_s']:>8,.0f} rows/s ({row['score_rows']:,} validation rows)",
                   flush=True)
     out = {"config": cfg, "roots": {k: str(v) for k, v in roots.items()}, "runs": runs}
     if "base" in runs:
-        per = [c["samples_per_s"] / b["samples_per_s"] for c, b in zip(runs["current"], runs["base"])]
-        out["ratio_per_round"] = per
-        print(f"  current / base per round: {', '.join(f'{p:.2f}x' for p in per)}; median "
-              f"{statistics.median(per):.2f}x")
+        for key, what in (("samples_per_s", "training"), ("score_rows_per_s", "scoring")):
+            per = [c[key] / b[key] for c, b in zip(runs["current"], runs["base"])]
+            out[f"{what}_ratio_per_round"] = per
+            print(f"  {what}, current / base per round: {', '.join(f'{p:.2f}x' for p in per)}; median "
+                  f"{statistics.median(per):.2f}x")
     return out
 
 

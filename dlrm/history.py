@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dlrm.configs import HistoryConfig
+from dlrm.data import gather_jagged
 from dlrm.embeddings import PRIME, EmbeddingBackend, HashedTable, RobeArray
 from gpu_ops import robe_lookup
 from gpu_ops.lsh_attention import LSHEncoder, hamming_topk, simhash_signatures
@@ -97,6 +98,34 @@ def pad_recent(values: Tensor, offsets: Tensor, max_len: int) -> tuple[Tensor, T
     return hist.masked_fill(~mask[..., None], 0), lengths
 
 
+def unique_histories(values: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Identical jagged histories stored once.
+
+    Rows of one user on one day carry the same history (a scoring window holds ~5 rows per
+    distinct history), and each is encoded alike: scoring them once is the same arithmetic.
+
+    Args:
+        values: ``(nnz, C)`` the rows' history columns, row after row.
+        offsets: ``(B + 1,)``; row b's events are ``values[offsets[b]:offsets[b+1]]``.
+
+    Returns:
+        ``(values (nnz', C), offsets (U + 1,), rows (B,))``: the U distinct histories (each
+        at its first row's place in order) and the one each row reads; None when no two rows
+        share a history. Histories are equal when every column of every event is.
+    """
+    v, o = values.cpu().numpy(), offsets.cpu().numpy()
+    B = o.size - 1
+    index: dict[bytes, int] = {}
+    rows = [index.setdefault(v[o[b]:o[b + 1]].tobytes(), len(index)) for b in range(B)]
+    if len(index) == B:
+        return None
+    rows_t = torch.tensor(rows, dtype=torch.int64)
+    first = torch.full((len(index),), B, dtype=torch.int64).scatter_reduce(
+        0, rows_t, torch.arange(B), reduce="amin")                          # (U,) a row of each history
+    uv, uo = gather_jagged(values, offsets, first.to(offsets.device))
+    return uv, uo, rows_t.to(offsets.device)
+
+
 def days_bucket(days: Tensor, buckets: int) -> Tensor:
     """``floor(log2(max(days, 1)))`` capped at ``buckets - 1``: 1 day -> 0, 2-3 -> 1, 4-7 -> 2, ..."""
     d = days.clamp(min=1).to(torch.float64)
@@ -106,6 +135,10 @@ def days_bucket(days: Tensor, buckets: int) -> Tensor:
 # ----------------------------------------------------------------------------------------
 # The tower
 # ----------------------------------------------------------------------------------------
+
+# attend(rows=...) over several histories gathers each candidate's copy of its history's
+# encoding up to this size (one batched attention), else goes one history at a time
+GATHER_MAX_BYTES = 64 << 20
 
 # (tower, per-history encodings) while HistoryTower.given_encodings is open; a context
 # variable, so threads and asyncio tasks each see only their own
@@ -239,6 +272,11 @@ class HistoryTower(nn.Module):
         finally:
             _GIVEN.reset(token)
 
+    def encodings_given(self) -> bool:
+        """Whether :meth:`given_encodings` is open for this tower (in this thread or task)."""
+        given = _GIVEN.get()
+        return given is not None and given[0] is self
+
     def _encode_given(self, known: MutableSequence[Tensor | None], history: Tensor, lengths: Tensor,
                       action: Tensor | None, days: Tensor | None) -> Tensor:
         B, L = history.shape
@@ -306,6 +344,8 @@ class HistoryTower(nn.Module):
         if match is not None and match.shape != (B, L):
             raise ValueError(f"match must be ({B}, {L}), got {tuple(match.shape)}")
         if rows is not None and U > 1:   # several histories: each with its own candidates
+            if B * L * self.dim * encoded.element_size() <= GATHER_MAX_BYTES:
+                return self.attend(encoded[rows], lengths[rows], candidate, match)
             return self._attend_by_history(encoded, lengths, candidate, match, rows)
         q = self.to_q(self.embed(candidate))                                # (B, D)
         if L == 0:

@@ -10,7 +10,7 @@ from torch import nn
 from contract.spec import FeatureSpec
 from dlrm.configs import HistoryInputs, ModelConfig
 from dlrm.embeddings import EmbeddingBackend, make_embedding
-from dlrm.history import HistoryTower, pad_recent
+from dlrm.history import HistoryTower, pad_recent, unique_histories
 from dlrm.modules import CrossInteraction, DotInteraction, mlp
 
 ACTION_COLUMN, DAYS_COLUMN = "hist_action", "hist_days"   # the feature store's names (features.transform)
@@ -136,6 +136,10 @@ class DLRM(nn.Module):
         users = history_offsets.numel() - 1
         if history_rows is None and users != B:
             raise ValueError(f"{users} histories for {B} rows; give history_rows to share them")
+        if history_rows is None and not self.training and B > 1 and not self.history.encodings_given():
+            shared = unique_histories(history, history_offsets)   # scoring: encode each distinct one once
+            if shared is not None:
+                history, history_offsets, history_rows = shared
         own = values[offsets[:-1].view(B, T)]                       # (B, T) first id of each bag
         cand = own[:, hi.item_table]                                # (B,) the candidate item ids
         hist, lengths = pad_recent(history, history_offsets, self.history.config.max_len)   # (U, L, C), (U,)

@@ -19,6 +19,7 @@ def world(tmp_path):
     data = tmp_path / "model_input"
     data.mkdir()
     _frame(600, 0).to_parquet(data / "train.parquet", index=False)
+    _frame(300, 1).to_parquet(data / "valid.parquet", index=False)
     SPEC.save(data / "feature_spec.json")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": TRAIN}))
     return tmp_path
@@ -37,8 +38,10 @@ def test_training_part_times_each_checkout_in_turn(world, benchmark_module, caps
         assert len(rows) == 2
         # 500 rows in batches of 100, one epoch, no evaluation
         assert all(r["steps"] == 5 and r["samples_per_s"] > 0 for r in rows)
-    assert len(out["ratio_per_round"]) == 2
-    assert "current / base per round" in capsys.readouterr().out
+        assert all(r["score_rows"] == 300 and r["score_rows_per_s"] > 0 for r in rows)
+    assert len(out["training_ratio_per_round"]) == len(out["scoring_ratio_per_round"]) == 2
+    printed = capsys.readouterr().out
+    assert "training, current / base per round" in printed and "scoring, current / base" in printed
     json.dumps(out)
 
 

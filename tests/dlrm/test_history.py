@@ -198,8 +198,13 @@ def test_action_and_days_embeddings_change_only_their_rows_and_respect_padding()
     assert days_bucket(torch.tensor([0, 1, 2, 3, 4, 7, 8, 10_000]), 5).tolist() == [0, 0, 1, 1, 2, 2, 3, 4]
 
 
+@pytest.mark.parametrize("gather", [True, False], ids=["gathered", "history-by-history"])
 @pytest.mark.parametrize("kind", TOWERS)
-def test_attend_with_rows_equals_each_row_carrying_its_history(kind):
+def test_attend_with_rows_equals_each_row_carrying_its_history(kind, gather, monkeypatch):
+    import dlrm.history
+
+    if not gather:   # the path for candidates whose copies of their histories would be too large
+        monkeypatch.setattr(dlrm.history, "GATHER_MAX_BYTES", 0)
     tower = _tower(kind, match_codes=4).eval()
     hist, lengths, _ = _batch(B=3, L=12)
     enc = tower.encode(hist, lengths)

@@ -201,3 +201,39 @@ def test_streamed_batches_carry_the_same_histories(tmp_path):
     np.testing.assert_array_equal(hist.numpy(), mi.history_values)
     np.testing.assert_array_equal(offs.numpy(), np.diff(mi.history_offsets))
     assert all(b.history is None for b in ModelInputStream(tmp_path, SPEC, batch_size=64))
+
+
+def test_scoring_encodes_each_distinct_history_once_with_the_same_scores(monkeypatch):
+    from dlrm.history import unique_histories
+
+    torch.manual_seed(0)
+    cfg = _model_cfg()
+    model = DLRM(cfg, 1, SPEC.table_sizes, history=history_inputs(cfg, SPEC)).eval()
+    cols = planted(10, 4)
+    for r, src in ((3, 1), (5, 1), (7, 2), (9, 6)):           # rows sharing a history, candidates of their own
+        for c in HIST.names:
+            cols[c][r] = cols[c][src].copy()
+    cols["hist_action"][9] = 1 - cols["hist_action"][9]        # the same items, other actions: a history of its own
+    mi = ModelInput.from_columns(cols, SPEC)
+    v, o = torch.from_numpy(mi.history_values), torch.from_numpy(mi.history_offsets)
+    uv, uo, rows = unique_histories(v, o)
+    want = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    for r, src in ((3, 1), (5, 1), (7, 2)):
+        want[r] = want[src]
+    assert torch.equal(rows, torch.tensor(want).unique(return_inverse=True)[1])
+    for b in range(10):                                        # each row reads a history equal to its own
+        assert torch.equal(uv[uo[rows[b]]:uo[rows[b] + 1]], v[o[b]:o[b + 1]])
+    assert unique_histories(v[:o[3]], o[:4]) is None              # rows 0-2: nothing shared
+
+    widths = []
+    encode = model.history.encode
+    monkeypatch.setattr(model.history, "encode", lambda h, *a, **k: widths.append(h.shape[0]) or encode(h, *a, **k))
+    whole = predict(model, mi)
+    assert widths == [7]                                       # 10 rows, 7 distinct histories
+    alone = np.concatenate([predict(model, mi.slice(r, r + 1, 3)) for r in range(10)])
+    np.testing.assert_allclose(whole, alone, rtol=1e-5, atol=1e-6)
+    widths.clear()
+    model.train()
+    with torch.no_grad():                                      # training encodes every row's own history
+        model(*TensorData(mi, 3).range_batch(0, 10).model_args())
+    assert widths == [10]
