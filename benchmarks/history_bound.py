@@ -121,6 +121,13 @@ def fit_user(x: np.ndarray, y: np.ndarray, off: np.ndarray, prec: np.ndarray,
     return theta, np.linalg.inv(h)
 
 
+def groups(key: np.ndarray, idx: np.ndarray, n: int) -> list[np.ndarray]:
+    """``idx`` split by ``key[idx]`` in ``[0, n)``: group g holds the indices whose key is g,
+    in their order in ``idx`` (time order for rows)."""
+    order = idx[np.argsort(key[idx], kind="stable")]
+    return np.split(order, np.searchsorted(key[order], np.arange(1, n)))
+
+
 def ceiling(sim: dict, x: np.ndarray, test: np.ndarray, last: int | None, known_vec: bool) -> np.ndarray:
     """Posterior-predictive logits of the test rows, per user from the evidence before them."""
     world, user = sim["world"], sim["user"]
@@ -132,21 +139,15 @@ def ceiling(sim: dict, x: np.ndarray, test: np.ndarray, last: int | None, known_
         off = sim["offset"] + np.einsum("nd,nd->n", x[:, :d], world.user_vec[user])
     out = np.empty(int(test.sum()))
     test_idx = np.flatnonzero(test)
-    train_idx = np.flatnonzero(~test)
-    order_tr = train_idx[np.argsort(user[train_idx], kind="stable")]  # time order kept within a user
-    starts = np.searchsorted(user[order_tr], np.arange(world.user_vec.shape[0] + 1))
     pos = np.full(user.size, -1)
     pos[test_idx] = np.arange(test_idx.size)
-    order_te = test_idx[np.argsort(user[test_idx], kind="stable")]
-    te_starts = np.searchsorted(user[order_te], np.arange(world.user_vec.shape[0] + 1))
-    for u in range(world.user_vec.shape[0]):
-        rows_te = order_te[te_starts[u]:te_starts[u + 1]]
+    n_users = world.user_vec.shape[0]
+    xs = x[:, cols]
+    for rows, rows_te in zip(groups(user, np.flatnonzero(~test), n_users), groups(user, test_idx, n_users)):
         if rows_te.size == 0:
             continue
-        rows = order_tr[starts[u]:starts[u + 1]]
         if last is not None:
             rows = rows[-last:]
-        xs = x[:, cols]
         if rows.size:
             theta, cov = fit_user(xs[rows], sim["y"][rows], off[rows], prec[cols])
         else:
@@ -168,14 +169,11 @@ def estimated_item_vecs(cfg: GenerateConfig, sim: dict, test: np.ndarray) -> tup
     xi = (cfg.item_taste * world.user_vec[user] + cfg.user_taste * world.user_taste[user]) / np.sqrt(DIM)
     off = sim["z"] - np.einsum("nd,nd->n", xi, world.item_vec[item])
     est = np.zeros_like(world.item_vec)
-    before = np.flatnonzero(~test)
-    order = before[np.argsort(item[before], kind="stable")]
-    starts = np.searchsorted(item[order], np.arange(est.shape[0] + 1))
-    for j in range(est.shape[0]):
-        rows = order[starts[j]:starts[j + 1]]
+    by_item = groups(item, np.flatnonzero(~test), est.shape[0])
+    for j, rows in enumerate(by_item):
         if rows.size:
             est[j], _ = fit_user(xi[rows], sim["y"][rows], off[rows], np.ones(DIM))
-    seen = starts[1:] > starts[:-1]
+    seen = np.array([rows.size > 0 for rows in by_item])
     return est, float(np.corrcoef(est[seen].ravel(), world.item_vec[seen].ravel())[0, 1])
 
 
@@ -288,9 +286,11 @@ def main() -> None:
     n_before = np.bincount(sim["user"][~test], minlength=cfg.users)[np.unique(sim["user"][test])]
     print(f"events before the test window per test user: median {np.median(n_before):.0f}, "
           f"10% {np.percentile(n_before, 10):.0f}, 90% {np.percentile(n_before, 90):.0f}")
+    lasts = [int(v) for v in args.last.split(",") if v]
+    longest_and_all = lasts[-1:] + [None]   # rows with estimated, blurred or a bundle's items: longest N, all
     oracle = auc(y_te, sim["z"][test])
     rows = [("oracle", sim["z"][test]), ("no user", sim["offset"][test])]
-    for n in [int(v) for v in args.last.split(",") if v]:
+    for n in lasts:
         rows.append((f"last {n}", ceiling(sim, x, test, n, False)))
     rows.append(("all", ceiling(sim, x, test, None, False)))
     rows.append(("all, user_vec given", ceiling(sim, x, test, None, True)))
@@ -299,7 +299,7 @@ def main() -> None:
         if not 0 < rho < 1:
             raise ValueError(f"--item-corr {rho}: expected correlations in (0, 1)")
         blurred = design(cfg, sim["world"], sim["item"], rho * sim["world"].item_vec + np.sqrt(1 - rho ** 2) * noise)
-        for n in [int(v) for v in args.last.split(",") if v][-1:] + [None]:
+        for n in longest_and_all:
             rows.append((f"{'all' if n is None else f'last {n}'}, item corr {rho:g}",
                          ceiling(sim, blurred, test, n, False)))
     item_corr = {}
@@ -307,8 +307,9 @@ def main() -> None:
     print(f"item vectors estimated from the items' events with every user known: correlation {corr:.3f}")
     item_corr["estimated, users known"] = corr
     estimated = design(cfg, sim["world"], sim["item"], est)
-    for n in [int(v) for v in args.last.split(",") if v][-1:] + [None]:
-        rows.append((f"{'all' if n is None else f'last {n}'}, items estimated", ceiling(sim, estimated, test, n, False)))
+    for n in longest_and_all:
+        rows.append((f"{'all' if n is None else f'last {n}'}, items estimated",
+                     ceiling(sim, estimated, test, n, False)))
     facts = {}
     if args.mf:
         valid = (sim["day"] >= cfg.days - args.test_days - args.valid_days) & ~test
@@ -320,7 +321,7 @@ def main() -> None:
         est, corr = learned_item_vecs(path, sim["world"])
         print(f"{path}: its item embeddings predict the true item vectors at correlation {corr:.3f}")
         learned = design(cfg, sim["world"], sim["item"], est)
-        for n in [int(v) for v in args.last.split(",") if v][-1:] + [None]:
+        for n in longest_and_all:
             rows.append((f"{'all' if n is None else f'last {n}'}, items of {path.parent.name}/{path.name}",
                          ceiling(sim, learned, test, n, False)))
         item_corr[str(path)] = corr

@@ -116,14 +116,16 @@ def unique_histories(values: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, T
     v, o = values.cpu().numpy(), offsets.cpu().numpy()
     B = o.size - 1
     index: dict[bytes, int] = {}
-    rows = [index.setdefault(v[o[b]:o[b + 1]].tobytes(), len(index)) for b in range(B)]
-    if len(index) == B:
+    rows, first = [], []                                                    # first: a row of each history
+    for b in range(B):
+        k = index.setdefault(v[o[b]:o[b + 1]].tobytes(), len(first))
+        if k == len(first):
+            first.append(b)
+        rows.append(k)
+    if len(first) == B:
         return None
-    rows_t = torch.tensor(rows, dtype=torch.int64)
-    first = torch.full((len(index),), B, dtype=torch.int64).scatter_reduce(
-        0, rows_t, torch.arange(B), reduce="amin")                          # (U,) a row of each history
-    uv, uo = gather_jagged(values, offsets, first.to(offsets.device))
-    return uv, uo, rows_t.to(offsets.device)
+    uv, uo = gather_jagged(values, offsets, torch.tensor(first, dtype=torch.int64, device=offsets.device))
+    return uv, uo, torch.tensor(rows, dtype=torch.int64, device=offsets.device)
 
 
 def days_bucket(days: Tensor, buckets: int) -> Tensor:
@@ -327,7 +329,9 @@ class HistoryTower(nn.Module):
                 find and read the events of its own item (a re-buy) whatever the hashed
                 embeddings collide with; with SimHash top-k, matching events are picked first.
             rows: ``(B,)`` the history each candidate reads (None: row b reads history b,
-                U = B). Keys and values are projected once per history, not per candidate.
+                U = B). Keys and values are projected once per history, not per candidate,
+                except over several histories whose per-candidate copies stay under
+                ``GATHER_MAX_BYTES``: those are gathered and read as row b's own.
 
         Returns:
             ``(B, D)``; a row with an empty history gets the output bias.
